@@ -1,0 +1,1 @@
+"""Benchmarks and reports for triton_nsr."""

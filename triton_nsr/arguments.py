@@ -1,0 +1,224 @@
+"""Argument checks and normalisation shared by every backend.
+
+Everything ``F.conv2d`` rejects is rejected here too, before any kernel runs, with a message that
+names the offending value. The result is a :class:`ConvGeometry` that the backends consume, so no
+backend re-derives padding or output sizes on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+BACKENDS = ("auto", "torch", "triton")
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The normalised geometry of one NSR convolution.
+
+    ``pad`` is ``(top, bottom, left, right)``; it is asymmetric only for padding='same' with an
+    even effective kernel, where (like F.conv2d) the extra row/column goes at the bottom/right.
+    """
+
+    batch: int
+    in_channels: int
+    out_channels: int
+    groups: int
+    num_sparsity_groups: int
+    num_sparsity_cardinals: int
+    in_size: tuple[int, int]
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    out_size: tuple[int, int]
+
+    @property
+    def fpad(self) -> tuple[int, int, int, int]:
+        """Padding in the order F.pad expects: (left, right, top, bottom)."""
+        top, bottom, left, right = self.pad
+        return (left, right, top, bottom)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
+        return (value[0], value[0])
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def check_positive_int(value, name: str) -> int:
+    """Return ``value`` if it is an int >= 1, else raise naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_temperature(temperature) -> float:
+    """Return the softmax temperature as a float, rejecting non-positive or non-finite values."""
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"temperature must be a positive number, got {temperature!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return value
+
+
+def check_padding_mode(padding_mode) -> str:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
+def check_backend(backend) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _check_tensor(tensor, name: str, like: torch.Tensor | None, shape: tuple | None) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype not in FLOATING_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {tensor.dtype}; NSR convolution supports "
+            f"{', '.join(str(d) for d in FLOATING_DTYPES)}"
+        )
+    if like is not None:
+        if tensor.dtype != like.dtype:
+            raise TypeError(
+                f"input dtype ({like.dtype}) and {name} dtype ({tensor.dtype}) should be the same"
+            )
+        if tensor.device != like.device:
+            raise ValueError(
+                f"input device ({like.device}) and {name} device ({tensor.device}) "
+                "should be the same"
+            )
+    if shape is not None and tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
+def check_nsr_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    num_sparsity_groups: int,
+    num_sparsity_cardinals: int,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+) -> ConvGeometry:
+    """Validate the arguments of ``nsr_conv2d`` for a 4-D ``input`` and return its geometry.
+
+    Shapes: input (B, C, H, W); weight (k*out, C/groups, kh, kw); bias (k*out,);
+    mlp_weight (k*d, C); mlp_bias (k*d,).
+    """
+    k = check_positive_int(num_sparsity_groups, "num_sparsity_groups")
+    d = check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals")
+    groups = check_positive_int(groups, "groups")
+    _check_tensor(input, "input", None, None)
+    if input.dim() != 4:
+        raise ValueError(
+            "Expected 3D (unbatched) or 4D (batched) input to nsr_conv2d, "
+            f"but got input of size: {list(input.shape)}"
+        )
+    _check_tensor(weight, "weight", input, None)
+    if weight.dim() != 4:
+        raise ValueError(
+            f"weight must be 4-D (k*out, in/groups, kh, kw), got shape {tuple(weight.shape)}"
+        )
+    batch, channels, height, width = input.shape
+    if channels % groups != 0:
+        raise ValueError(f"in_channels ({channels}) must be divisible by groups ({groups})")
+    if weight.shape[1] * groups != channels:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} with groups={groups} expects "
+            f"{weight.shape[1] * groups} input channels, but input has {channels} channels "
+            f"(input shape {tuple(input.shape)})"
+        )
+    if weight.shape[0] % k != 0:
+        raise ValueError(
+            f"weight.shape[0] ({weight.shape[0]}) must be num_sparsity_groups ({k}) "
+            "times out_channels"
+        )
+    out_channels = weight.shape[0] // k
+    if out_channels == 0:
+        raise ValueError(f"out_channels must be positive, got weight shape {tuple(weight.shape)}")
+    if out_channels % d != 0:
+        raise ValueError(
+            f"out_channels ({out_channels}) must be divisible by "
+            f"num_sparsity_cardinals ({d})"
+        )
+    if out_channels % groups != 0:
+        raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+    if bias is not None:
+        _check_tensor(bias, "bias", input, (k * out_channels,))
+    _check_tensor(mlp_weight, "mlp_weight", input, (k * d, channels))
+    if mlp_bias is not None:
+        _check_tensor(mlp_bias, "mlp_bias", input, (k * d,))
+
+    stride = _pair(stride, "stride")
+    dilation = _pair(dilation, "dilation")
+    if min(stride) < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be positive, got {dilation}")
+    kernel_size = (int(weight.shape[2]), int(weight.shape[3]))
+    if min(kernel_size) < 1:
+        raise ValueError(f"kernel size must be positive, got {kernel_size}")
+    span = tuple(dil * (ks - 1) for dil, ks in zip(dilation, kernel_size))
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride})")
+            pad = (span[0] // 2, span[0] - span[0] // 2, span[1] // 2, span[1] - span[1] // 2)
+        else:
+            raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    else:
+        ph, pw = _pair(padding, "padding")
+        if ph < 0 or pw < 0:
+            raise ValueError(f"padding must be non-negative, got {(ph, pw)}")
+        pad = (ph, ph, pw, pw)
+    padded = (height + pad[0] + pad[1], width + pad[2] + pad[3])
+    if padded[0] < span[0] + 1 or padded[1] < span[1] + 1:
+        raise ValueError(
+            f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
+            f"Kernel size: ({span[0] + 1} x {span[1] + 1}) (dilated). "
+            "Kernel size can't be greater than actual input size"
+        )
+    out_size = tuple((p - s - 1) // st + 1 for p, s, st in zip(padded, span, stride))
+    return ConvGeometry(
+        batch=batch,
+        in_channels=channels,
+        out_channels=out_channels,
+        groups=groups,
+        num_sparsity_groups=k,
+        num_sparsity_cardinals=d,
+        in_size=(height, width),
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+        pad=pad,
+        out_size=out_size,
+    )

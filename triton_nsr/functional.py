@@ -1,0 +1,139 @@
+"""``nsr_conv2d``: argument checks, autocast, padding and the choice of backend."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from triton_nsr import reference
+from triton_nsr.arguments import (
+    ConvGeometry,
+    check_backend,
+    check_nsr_conv2d,
+    check_padding_mode,
+    check_temperature,
+)
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, input: torch.Tensor) -> str:
+    """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'."""
+    backend = check_backend(backend)
+    if backend == "auto":
+        on_triton = input.is_cuda or interpreter_enabled()
+        return "triton" if on_triton else "torch"
+    if backend == "triton" and not (input.is_cuda or interpreter_enabled()):
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors (got a tensor on {input.device}) or the Triton "
+            "interpreter (set TRITON_INTERPRET=1 before triton is imported); use backend='torch' "
+            "or 'auto' to run on this device"
+        )
+    return backend
+
+
+def _autocast_cast(tensors: list, device_type: str) -> list:
+    """Cast floating tensors to the autocast dtype, as autocast does for nn.Conv2d's inputs."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        for t in tensors
+    ]
+
+
+def _nsr_conv2d_triton(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    temperature: float,
+    padding_mode: str,
+) -> torch.Tensor:
+    from triton_nsr import ops  # imports triton: only when this path runs
+
+    routing = reference.routing_weights(
+        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+        geometry.num_sparsity_cardinals, temperature,
+    )
+    routing = routing.to(input.dtype)
+    weight_b, bias_b = ops.mix_kernels(routing, weight, bias)
+    padded, pad = reference.pad_input(input, geometry, padding_mode)
+    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    return ops.per_sample_conv2d(
+        padded, weight_b, bias_b, geometry.stride, pad, geometry.dilation, geometry.groups,
+        allow_tf32,
+    )
+
+
+def nsr_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    num_sparsity_groups: int,
+    num_sparsity_cardinals: int = 1,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    temperature: float = 1.0,
+    padding_mode: str = "zeros",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Neural Sparse Representation convolution (Fan et al., NeurIPS 2020).
+
+    Each sample gets its own kernel: the spatial mean of the (unpadded) input goes through a
+    one-layer MLP to k*d logits; a softmax over the k sparsity groups, per cardinal, weights the
+    k base kernels; the weighted sum convolves that sample.
+
+    Args:
+        input: (B, C, H, W) or unbatched (C, H, W), any memory layout.
+        weight: (k*out, C/groups, kh, kw), rows ordered (k, d, out/d) as in the authors' code.
+        bias: (k*out,) or None.
+        mlp_weight: (k*d, C). mlp_bias: (k*d,) or None.
+        num_sparsity_groups: k. num_sparsity_cardinals: d (divides out).
+        stride, padding, dilation, groups: as in F.conv2d; padding may be 'same' or 'valid'.
+        temperature: divides the logits before the softmax; must be > 0.
+        padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as in nn.Conv2d.
+        backend: 'torch' (plain PyTorch), 'triton' (Triton kernels; CUDA, or the interpreter
+            with TRITON_INTERPRET=1), or 'auto' (triton for CUDA tensors or under the
+            interpreter, else torch).
+
+    Returns:
+        (B, out, Ho, Wo), or (out, Ho, Wo) for unbatched input.
+
+    Example:
+        >>> x = torch.randn(2, 8, 16, 16)
+        >>> w, mw = torch.randn(4 * 16, 8, 3, 3), torch.randn(4 * 2, 8)
+        >>> nsr_conv2d(x, w, None, mw, None, 4, 2, padding=1, backend="torch").shape
+        torch.Size([2, 16, 16, 16])
+    """
+    temperature = check_temperature(temperature)
+    padding_mode = check_padding_mode(padding_mode)
+    check_backend(backend)
+    input, unbatched = reference.as_batched(input)
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    backend = resolve_backend(backend, input)
+    if backend == "triton":
+        # The torch path lets autocast act on F.conv2d itself; the kernels must be told.
+        input, weight, bias, mlp_weight, mlp_bias = _autocast_cast(
+            [input, weight, bias, mlp_weight, mlp_bias], input.device.type
+        )
+    geometry = check_nsr_conv2d(
+        input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
+        num_sparsity_cardinals, stride, padding, dilation, groups,
+    )
+    run = _nsr_conv2d_triton if backend == "triton" else reference.nsr_conv2d_checked
+    output = run(input, weight, bias, mlp_weight, mlp_bias, geometry, temperature, padding_mode)
+    return output.squeeze(0) if unbatched else output
