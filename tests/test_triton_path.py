@@ -306,3 +306,27 @@ def test_gpu_indexing_past_two_to_the_31():
     expected = F.conv2d(strip, kernels[0], None, padding=(0, 1), groups=8)
     torch.testing.assert_close(out[:, :, -2, -63:-1].float(), expected[:, :, 0, 1:-1],
                                atol=5e-2, rtol=5e-2)
+
+
+def test_tf32_follows_cudnn_flag(monkeypatch):
+    """float32 products use TF32 exactly when torch.backends.cudnn.allow_tf32 says so."""
+    from triton_nsr.kernels.autotune import dot_precision
+
+    assert dot_precision(torch.float32, True) == "tf32"
+    assert dot_precision(torch.float32, False) == "ieee"
+    assert dot_precision(torch.float64, True) == "ieee"
+    assert dot_precision(torch.float16, True) == "ieee"
+    seen = []
+    real = ops.per_sample_conv2d
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(ops, "per_sample_conv2d", spy)
+    x = torch.randn(1, 2, 5, 5)
+    params = make_params(2, 2, 3, 1, 1, dtype=torch.float32)
+    for flag in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", flag)
+        nsr_conv2d(x, *params, 1, 1, backend="triton")
+    assert seen == [True, False]
