@@ -27,7 +27,8 @@ BACKWARD_FACTOR = 3
 @dataclass
 class Settings:
     """What to run. The first precision and layout are the headline configuration: sweeps and
-    end-to-end jobs run in it only, to keep a full run within tens of minutes."""
+    end-to-end jobs run in it only, to keep a full GPU run within tens of minutes; the other
+    workloads run in every precision and layout."""
 
     device: str
     precisions: list[str] = field(default_factory=lambda: list(hardware.PRECISIONS))
@@ -140,9 +141,9 @@ class Harness:
 
     def _configs(self, workload: Workload) -> list[tuple[str, str]]:
         s = self.settings
-        if workload.group in ("W1", "W2", "W3", "W4"):
-            return [(p, layout) for p in s.precisions for layout in s.layouts]
-        return [(s.precisions[0], s.layouts[0])]
+        if workload.group.startswith("sweep-"):
+            return [(s.precisions[0], s.layouts[0])]
+        return [(p, layout) for p in s.precisions for layout in s.layouts]
 
     def _passes(self, workload: Workload) -> list[str]:
         return [p for p in self.settings.passes if p in workload.passes]
