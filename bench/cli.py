@@ -198,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     # No subcommand: the main job (`make bench`).
     if torch.cuda.is_available():
-        args = build_parser().parse_args(["--results-dir", str(args.results_dir), "run",
-                                          "--report"])
-        status, _ = command_run(args)
-        return status
+        return main(["--results-dir", str(args.results_dir), "run", "--report"])
     status = command_check("cpu")
     command_costs()
     command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)

@@ -7,10 +7,13 @@ report. Kernel timings themselves belong to `python -m bench` on a GPU.
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bench import cli, harness, plots, providers, report, results
 from bench.workloads import (
@@ -19,6 +22,7 @@ from bench.workloads import (
     EVAL_PADDING,
     EVAL_PATCH,
     EVAL_STRIDE,
+    EndToEnd,
     Workload,
     end_to_end_jobs,
     main_workloads,
@@ -28,6 +32,7 @@ from bench.workloads import (
     sweep_workloads,
     tiny_workloads,
 )
+from triton_nsr import NSRConv2d
 
 
 def _by_name() -> dict[str, Workload]:
@@ -274,3 +279,32 @@ def test_cli_run_on_cpu_writes_json(tmp_path, capsys):
 
 def test_report_module_paths_point_into_the_repository():
     assert report.DEFAULT_MARKDOWN.parent.parent == results.REPO_ROOT
+
+
+def test_end_to_end_jobs_switch_every_nsr_layer_to_the_provider_backend(monkeypatch):
+    built = []
+
+    def wdsr_stand_in(scale, lr_patch_size):
+        model = nn.Sequential(NSRConv2d(3, 12, 3, 2, 2, padding=1, backend="auto"),
+                              nn.PixelShuffle(scale))
+        built.append(model)
+        return model
+
+    def evaluate_stand_in(model, image, patch_size, padding, stride):
+        return model(image)
+
+    fake = types.ModuleType("triton_nsr.models")
+    fake.WDSRNSR, fake.evaluate_patches = wdsr_stand_in, evaluate_stand_in
+    monkeypatch.setitem(sys.modules, "triton_nsr.models", fake)
+    jobs = [EndToEnd("E2E-train", "train", batch=2, patch_size=8),
+            EndToEnd("E2E-eval", "eval", patch_size=8, image_height=12, image_width=10)]
+    settings = _cpu_settings(layouts=["nchw"], providers=["paper", "static_conv"])
+    run = harness.Harness(settings, lambda message: None).run([], jobs)
+    rows = run["measurements"]
+    # static_conv is no whole-model provider: only paper runs, once per job.
+    assert [(r["workload"], r["provider"], r["pass"], r["status"]) for r in rows] == [
+        ("E2E-train", "paper", "forward_backward", "ok"),
+        ("E2E-eval", "paper", "forward", "ok"),
+    ]
+    assert {model[0].backend for model in built} == {"torch"}
+    results.validate(run)
