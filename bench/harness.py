@@ -207,7 +207,7 @@ class Harness:
             row.update(status="error", message=_describe(error))
             return
         finally:
-            for leaf in inputs_leaves(inputs):
+            for leaf in inputs.tensors():
                 leaf.grad = None
                 leaf.requires_grad_(False)
         itemsize = inputs.x.element_size()
@@ -253,9 +253,3 @@ class Harness:
             torch.cuda.empty_cache()
         return self._report(row)
 
-
-def inputs_leaves(inputs: providers.LayerInputs) -> list[torch.Tensor]:
-    """Every tensor of ``inputs`` a provider may have made require gradients."""
-    return [inputs.x, inputs.weight, inputs.bias, inputs.mlp_weight, inputs.mlp_bias,
-            inputs.routing, inputs.weight_b, inputs.bias_b, inputs.static_weight,
-            inputs.static_bias]

@@ -37,17 +37,24 @@ def rows(run: dict, **match) -> list[dict]:
             if r["status"] == "ok" and all(r[key] == value for key, value in match.items())]
 
 
-def speedups(run: dict, precision: str, layout: str, pass_: str) -> dict[str, dict[str, float]]:
-    """{workload: {provider: paper median / provider median}} for one configuration.
+def speedup(run: dict, row: dict) -> float | None:
+    """Paper median / ``row``'s median in the same run and configuration, or None.
 
-    Both medians come from the same run; workloads without an 'ok' paper row are left out.
+    Only whole layers and whole models are compared: a kernel alone does part of the work.
     """
+    if row["status"] != "ok" or row["part"] not in ("layer", "static", "model"):
+        return None
+    paper = rows(run, workload=row["workload"], provider="paper", precision=row["precision"],
+                 layout=row["layout"], pass_=row["pass"])
+    return paper[0]["latency_ms"]["median"] / row["latency_ms"]["median"] if paper else None
+
+
+def speedups(run: dict, precision: str, layout: str, pass_: str) -> dict[str, dict[str, float]]:
+    """{workload: {provider: speed-up over paper}} for one configuration, paper left out."""
     table: dict[str, dict[str, float]] = {}
     for row in rows(run, precision=precision, layout=layout, pass_=pass_):
-        paper = rows(run, workload=row["workload"], provider="paper", precision=precision,
-                     layout=layout, pass_=pass_)
-        if paper and row["provider"] != "paper" and row["part"] in ("layer", "static", "model"):
-            ratio = paper[0]["latency_ms"]["median"] / row["latency_ms"]["median"]
+        ratio = speedup(run, row)
+        if ratio is not None and row["provider"] != "paper":
             table.setdefault(row["workload"], {})[row["provider"]] = ratio
     return table
 

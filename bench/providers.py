@@ -75,6 +75,11 @@ class LayerInputs:
         return cls(w, x, weight, bias, mlp_weight, mlp_bias, routing, weight_b, bias_b,
                    static_weight, static_bias, allow_tf32)
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor here: the ones a provider may have made require gradients."""
+        return [self.x, self.weight, self.bias, self.mlp_weight, self.mlp_bias, self.routing,
+                self.weight_b, self.bias_b, self.static_weight, self.static_bias]
+
     @property
     def geometry(self) -> ConvGeometry:
         w, p = self.workload, self.workload.padding

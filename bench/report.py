@@ -45,16 +45,6 @@ def _number(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _speedup(run: dict, row: dict) -> float | None:
-    """Paper median / this row's median, same run and configuration; whole layers only (a
-    kernel alone is not comparable with the whole layer)."""
-    if row["status"] != "ok" or row["part"] not in ("layer", "static", "model"):
-        return None
-    paper = _median(run, workload=row["workload"], provider="paper",
-                    precision=row["precision"], layout=row["layout"], pass_=row["pass"])
-    return paper / row["latency_ms"]["median"] if paper else None
-
-
 def _span(low: str, high: str) -> str:
     return low if low == high else f"{low} to {high}"
 
@@ -103,7 +93,7 @@ def headline_table(run: dict) -> str:
                 row = _find(run, workload=name, provider=provider, precision=precision,
                             layout=layout, pass_=pass_)
                 ok = row is not None and row["status"] == "ok"
-                speedup = _speedup(run, row) if ok else None
+                speedup = plots.speedup(run, row) if ok else None
                 cells += [_latency(row), _number(speedup, ".2f"),
                           _number(row["roofline_fraction"] * 100 if ok else None, ".1f")]
             table.append(cells)
@@ -123,7 +113,7 @@ def full_table(run: dict, workload: str) -> str:
         table.append([
             row["provider"], row["precision"], row["layout"], row["pass"],
             _latency(row) if ok else f"{row['status']}: {row['message']}",
-            _number(_speedup(run, row), ".2f"),
+            _number(plots.speedup(run, row), ".2f"),
             _number(row["tflops"], ".2f"), _number(row["gbps"], ".0f"),
             _number(row["roofline_fraction"] * 100 if row["roofline_fraction"] else None,
                     ".1f"),
@@ -204,7 +194,7 @@ def end_to_end_table(run: dict) -> str | None:
             table.append([
                 name, row["provider"], row["precision"],
                 _latency(row) if ok else f"{row['status']}: {row['message']}",
-                _number(_speedup(run, row), ".2f"),
+                _number(plots.speedup(run, row), ".2f"),
                 _number(memory["peak"] / 2**20 if memory else None, ".0f"),
             ])
     if not table:
