@@ -35,21 +35,19 @@ class CheckResult:
 
 
 def _outputs_and_grads(forward, leaves: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """The outputs of ``forward`` and the gradients of ``leaves`` for seeded output grads."""
     for leaf in leaves:
-        leaf.grad = None
         leaf.requires_grad_(True)
-    outputs = forward()
-    outputs = [o for o in (outputs if isinstance(outputs, tuple) else (outputs,))
-               if o is not None]
-    generator = torch.Generator(device=outputs[0].device).manual_seed(seed)
-    grads = [torch.randn(o.shape, generator=generator, device=o.device, dtype=o.dtype)
-             for o in outputs]
-    torch.autograd.backward(outputs, grads)
-    result = [o.detach().clone() for o in outputs] + [leaf.grad.clone() for leaf in leaves]
-    for leaf in leaves:
-        leaf.grad = None
-        leaf.requires_grad_(False)
-    return result
+    try:
+        outputs = providers.output_list(forward())
+        generator = torch.Generator(device=outputs[0].device).manual_seed(seed)
+        grads = [torch.randn(o.shape, generator=generator, device=o.device, dtype=o.dtype)
+                 for o in outputs]
+        leaf_grads = torch.autograd.grad(outputs, leaves, grads)
+    finally:
+        for leaf in leaves:
+            leaf.requires_grad_(False)
+    return [o.detach() for o in outputs] + list(leaf_grads)
 
 
 def _compare(name: str, actual: list[torch.Tensor], expected: list[torch.Tensor]) -> CheckResult:

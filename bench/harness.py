@@ -78,21 +78,18 @@ def _describe(error: BaseException) -> str:
 
 
 def _training_step(forward: Callable[[], object], leaves: list[torch.Tensor]):
-    """Forward then backward of every output with fixed random gradients; grads reset first."""
+    """Forward, then the gradients of every leaf for fixed random output gradients.
+
+    torch.autograd.grad returns the gradients instead of accumulating them into ``.grad``, so
+    repeats neither add into old gradients nor keep the previous repeat's alive (which would
+    skew the peak-memory reading).
+    """
     for leaf in leaves:
         leaf.requires_grad_(True)
-    outputs = forward()
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    outputs = [o for o in outputs if o is not None]
-    grads = [torch.randn_like(o) for o in outputs]
-    del outputs
+    grads = [torch.randn_like(o) for o in providers.output_list(forward())]
 
-    def step() -> None:
-        for leaf in leaves:
-            leaf.grad = None
-        result = forward()
-        result = result if isinstance(result, tuple) else (result,)
-        torch.autograd.backward([o for o in result if o is not None], grads)
+    def step() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(providers.output_list(forward()), leaves, grads)
 
     return step
 
@@ -207,9 +204,8 @@ class Harness:
             row.update(status="error", message=_describe(error))
             return
         finally:
-            for leaf in inputs.tensors():
-                leaf.grad = None
-                leaf.requires_grad_(False)
+            for tensor in inputs.tensors():
+                tensor.requires_grad_(False)
         itemsize = inputs.x.element_size()
         cost = workload.cost(itemsize)
         flops, nbytes = providers.part_flops_and_bytes(provider.part, workload, cost, itemsize)

@@ -27,6 +27,12 @@ from triton_nsr.flops import LayerCost
 Outputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
+def output_list(outputs: Outputs) -> list[torch.Tensor]:
+    """A provider's output(s) as a list, without the None a bias-free mix returns."""
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return [o for o in outputs if o is not None]
+
+
 @dataclass
 class LayerInputs:
     """The tensors of one workload, shared by every provider so they all see the same data.
