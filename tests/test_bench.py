@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import cli, harness, plots, providers, report, results
+from bench import checks, cli, harness, plots, providers, report, results
 from bench.workloads import (
     EVAL_IMAGE_HEIGHT,
     EVAL_IMAGE_WIDTH,
@@ -308,3 +308,28 @@ def test_end_to_end_jobs_switch_every_nsr_layer_to_the_provider_backend(monkeypa
     ]
     assert {model[0].backend for model in built} == {"torch"}
     results.validate(run)
+
+
+@pytest.mark.parametrize("conv_error,expected", [
+    (0.0, ["passed", "passed", "passed"]),
+    (1e-2, ["passed", "failed", "failed"]),
+])
+def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
+    import triton_nsr
+    from triton_nsr import reference
+
+    def conv_stand_in(input, weight_b, bias_b, stride, pad, dilation, groups, allow_tf32):
+        top, bottom, left, right = pad
+        padded = F.pad(input, (left, right, top, bottom))
+        output = torch.cat([F.conv2d(padded[b:b + 1], weight_b[b], bias_b[b], stride, 0,
+                                     dilation, groups) for b in range(input.shape[0])])
+        return output * (1 + conv_error)
+
+    # Stand-in kernels, so the check itself is tested whether or not triton_nsr.ops exists.
+    fake = types.ModuleType("triton_nsr.ops")
+    fake.mix_kernels, fake.per_sample_conv2d = reference.mix_kernels, conv_stand_in
+    monkeypatch.setitem(sys.modules, "triton_nsr.ops", fake)
+    monkeypatch.setattr(triton_nsr, "ops", fake, raising=False)
+    outcome = checks.check_kernels("cpu")
+    assert [r.name for r in outcome] == ["triton_mix", "triton_conv", "triton_nsr"]
+    assert [r.status for r in outcome] == expected
