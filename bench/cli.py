@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "W1-reduce, sweep-batch, sweep-resolution, sweep-k, sweep-channels, "
                           "E2E-train, E2E-eval, tiny (default: main sweeps e2e on cuda, "
                           "tiny on cpu)")
-    run.add_argument("--providers", nargs="+", default=None, choices=sorted(providers.PROVIDERS),
+    run.add_argument("--providers", nargs="+", default=None, choices=list(providers.PROVIDERS),
                      metavar="NAME",
-                     help=f"providers from {sorted(providers.PROVIDERS)} (default: all on cuda, "
+                     help=f"providers from {list(providers.PROVIDERS)} (default: all on cuda, "
                           f"{' '.join(CPU_PROVIDERS)} on cpu)")
     run.add_argument("--precisions", nargs="+", default=None, choices=list(hardware.PRECISIONS),
                      help="fp32 (TF32 off), tf32 (float32 storage, TF32 math), bf16; the first "
@@ -151,7 +151,7 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
         device=args.device,
         precisions=args.precisions or (["tf32", "fp32", "bf16"] if on_cuda else ["fp32"]),
         layouts=args.layouts or (list(harness.LAYOUTS) if on_cuda else ["nchw"]),
-        providers=args.providers or (sorted(providers.PROVIDERS) if on_cuda else CPU_PROVIDERS),
+        providers=args.providers or (list(providers.PROVIDERS) if on_cuda else CPU_PROVIDERS),
         passes=args.passes,
         repeats=args.repeats or (30 if on_cuda else 3),
         warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),

@@ -333,3 +333,13 @@ def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
     outcome = checks.check_kernels("cpu")
     assert [r.name for r in outcome] == ["triton_mix", "triton_conv", "triton_nsr"]
     assert [r.status for r in outcome] == expected
+
+
+def test_bound_note_names_the_workloads_over_the_papers_bound():
+    from bench.costs import bound_note
+
+    w = _by_name()
+    # 128 -> 32: pooling costs 1/(9 * C_out) of the conv, more than the bound's 1/(9 * C_in).
+    assert "W1-reduce" in bound_note([w["W1-reduce"], w["W2"]])
+    assert "W2" not in bound_note([w["W1-reduce"], w["W2"]])
+    assert "stays under" in bound_note([w["W2"], w["W4"]])
