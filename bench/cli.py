@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -120,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_check(device: str) -> int:
-    """Print the kernel check; 1 if a kernel disagrees with the reference, else 0."""
+def _kernel_check(device: str) -> list[checks.CheckResult]:
     where = "CUDA" if device == "cuda" else "the Triton interpreter (CPU)"
     _progress(f"checking the Triton kernels against the reference in {where} "
               f"({checks.CHECK_WORKLOAD.description})")
@@ -129,7 +129,16 @@ def command_check(device: str) -> int:
     print("kernel check:")
     for result in outcome:
         print(result.line())
+    return outcome
+
+
+def _failed(outcome: list[checks.CheckResult]) -> int:
     return int(any(result.status == "failed" for result in outcome))
+
+
+def command_check(device: str) -> int:
+    """Print the kernel check; 1 if a kernel disagrees with the reference, else 0."""
+    return _failed(_kernel_check(device))
 
 
 def command_costs() -> int:
@@ -139,27 +148,31 @@ def command_costs() -> int:
 
 
 def command_run(args: argparse.Namespace) -> tuple[int, Path]:
-    """Measure, write the JSON; return (status, path)."""
+    """Check the kernels, measure, write the JSON (with the check in it); (status, path)."""
     on_cuda = args.device == "cuda"
     if on_cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    status = 0
-    if not args.no_check:
-        status = command_check(args.device)
-    layers, jobs = select(args.workloads or (FULL_SUITE if on_cuda else CPU_WORKLOADS))
-    settings = harness.Settings(
-        device=args.device,
-        precisions=args.precisions or (["tf32", "fp32", "bf16"] if on_cuda else ["fp32"]),
-        layouts=args.layouts or (list(harness.LAYOUTS) if on_cuda else ["nchw"]),
-        providers=args.providers or (list(providers.PROVIDERS) if on_cuda else CPU_PROVIDERS),
-        passes=args.passes,
-        repeats=args.repeats or (30 if on_cuda else 3),
-        warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),
-    )
+    try:
+        layers, jobs = select(args.workloads or (FULL_SUITE if on_cuda else CPU_WORKLOADS))
+        settings = harness.Settings(
+            device=args.device,
+            precisions=args.precisions or (["tf32", "fp32", "bf16"] if on_cuda else ["fp32"]),
+            layouts=args.layouts or (list(harness.LAYOUTS) if on_cuda else ["nchw"]),
+            providers=args.providers or (list(providers.PROVIDERS) if on_cuda
+                                         else CPU_PROVIDERS),
+            passes=args.passes,
+            repeats=args.repeats or (30 if on_cuda else 3),
+            warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),
+        )
+        settings.check()
+    except ValueError as error:
+        raise SystemExit(f"python -m bench run: {error}") from None
+    outcome = [] if args.no_check else _kernel_check(args.device)
     run = harness.Harness(settings, _progress).run(layers, jobs)
+    run["kernel_check"] = [asdict(result) for result in outcome]
     path = results.write(run, args.output or results.default_path(run, args.results_dir))
     _progress(f"wrote {path}")
-    return status, path
+    return _failed(outcome), path
 
 
 def command_report(input_path: Path | None, results_dir: Path, markdown: Path,

@@ -20,7 +20,11 @@ SWEEPS = {
     "sweep-k": ("k", "sparsity groups k"),
     "sweep-channels": ("channels", "channels C (C -> C)"),
 }
-MAIN_GROUPS = ("W1", "W2", "W3", "W4")
+
+
+def is_headline_workload(workload: dict) -> bool:
+    """Workloads reported in every table: all but sweep members (W1-W4, tiny, jobs)."""
+    return not workload.get("group", "").startswith("sweep-")
 
 
 def headline(run: dict) -> tuple[str, str]:
@@ -97,8 +101,7 @@ def latency_vs_flops(run: dict, directory: Path) -> Path | None:
 def speedup_chart(run: dict, directory: Path) -> Path | None:
     """Speed-up over the paper's formulation on W1-W4 and the end-to-end jobs, per pass."""
     precision, layout = headline(run)
-    main = {name for name, w in run["workloads"].items()
-            if w.get("group") in MAIN_GROUPS or "kind" in w}
+    main = {name for name, w in run["workloads"].items() if is_headline_workload(w)}
     panels = []
     for pass_ in ("forward", "forward_backward"):
         table = {w: v for w, v in speedups(run, precision, layout, pass_).items() if w in main}

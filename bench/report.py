@@ -21,9 +21,11 @@ DEFAULT_MARKDOWN = REPO_ROOT / "docs" / "performance.md"
 DEFAULT_IMAGES = REPO_ROOT / "docs" / "images"
 
 
-def _layer_workloads(run: dict) -> dict[str, Workload]:
+def _layer_workloads(run: dict, headline_only: bool = False) -> dict[str, Workload]:
+    """The run's layer workloads (not the end-to-end jobs); without sweeps if headline_only."""
     return {name: Workload(**{**w, "passes": tuple(w["passes"])})
-            for name, w in run["workloads"].items() if "passes" in w}
+            for name, w in run["workloads"].items()
+            if "passes" in w and (plots.is_headline_workload(w) or not headline_only)}
 
 
 def _latency(row: dict | None) -> str:
@@ -66,8 +68,20 @@ def provenance(run: dict, source: Path) -> str:
         f"- timing: {settings['warmup']} warm-up calls, then {settings['repeats']} timed "
         "repeats each; medians with the 20th-80th percentile range",
         f"- source: `{source}`",
+        f"- kernel check before measuring: {_kernel_check(run)}",
     ]
     return "\n".join(lines)
+
+
+def _kernel_check(run: dict) -> str:
+    outcome = run.get("kernel_check")
+    if not outcome:
+        return "not run"
+    return "; ".join(
+        f"{r['name']} {r['status']}"
+        + ("" if r["max_abs_error"] is None else f" (max abs error {r['max_abs_error']:.1e})")
+        for r in outcome
+    )
 
 
 def peaks_table(run: dict) -> str:
@@ -84,9 +98,7 @@ def headline_table(run: dict) -> str:
     precision, layout = plots.headline(run)
     providers = run["settings"]["providers"]
     table = []
-    for name, workload in _layer_workloads(run).items():
-        if workload.group not in plots.MAIN_GROUPS:
-            continue
+    for name in _layer_workloads(run, headline_only=True):
         for provider in providers:
             cells = [name, provider]
             for pass_ in ("forward", "forward_backward"):
@@ -142,8 +154,9 @@ def flop_check_table(run: dict) -> str:
 def cost_paragraph(run: dict) -> str:
     """What the run says about the supplementary's 'negligible extra cost' claim."""
     precision, layout = plots.headline(run)
-    workloads = {n: w for n, w in _layer_workloads(run).items()
-                 if w.group in plots.MAIN_GROUPS}
+    workloads = _layer_workloads(run, headline_only=True)
+    if not workloads:
+        return "This run has no layer workloads outside the sweeps to compare."
     analytic = [100 * w.cost().extra_flops_ratio for w in workloads.values()]
     sentences = [
         "The supplementary (section 2) argues that an NSR layer costs a negligible amount "
@@ -216,8 +229,7 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
         "## Measured peaks (same run)",
         peaks_table(run),
         "## Analytic cost (float32, forward)",
-        cost_table([w for w in _layer_workloads(run).values()
-                    if w.group in plots.MAIN_GROUPS]),
+        cost_table(list(_layer_workloads(run, headline_only=True).values())),
         "## Is the extra cost negligible?",
         cost_paragraph(run),
         f"## Headline: {precision}, {layout}",

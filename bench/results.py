@@ -10,7 +10,8 @@ Schema (version 1)::
       "settings": {"repeats", "warmup", "precisions", "layouts", "providers", ...},
       "peaks": {"matmul_tflops": {precision: float}, "copy_gbps": float, ...},
       "workloads": {name: Workload.as_dict() | EndToEnd.as_dict()},
-      "measurements": [ {MEASUREMENT_KEYS...}, ... ]
+      "measurements": [ {MEASUREMENT_KEYS...}, ... ],
+      "kernel_check": [ {"name", "status", "max_abs_error", "message"}, ... ]   (optional)
     }
 """
 

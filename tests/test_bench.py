@@ -343,3 +343,19 @@ def test_bound_note_names_the_workloads_over_the_papers_bound():
     assert "W1-reduce" in bound_note([w["W1-reduce"], w["W2"]])
     assert "W2" not in bound_note([w["W1-reduce"], w["W2"]])
     assert "stays under" in bound_note([w["W2"], w["W4"]])
+
+
+def test_cli_run_rejects_unknown_workloads_before_measuring(tmp_path):
+    with pytest.raises(SystemExit, match="W9"):
+        cli.main(["run", "--device", "cpu", "--workloads", "W9",
+                  "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_report_renders_a_run_without_the_main_workloads(tmp_path):
+    run = harness.Harness(_cpu_settings(layouts=["nchw"]), lambda message: None).run(
+        tiny_workloads(), [])
+    page = report.render(run, tmp_path / "run.json", tmp_path / "p.md", tmp_path / "images")
+    text = page.read_text()
+    assert "| tiny | paper |" in text and "kernel check before measuring: not run" in text
+    assert "`paper` relative to the static convolution" in text
