@@ -74,6 +74,11 @@ def check_kernels(device: str) -> list[CheckResult]:
         importlib.import_module("triton_nsr.ops")
     except ImportError as error:
         return [CheckResult("triton_nsr.ops", "skipped", message=f"not importable ({error})")]
+    # A module that exists but fails to import (a kernel that does not compile at import
+    # time, say) is a failure to report, not a reason to stop the benchmark.
+    except Exception as error:
+        return [CheckResult("triton_nsr.ops", "failed",
+                            message=f"import failed: {type(error).__name__}: {error}")]
     inputs = providers.LayerInputs.create(CHECK_WORKLOAD, device, torch.float32,
                                           channels_last=False, allow_tf32=False)
     results = []

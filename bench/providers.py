@@ -144,6 +144,9 @@ def unavailable_reason(provider: Provider, device: str) -> str | None:
             importlib.import_module(provider.requires)
         except ImportError as error:
             return f"{provider.requires} is not importable ({error})"
+        # Broken rather than missing: still a reason to skip, with what went wrong.
+        except Exception as error:
+            return f"importing {provider.requires} failed ({type(error).__name__}: {error})"
     return None
 
 

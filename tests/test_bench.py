@@ -6,6 +6,7 @@ report. Kernel timings themselves belong to `python -m bench` on a GPU.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import types
@@ -359,3 +360,25 @@ def test_report_renders_a_run_without_the_main_workloads(tmp_path):
     text = page.read_text()
     assert "| tiny | paper |" in text and "kernel check before measuring: not run" in text
     assert "`paper` relative to the static convolution" in text
+
+
+def test_missing_or_broken_kernels_are_reported_not_raised(monkeypatch):
+    import triton_nsr
+
+    monkeypatch.delattr(triton_nsr, "ops", raising=False)
+    monkeypatch.setitem(sys.modules, "triton_nsr.ops", None)  # import raises ImportError
+    assert [r.status for r in checks.check_kernels("cpu")] == ["skipped"]
+    reason = providers.unavailable_reason(providers.get("triton_mix"), "cpu")
+    assert "not importable" in reason
+    real_import = importlib.import_module
+
+    def broken_import(name, *args):
+        if name == "triton_nsr.ops":
+            raise SyntaxError("half-written kernel")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken_import)
+    outcome = checks.check_kernels("cpu")
+    assert [(r.status, "half-written" in r.message) for r in outcome] == [("failed", True)]
+    reason = providers.unavailable_reason(providers.get("triton_mix"), "cpu")
+    assert "SyntaxError" in reason
