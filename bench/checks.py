@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import providers
+from bench import hardware, providers
 from bench.workloads import Workload
 
 # float32 tolerance (atol, rtol) with TF32 off, as in tests/utils.py.
@@ -82,9 +82,8 @@ def check_kernels(device: str) -> list[CheckResult]:
     inputs = providers.LayerInputs.create(CHECK_WORKLOAD, device, torch.float32,
                                           channels_last=False, allow_tf32=False)
     results = []
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    # TF32 off for the kernels (they follow cudnn.allow_tf32) and the reference alike.
+    with hardware.tf32_mode(False):
         for name in ("triton_mix", "triton_conv", "triton_nsr"):
             provider = providers.get(name)
             try:
@@ -95,10 +94,8 @@ def check_kernels(device: str) -> list[CheckResult]:
                 expected = _outputs_and_grads(reference_forward, reference_leaves, seed=0)
             # Any failure of a kernel is a failed check, reported with its message.
             except Exception as error:
-                results.append(CheckResult(name, "failed", message=f"{type(error).__name__}: "
-                                                                   f"{error}"))
+                results.append(CheckResult(name, "failed",
+                                           message=f"{type(error).__name__}: {error}"))
                 continue
             results.append(_compare(name, actual, expected))
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
     return results
