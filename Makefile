@@ -26,6 +26,10 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
+# Re-render docs/performance.md and docs/images/ from the newest stored GPU run (no measuring).
+report: setup
+	$(PY) -m bench report
+
 lint: setup
 	$(VENV)/bin/ruff check triton_nsr bench tests examples
 

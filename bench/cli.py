@@ -1,32 +1,218 @@
-"""The main job: the paper's default NSR layer, its cost against a static conv, and one run."""
+"""Benchmarks of triton_nsr against the paper's NSR formulation, and the performance report.
+
+Without a subcommand: on a CUDA machine, check the kernels, run the full suite (W1-W4 in every
+precision and layout, the sweeps and the end-to-end jobs), store the JSON under bench/results/
+and render docs/performance.md. Without CUDA (in well under two minutes): check the kernels in
+the Triton interpreter on one tiny case, print the analytic cost table, and render the report
+from the newest stored GPU run, or say there is none.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
-from triton_nsr import NSRConv2d
-from triton_nsr.flops import nsr_layer_cost, paper_overhead_bound
+from bench import checks, hardware, harness, providers, report, results
+from bench.costs import cost_table
+from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
+
+FULL_SUITE = ["main", "sweeps", "e2e"]
+# On CPU the harness can only smoke-test: tiny shapes, the plain-PyTorch providers.
+CPU_WORKLOADS = ["tiny"]
+CPU_PROVIDERS = ["paper", "static_conv"]
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _use_interpreter_without_cuda() -> None:
+    """Run Triton kernels in the CPU interpreter when there is no GPU.
+
+    Triton reads TRITON_INTERPRET when it is imported; nothing before this point imports it
+    (triton_nsr and bench import it lazily), so setting it here is early enough.
+    """
+    if torch.cuda.is_available():
+        return
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        _progress("warning: triton was imported before TRITON_INTERPRET=1 could be set; "
+                  "kernel checks may fail")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _repo_relative(path: Path) -> Path:
+    try:
+        return Path(path).resolve().relative_to(results.REPO_ROOT)
+    except ValueError:
+        return Path(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR,
+                        help="where run JSON files are stored and looked up "
+                             "(default: bench/results)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="measure workloads and store one JSON file",
+        description="Measure workloads with providers; write one JSON file per run.")
+    run.add_argument("--device", choices=["cuda", "cpu"], default=_default_device(),
+                     help="cuda (default when available) or cpu (timing smoke test with "
+                          "time.perf_counter; tiny shapes only)")
+    run.add_argument("--workloads", nargs="+", default=None, metavar="NAME",
+                     help="workload names or groups: main, sweeps, e2e, W1..W4, W1-expand, "
+                          "W1-reduce, sweep-batch, sweep-resolution, sweep-k, sweep-channels, "
+                          "E2E-train, E2E-eval, tiny (default: main sweeps e2e on cuda, "
+                          "tiny on cpu)")
+    run.add_argument("--providers", nargs="+", default=None, choices=list(providers.PROVIDERS),
+                     metavar="NAME",
+                     help=f"providers from {list(providers.PROVIDERS)} (default: all on cuda, "
+                          f"{' '.join(CPU_PROVIDERS)} on cpu)")
+    run.add_argument("--precisions", nargs="+", default=None, choices=list(hardware.PRECISIONS),
+                     help="fp32 (TF32 off), tf32 (float32 storage, TF32 math), bf16; the first "
+                          "is the headline for sweeps, end-to-end jobs and charts "
+                          "(default: tf32 fp32 bf16 on cuda, fp32 on cpu)")
+    run.add_argument("--layouts", nargs="+", default=None,
+                     choices=list(harness.LAYOUTS),
+                     help="memory layouts; the first is the headline (default: nchw "
+                          "channels_last on cuda, nchw on cpu)")
+    run.add_argument("--passes", nargs="+", default=[FORWARD, FORWARD_BACKWARD],
+                     choices=[FORWARD, FORWARD_BACKWARD], help="what to time (default: both)")
+    run.add_argument("--repeats", type=int, default=None,
+                     help="timed repeats per measurement (default: 30 on cuda, 3 on cpu)")
+    run.add_argument("--warmup", type=int, default=None,
+                     help="untimed calls first, for compiling and autotuning "
+                          "(default: 5 on cuda, 1 on cpu)")
+    run.add_argument("--output", type=Path, default=None,
+                     help="JSON path (default: <results-dir>/<date>_<device>_<commit>.json)")
+    run.add_argument("--no-check", action="store_true",
+                     help="skip the kernel check against the reference before measuring")
+    run.add_argument("--report", action="store_true",
+                     help="render docs/performance.md from this run afterwards "
+                          "(cuda runs only)")
+
+    rep = commands.add_parser(
+        "report", help="render docs/performance.md and charts from stored JSON",
+        description="Render the report from one stored run (never measures).")
+    rep.add_argument("--input", type=Path, default=None,
+                     help="run JSON (default: the newest cuda run in --results-dir)")
+    rep.add_argument("--markdown", type=Path, default=report.DEFAULT_MARKDOWN,
+                     help="page to write (default: docs/performance.md)")
+    rep.add_argument("--images", type=Path, default=report.DEFAULT_IMAGES,
+                     help="chart directory (default: docs/images)")
+
+    check = commands.add_parser("check", help="compare the Triton kernels with the reference "
+                                              "on one tiny case (interpreter without CUDA)")
+    check.add_argument("--device", choices=["cuda", "cpu"], default=_default_device())
+    commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4")
+    return parser
+
+
+def _kernel_check(device: str) -> list[checks.CheckResult]:
+    where = "CUDA" if device == "cuda" else "the Triton interpreter (CPU)"
+    _progress(f"checking the Triton kernels against the reference in {where} "
+              f"({checks.CHECK_WORKLOAD.description})")
+    outcome = checks.check_kernels(device)
+    print("kernel check:")
+    for result in outcome:
+        print(result.line())
+    return outcome
+
+
+def _failed(outcome: list[checks.CheckResult]) -> int:
+    return int(any(result.status == "failed" for result in outcome))
+
+
+def command_check(device: str) -> int:
+    """Print the kernel check; 1 if a kernel disagrees with the reference, else 0."""
+    return _failed(_kernel_check(device))
+
+
+def command_costs() -> int:
+    print("analytic cost per layer (triton_nsr.flops; forward, float32):")
+    print(cost_table(main_workloads()))
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> tuple[int, Path]:
+    """Check the kernels, measure, write the JSON (with the check in it); (status, path)."""
+    on_cuda = args.device == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    try:
+        layers, jobs = select(args.workloads or (FULL_SUITE if on_cuda else CPU_WORKLOADS))
+        settings = harness.Settings(
+            device=args.device,
+            precisions=args.precisions or (["tf32", "fp32", "bf16"] if on_cuda else ["fp32"]),
+            layouts=args.layouts or (list(harness.LAYOUTS) if on_cuda else ["nchw"]),
+            providers=args.providers or (list(providers.PROVIDERS) if on_cuda
+                                         else CPU_PROVIDERS),
+            passes=args.passes,
+            repeats=args.repeats or (30 if on_cuda else 3),
+            warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),
+        )
+        settings.check()
+    except ValueError as error:
+        raise SystemExit(f"python -m bench run: {error}") from None
+    outcome = [] if args.no_check else _kernel_check(args.device)
+    run = harness.Harness(settings, _progress).run(layers, jobs)
+    run["kernel_check"] = [asdict(result) for result in outcome]
+    path = results.write(run, args.output or results.default_path(run, args.results_dir))
+    _progress(f"wrote {path}")
+    return _failed(outcome), path
+
+
+def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
+                   images: Path) -> int:
+    if input_path is not None:
+        found = (input_path, results.load(input_path))
+    else:
+        found = results.newest(results_dir, "cuda")
+    if found is None:
+        page = report.render_without_results(_repo_relative(results_dir), markdown)
+        print(f"report: no GPU results stored in {_repo_relative(results_dir)}; wrote {page} "
+              "with the analytic costs only")
+        return 0
+    path, run = found
+    env = run["environment"]
+    page = report.render(run, _repo_relative(path), markdown, images)
+    print(f"report: rendered {page} from {_repo_relative(path)} "
+          f"({env['device_name']}, {run['created_utc']}, commit {env['git_commit'][:12]})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.parse_args(argv)
-    batch, cin, cout, size, k, d = 16, 32, 128, 48, 4, 16
-    cost = nsr_layer_cost(batch, cin, cout, size, size, 3, k, d)
-    print(f"NSR layer {cin}->{cout}, 3x3, k={k}, d={d}, {size}x{size}, batch {batch}")
-    print(f"  params: static {cost.static_params:,}  NSR {cost.nsr_params:,}")
-    print(f"  FLOPs:  static {cost.static_flops:,}  NSR {cost.nsr_flops:,}  "
-          f"(+{100 * cost.extra_flops_ratio:.3f}%; supplementary bound for c={cin}: "
-          f"{100 * paper_overhead_bound(size, cin, 3, k, d):.3f}%)")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    layer = NSRConv2d(cin, cout, 3, k, d, padding=1, device=device)
-    x = torch.randn(batch, cin, size, size, device=device)
-    start = time.perf_counter()
-    with torch.no_grad():
-        y = layer(x)
-    print(f"  ran once on {device} (backend {layer.backend}): output {tuple(y.shape)} "
-          f"in {time.perf_counter() - start:.3f} s")
-    return 0
+    args = build_parser().parse_args(argv)
+    _use_interpreter_without_cuda()
+    if args.command == "check":
+        return command_check(args.device)
+    if args.command == "costs":
+        return command_costs()
+    if args.command == "report":
+        return command_report(args.input, args.results_dir, args.markdown, args.images)
+    if args.command == "run":
+        status, path = command_run(args)
+        if args.report and args.device == "cuda":
+            command_report(path, args.results_dir, report.DEFAULT_MARKDOWN,
+                           report.DEFAULT_IMAGES)
+        return status
+    # No subcommand: the main job (`make bench`).
+    if torch.cuda.is_available():
+        return main(["--results-dir", str(args.results_dir), "run", "--report"])
+    status = command_check("cpu")
+    command_costs()
+    command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)
+    return status

@@ -1,0 +1,66 @@
+"""Whole-model jobs on WDSR-NSR: one training step, and the patch-based eval of one image.
+
+The model comes from ``triton_nsr.models`` (imported here, lazily: the harness reports the job
+as skipped when it is missing). Every NSR layer in it is a ``triton_nsr.NSRConv2d``, so one
+model runs either formulation by setting each layer's ``backend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.workloads import EVAL_PADDING, EVAL_STRIDE, EndToEnd
+
+# Provider name -> the backend every NSR layer of the model is set to.
+BACKENDS = {"paper": "torch", "triton_nsr": "triton"}
+SCALE = 2
+
+
+def build(job: EndToEnd, provider: str, device: str) -> Callable[[], object]:
+    """A closure running one ``job`` step with every NSR layer on ``provider``'s backend.
+
+    Raises ImportError when triton_nsr.models is missing, ValueError for an unknown provider
+    or a model without NSR layers.
+    """
+    if provider not in BACKENDS:
+        raise ValueError(f"end-to-end jobs run {sorted(BACKENDS)}, not {provider!r}")
+    from triton_nsr.models import WDSRNSR, evaluate_patches
+
+    from triton_nsr import NSRConv2d
+
+    model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device)
+    layers = [m for m in model.modules() if isinstance(m, NSRConv2d)]
+    if not layers:
+        raise ValueError("WDSRNSR has no triton_nsr.NSRConv2d layers to switch")
+    for layer in layers:
+        layer.backend = BACKENDS[provider]
+
+    if job.kind == "train":
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        size = job.patch_size
+        lr = torch.rand(job.batch, 3, size, size, device=device)
+        hr = torch.rand(job.batch, 3, SCALE * size, SCALE * size, device=device)
+
+        def train_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.l1_loss(model(lr), hr).backward()
+            optimizer.step()
+
+        return train_step
+
+    if job.kind == "eval":
+        model.eval()
+        image = torch.rand(1, 3, job.image_height, job.image_width, device=device)
+
+        def eval_image() -> torch.Tensor:
+            with torch.no_grad():
+                return evaluate_patches(model, image, patch_size=job.patch_size,
+                                        padding=EVAL_PADDING, stride=EVAL_STRIDE)
+
+        return eval_image
+
+    raise ValueError(f"unknown end-to-end kind {job.kind!r}")
