@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.utils import TOLERANCES, assert_close, assert_same_outputs_and_grads, make_params
+from tests.utils import (
+    TOLERANCES,
+    assert_close,
+    assert_same_outputs_and_grads,
+    make_params,
+    outputs_and_grads,
+)
 from triton_nsr import NSRConv2d, nsr_conv2d, reference
 
 pytestmark = pytest.mark.usefixtures("poison_allocations")
@@ -330,3 +336,24 @@ def test_tf32_follows_cudnn_flag(monkeypatch):
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", flag)
         nsr_conv2d(x, *params, 1, 1, backend="triton")
     assert seen == [True, False]
+
+
+def test_int64_offsets_give_the_same_result(monkeypatch):
+    """The int64 offset path (tensors past 2**31 elements) computes the same as int32."""
+    import triton.language as tl
+
+    from triton_nsr.kernels import conv, conv_backward
+
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    params = make_params(4, 6, 3, 2, 3, groups=2)
+
+    def run(*inputs):
+        return nsr_conv2d(*inputs, 2, 3, 2, 1, 1, 2, backend="triton")
+
+    expected = outputs_and_grads(run, [x, *params])
+    for module in (conv, conv_backward):
+        monkeypatch.setattr(module, "index_dtype", lambda *args, **kwargs: tl.int64)
+    out, grads, _ = outputs_and_grads(run, [x, *params], expected[2])
+    assert_close(out, expected[0])
+    for name, g, rg in zip(NAMES, grads, expected[1]):
+        assert_close(g, rg, f"grad of {name}")

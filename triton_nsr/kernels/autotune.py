@@ -60,3 +60,21 @@ def check_launchable(*tensors: torch.Tensor) -> None:
                 f"Triton kernels need CUDA tensors, got one on {tensor.device}; on CPU set "
                 "TRITON_INTERPRET=1 before importing triton, or use backend='torch'"
             )
+
+
+def index_dtype(tensors, slack: int = 0):
+    """int32 offsets inside a sample when they cannot overflow, else int64.
+
+    The kernels add the sample's base offset in int64 and everything inside a sample in this
+    dtype. Masked-off lanes may point up to a block (plus padding, ``slack``) past an edge, so
+    every dimension but the batch gets that much room before the int32 limit is checked.
+    """
+    room = 1024 + slack
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        extent = sum(abs(stride) * (size + room)
+                     for size, stride in zip(tensor.shape[1:], tensor.stride()[1:]))
+        if extent >= 2**31:
+            return tl.int64
+    return tl.int32

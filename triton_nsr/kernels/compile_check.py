@@ -64,7 +64,7 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return (int(match[1]), int(match[2])) if match else (-1, -1)
 
 
-def _kernels():
+def _kernels(index_bits: int = 32):
     import triton.language as tl
 
     from triton_nsr.kernels import conv, conv_backward, mix
@@ -73,7 +73,7 @@ def _kernels():
         _, acc, precision = DTYPES[dtype]
         acc_dtype = getattr(tl, acc)
         return {"ACC_DTYPE": acc_dtype, "PRECISION": precision, "HAS_BIAS": True,
-                "BLOCK_GROUPS": 4}
+                "BLOCK_GROUPS": 4, "INDEX_DTYPE": getattr(tl, f"int{index_bits}")}
 
     return [
         (conv.conv_fwd_kernel, constexprs),
@@ -85,8 +85,13 @@ def _kernels():
     ]
 
 
-def compile_all(arch: int = 90, first: int | None = None, dtypes=None) -> list[CompileResult]:
-    """Compile each kernel for each dtype and autotune config; return one result per compile."""
+def compile_all(arch: int = 90, first: int | None = None, dtypes=None,
+                index_bits: int = 32) -> list[CompileResult]:
+    """Compile each kernel for each dtype and autotune config; return one result per compile.
+
+    ``index_bits`` picks the conv kernels' in-sample offset type (int32 is the common case;
+    int64 is what tensors past 2**31 elements get).
+    """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -95,7 +100,7 @@ def compile_all(arch: int = 90, first: int | None = None, dtypes=None) -> list[C
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to check")
     target = GPUTarget("cuda", arch, 32)
     results = []
-    for tuner, constexprs in _kernels():
+    for tuner, constexprs in _kernels(index_bits):
         fn = tuner.fn
         configs = tuner.configs[:first] if first else tuner.configs
         for dtype in dtypes or DTYPES:
@@ -137,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the first N configs of each kernel's autotune list")
     parser.add_argument("--dtype", action="append", choices=sorted(DTYPES),
                         help="only these dtypes (repeatable); default all")
+    parser.add_argument("--index-bits", type=int, choices=(32, 64), default=32,
+                        help="in-sample offset width of the conv kernels (default 32)")
     args = parser.parse_args(argv)
-    results = compile_all(args.arch, args.first, args.dtype)
+    results = compile_all(args.arch, args.first, args.dtype, args.index_bits)
     for r in results:
         status = "ok " if r.error is None else "FAIL"
         print(f"{status} {r.kernel:24s} {r.dtype:13s} smem={r.shared_memory:6d} "

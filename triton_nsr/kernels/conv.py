@@ -19,6 +19,7 @@ from triton_nsr.kernels.autotune import (
     accumulator_dtype,
     check_launchable,
     dot_precision,
+    index_dtype,
     tuned,
 )
 
@@ -48,6 +49,7 @@ def conv_fwd_kernel(
     bias_batch_stride, bias_channel_stride,
     output_batch_stride, output_channel_stride, output_h_stride, output_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = conv2d(x[b], w[b]) + bias[b] for every sample b.
@@ -57,48 +59,56 @@ def conv_fwd_kernel(
         weight (B, out, Cg, kh, kw): per-sample kernels, any strides.
         bias (B, out) when HAS_BIAS.
         output (B, out, Ho, Wo), any strides.
+    Offsets: the sample's base offset is int64; offsets inside a sample use INDEX_DTYPE (int32
+    when every tensor's per-sample extent fits, which halves the index registers).
     Grid: (B * groups * cdiv(Ho*Wo, BLOCK_M) * cdiv(OG, BLOCK_N),), output-channel tiles
     fastest so the programs sharing an input tile run together.
     """
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(out_group_channels, BLOCK_N)
     num_m_blocks = tl.cdiv(out_pixels, BLOCK_M)
     n_block = pid % num_n_blocks
     m_block = (pid // num_n_blocks) % num_m_blocks
     sample_group = pid // (num_n_blocks * num_m_blocks)
-    sample = sample_group // groups
-    group = sample_group % groups
+    sample = (sample_group // groups).to(tl.int64)
+    group = (sample_group % groups).to(INDEX_DTYPE)
 
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     mask_m = offs_m < out_pixels
     mask_n = offs_n < out_group_channels
     out_row = offs_m // out_w
     out_col = offs_m % out_w
     out_channel = group * out_group_channels + offs_n
+    row_origin = out_row * stride_h - pad_h
+    col_origin = out_col * stride_w - pad_w
 
     input_sample = (input_pointer + sample * input_batch_stride
                     + group * in_group_channels * input_channel_stride)
     weight_sample = (weight_pointer + sample * weight_batch_stride
                      + out_channel[None, :] * weight_out_stride)
 
+    # One flat loop over (tap, channel block) so that Triton pipelines all of K, not just the
+    # channel blocks of one tap.
+    num_c_blocks = tl.cdiv(in_group_channels, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for r in range(kernel_h):
-        in_row = out_row * stride_h - pad_h + r * dilation_h
-        row_ok = mask_m & (in_row >= 0) & (in_row < in_h)
-        for t in range(kernel_w):
-            in_col = out_col * stride_w - pad_w + t * dilation_w
-            pixel_ok = row_ok & (in_col >= 0) & (in_col < in_w)
-            pixel = input_sample + in_row * input_h_stride + in_col * input_w_stride
-            weight_tap = weight_sample + r * weight_h_stride + t * weight_w_stride
-            for c_start in range(0, in_group_channels, BLOCK_K):
-                offs_k = (c_start + tl.arange(0, BLOCK_K)).to(tl.int64)
-                mask_k = offs_k < in_group_channels
-                a = tl.load(pixel[:, None] + offs_k[None, :] * input_channel_stride,
-                            mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
-                w = tl.load(weight_tap + offs_k[:, None] * weight_in_stride,
-                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    for step in range(kernel_h * kernel_w * num_c_blocks):
+        tap = step // num_c_blocks
+        c_start = (step % num_c_blocks) * BLOCK_K
+        r = tap // kernel_w
+        t = tap % kernel_w
+        in_row = row_origin + r * dilation_h
+        in_col = col_origin + t * dilation_w
+        pixel_ok = mask_m & (in_row >= 0) & (in_row < in_h) & (in_col >= 0) & (in_col < in_w)
+        offs_k = (c_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
+        mask_k = offs_k < in_group_channels
+        pixel = in_row * input_h_stride + in_col * input_w_stride
+        a = tl.load(input_sample + pixel[:, None] + offs_k[None, :] * input_channel_stride,
+                    mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(weight_sample + offs_k[:, None] * weight_in_stride
+                    + (r * weight_h_stride + t * weight_w_stride),
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
         bias = tl.load(bias_pointer + sample * bias_batch_stride
@@ -106,7 +116,7 @@ def conv_fwd_kernel(
         acc += bias.to(ACC_DTYPE)[None, :]
     output = (output_pointer + sample * output_batch_stride
               + out_channel[None, :] * output_channel_stride
-              + out_row[:, None] * output_h_stride + out_col[:, None] * output_w_stride)
+              + (out_row * output_h_stride + out_col * output_w_stride)[:, None])
     tl.store(output, acc.to(output_pointer.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
@@ -175,5 +185,7 @@ def conv_fwd(
         HAS_BIAS=bias is not None,
         ACC_DTYPE=accumulator_dtype(input.dtype),
         PRECISION=dot_precision(input.dtype, allow_tf32),
+        INDEX_DTYPE=index_dtype((input, weight, bias, output), slack=max(pad) + max(dilation)
+                                * max(kernel_h, kernel_w)),
     )
     return output

@@ -26,6 +26,7 @@ from triton_nsr.kernels.autotune import (
     accumulator_dtype,
     check_launchable,
     dot_precision,
+    index_dtype,
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
@@ -56,7 +57,7 @@ def conv_bwd_input_kernel(
     weight_batch_stride, weight_out_stride, weight_in_stride, weight_h_stride, weight_w_stride,
     grad_input_batch_stride, grad_input_channel_stride, grad_input_h_stride,
     grad_input_w_stride,
-    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INDEX_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b] = conv_transpose2d(dy[b], w[b]) for every sample b.
@@ -65,23 +66,27 @@ def conv_bwd_input_kernel(
         grad_output (B, out, Ho, Wo), any strides.
         weight (B, out, Cg, kh, kw), any strides.
         grad_input (B, C, H, W), any strides; every element is written.
-    Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),).
+    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
+    Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),); one flat loop over
+    (tap, output-channel block).
     """
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
     num_m_blocks = tl.cdiv(in_pixels, BLOCK_M)
     n_block = pid % num_n_blocks
     m_block = (pid // num_n_blocks) % num_m_blocks
     sample_group = pid // (num_n_blocks * num_m_blocks)
-    sample = sample_group // groups
-    group = sample_group % groups
+    sample = (sample_group // groups).to(tl.int64)
+    group = (sample_group % groups).to(INDEX_DTYPE)
 
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     mask_m = offs_m < in_pixels
     mask_n = offs_n < in_group_channels
     in_row = offs_m // in_w
     in_col = offs_m % in_w
+    row_origin = in_row + pad_h
+    col_origin = in_col + pad_w
 
     grad_output_sample = (grad_output_pointer + sample * grad_output_batch_stride
                           + group * out_group_channels * grad_output_channel_stride)
@@ -89,35 +94,36 @@ def conv_bwd_input_kernel(
                      + group * out_group_channels * weight_out_stride
                      + offs_n[None, :] * weight_in_stride)
 
+    num_o_blocks = tl.cdiv(out_group_channels, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for r in range(kernel_h):
-        # Output row that tap r maps onto input row in_row; it exists only where the
-        # strided grid hits in_row exactly.
-        row_span = in_row + pad_h - r * dilation_h
+    for step in range(kernel_h * kernel_w * num_o_blocks):
+        tap = step // num_o_blocks
+        o_start = (step % num_o_blocks) * BLOCK_K
+        r = tap // kernel_w
+        t = tap % kernel_w
+        # The output pixel that tap (r, t) maps onto this input pixel exists only where the
+        # strided grid hits it exactly and lands inside the output.
+        row_span = row_origin - r * dilation_h
+        col_span = col_origin - t * dilation_w
         out_row = row_span // stride_h
-        row_ok = (mask_m & (row_span >= 0) & (row_span % stride_h == 0)
-                  & (out_row < out_h))
-        for t in range(kernel_w):
-            col_span = in_col + pad_w - t * dilation_w
-            out_col = col_span // stride_w
-            pixel_ok = (row_ok & (col_span >= 0) & (col_span % stride_w == 0)
-                        & (out_col < out_w))
-            pixel = (grad_output_sample + out_row * grad_output_h_stride
-                     + out_col * grad_output_w_stride)
-            weight_tap = weight_sample + r * weight_h_stride + t * weight_w_stride
-            for o_start in range(0, out_group_channels, BLOCK_K):
-                offs_k = (o_start + tl.arange(0, BLOCK_K)).to(tl.int64)
-                mask_k = offs_k < out_group_channels
-                a = tl.load(pixel[:, None] + offs_k[None, :] * grad_output_channel_stride,
-                            mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
-                w = tl.load(weight_tap + offs_k[:, None] * weight_out_stride,
-                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        out_col = col_span // stride_w
+        pixel_ok = (mask_m & (row_span >= 0) & (row_span % stride_h == 0) & (out_row < out_h)
+                    & (col_span >= 0) & (col_span % stride_w == 0) & (out_col < out_w))
+        offs_k = (o_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
+        mask_k = offs_k < out_group_channels
+        pixel = out_row * grad_output_h_stride + out_col * grad_output_w_stride
+        a = tl.load(grad_output_sample + pixel[:, None]
+                    + offs_k[None, :] * grad_output_channel_stride,
+                    mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(weight_sample + offs_k[:, None] * weight_out_stride
+                    + (r * weight_h_stride + t * weight_w_stride),
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     in_channel = group * in_group_channels + offs_n
     grad_input = (grad_input_pointer + sample * grad_input_batch_stride
                   + in_channel[None, :] * grad_input_channel_stride
-                  + in_row[:, None] * grad_input_h_stride + in_col[:, None] * grad_input_w_stride)
+                  + (in_row * grad_input_h_stride + in_col * grad_input_w_stride)[:, None])
     tl.store(grad_input, acc.to(grad_input_pointer.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
@@ -136,6 +142,7 @@ def conv_bwd_weight_kernel(
     grad_weight_h_stride, grad_weight_w_stride,
     grad_bias_batch_stride, grad_bias_channel_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[b] = correlate(x[b], dy[b]) and dbias[b] = dy[b] summed over pixels, for every b.
@@ -145,8 +152,9 @@ def conv_bwd_weight_kernel(
         grad_weight (B, out, Cg, kh, kw), grad_bias (B, out) when HAS_BIAS: any strides.
     Grid: (B * groups * kh * kw * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),): one program per tap,
     output-channel tile and input-channel tile, so no two programs write the same element.
+    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
     """
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
     num_m_blocks = tl.cdiv(out_group_channels, BLOCK_M)
     n_block = pid % num_n_blocks
@@ -154,13 +162,13 @@ def conv_bwd_weight_kernel(
     rest = pid // (num_n_blocks * num_m_blocks)
     tap = rest % (kernel_h * kernel_w)
     sample_group = rest // (kernel_h * kernel_w)
-    sample = sample_group // groups
-    group = sample_group % groups
+    sample = (sample_group // groups).to(tl.int64)
+    group = (sample_group % groups).to(INDEX_DTYPE)
     r = tap // kernel_w
     t = tap % kernel_w
 
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     mask_m = offs_m < out_group_channels
     mask_n = offs_n < in_group_channels
     out_channel = group * out_group_channels + offs_m
@@ -174,7 +182,7 @@ def conv_bwd_weight_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     for p_start in range(0, out_pixels, BLOCK_K):
-        offs_k = (p_start + tl.arange(0, BLOCK_K)).to(tl.int64)
+        offs_k = (p_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
         mask_k = offs_k < out_pixels
         out_row = offs_k // out_w
         out_col = offs_k % out_w
@@ -241,6 +249,8 @@ def conv_bwd_input(
         *grad_output.stride(), *weight.stride(), *grad_input.stride(),
         ACC_DTYPE=accumulator_dtype(like.dtype),
         PRECISION=dot_precision(like.dtype, allow_tf32),
+        INDEX_DTYPE=index_dtype((grad_output, weight, grad_input),
+                                slack=max(pad) + max(dilation) * max(kernel_h, kernel_w)),
     )
     return grad_input
 
@@ -284,4 +294,6 @@ def conv_bwd_weight(
         HAS_BIAS=grad_bias is not None,
         ACC_DTYPE=accumulator_dtype(input.dtype),
         PRECISION=dot_precision(input.dtype, allow_tf32),
+        INDEX_DTYPE=index_dtype((grad_output, input, grad_weight, grad_bias),
+                                slack=max(pad) + max(dilation) * max(kernel_h, kernel_w)),
     )
