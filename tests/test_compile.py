@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo
+from torch._dynamo.utils import counters
 
 from tests.utils import assert_close
 from triton_nsr.models import WDSRNSR
@@ -58,12 +59,22 @@ def test_inductor_compiles_on_cpu():
         assert_close(compiled(x), model(x))
 
 
+@pytest.fixture
+def full_float32():
+    """No TF32 on either side, so Inductor's own convolution choices compare at fp32 tolerance."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_inductor_on_cuda(backend):
+def test_inductor_on_cuda(backend, full_float32):
     if backend == "auto":
         pytest.importorskip("triton_nsr.ops")
     torch._dynamo.reset()
+    counters.clear()
     model = tiny(backend, device="cuda")
     compiled = torch.compile(model, fullgraph=True)
     for batch in BATCH_SIZES:
@@ -73,4 +84,4 @@ def test_inductor_on_cuda(backend):
     if backend == "auto":
         # The Triton path's ops are opaque to Inductor, so the batch stays symbolic. (The torch
         # path's grouped convolution has groups = batch, which Inductor specialises on.)
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+        assert counters["stats"]["unique_graphs"] <= 2

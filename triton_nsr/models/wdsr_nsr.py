@@ -32,7 +32,7 @@ EVAL_PADDING = 4
 EVAL_OVERLAP = 8
 
 
-def weight_norm(module: nn.Module, magnitude: float) -> nn.Module:
+def weight_normed(module: nn.Module, magnitude: float) -> nn.Module:
     """Old-style weight norm (``weight_g``/``weight_v``) with every magnitude set, bias zeroed.
 
     The old API is deprecated in favour of parametrizations, whose state_dict keys differ from
@@ -75,9 +75,9 @@ class ResidualBlock(nn.Module):
             **layer_options,
         }
         self.body = nn.Sequential(
-            weight_norm(NSRConv2d(num_residual_units, wide, **nsr), 2.0),
+            weight_normed(NSRConv2d(num_residual_units, wide, **nsr), 2.0),
             nn.ReLU(inplace=True),
-            weight_norm(NSRConv2d(wide, num_residual_units, **nsr), res_scale),
+            weight_normed(NSRConv2d(wide, num_residual_units, **nsr), res_scale),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class WDSRNSR(nn.Module):
         outputs = scale * scale * num_channels
 
         def conv(cin: int, cout: int, kernel: int) -> nn.Module:
-            return weight_norm(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, **factory), 1.0)
+            return weight_normed(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, **factory), 1.0)
 
         blocks = [
             ResidualBlock(
