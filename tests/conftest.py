@@ -30,3 +30,24 @@ def _fresh_seed():
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
     yield seed
+
+
+def _poisoned(factory):
+    def make(*args, **kwargs):
+        tensor = factory(*args, **kwargs)
+        if tensor.is_floating_point() or tensor.is_complex():
+            tensor.fill_(float("nan"))
+        return tensor
+
+    return make
+
+
+@pytest.fixture
+def poison_allocations(monkeypatch):
+    """Every new tensor from torch.empty / empty_like / new_empty starts as NaN.
+
+    A kernel that forgets to write an element then leaves a NaN that the comparison catches.
+    """
+    monkeypatch.setattr(torch, "empty", _poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))

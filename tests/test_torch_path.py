@@ -1,5 +1,7 @@
 """The torch path (backend='torch' and the reference) against the independent per-sample loop."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -26,17 +28,25 @@ CONFIGS = [
 ]
 
 
+IMPLEMENTATIONS = {
+    "torch_backend": functools.partial(nsr_conv2d, backend="torch"),
+    "paper_reference": reference.nsr_conv2d,
+}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_torch_backend_matches_per_sample_loop(config, batch):
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_torch_paths_match_per_sample_loop(config, batch, implementation):
     cin, cout, ks, k, d, stride, padding, dilation, groups, bias, mode, size = config
     x = torch.randn(batch, cin, *size, dtype=torch.float64)
     params = make_params(cin, cout, ks, k, d, groups, bias)
     temperature = 0.7
+    function = IMPLEMENTATIONS[implementation]
 
     def run(x, w, b, mw, mb):
-        return nsr_conv2d(x, w, b, mw, mb, k, d, stride, padding, dilation, groups,
-                          temperature=temperature, padding_mode=mode, backend="torch")
+        return function(x, w, b, mw, mb, k, d, stride, padding, dilation, groups,
+                        temperature=temperature, padding_mode=mode)
 
     def oracle(x, w, b, mw, mb):
         return per_sample_loop(x, w, b, mw, mb, k, d, stride, padding, dilation, groups,
@@ -50,7 +60,27 @@ def test_reference_function_equals_functional_torch_backend():
     params = make_params(4, 8, 3, 2, 4, dtype=torch.float32)
     a = reference.nsr_conv2d(x, *params, 2, 4, padding=1)
     b = nsr_conv2d(x, *params, 2, 4, padding=1, backend="torch")
-    assert torch.equal(a, b)
+    assert_close(b, a)
+
+
+def test_torch_backend_compiles_once_for_many_batch_sizes():
+    """The torch backend keeps the batch symbolic: new batch sizes do not recompile."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    params = [p.detach() for p in make_params(4, 8, 3, 2, 2, dtype=torch.float32)]
+    compiled = torch.compile(
+        functools.partial(nsr_conv2d, backend="torch", padding=1), backend=counting_backend,
+        fullgraph=True,
+    )
+    for batch in (2, 3, 5, 7, 11):
+        x = torch.randn(batch, 4, 6, 6)
+        assert_close(compiled(x, *params, 2, 2), reference.nsr_conv2d(x, *params, 2, 2, padding=1))
+    assert len(graphs) <= 2
 
 
 def test_unbatched_input_gives_unbatched_output():

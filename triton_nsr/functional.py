@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from triton_nsr import reference
+from triton_nsr import reference, taps
 from triton_nsr.arguments import (
     ConvGeometry,
     check_backend,
@@ -47,6 +47,26 @@ def _autocast_cast(tensors: list, device_type: str) -> list:
     ]
 
 
+def _nsr_conv2d_torch(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    temperature: float,
+    padding_mode: str,
+) -> torch.Tensor:
+    routing = reference.routing_weights(
+        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+        geometry.num_sparsity_cardinals, temperature,
+    )
+    weight_b, bias_b = reference.mix_kernels(routing, weight, bias)
+    padded, pad = reference.pad_input(input, geometry, padding_mode)
+    return taps.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
+                                  geometry.dilation, geometry.groups)
+
+
 def _nsr_conv2d_triton(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -63,8 +83,7 @@ def _nsr_conv2d_triton(
         input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
         geometry.num_sparsity_cardinals, temperature,
     )
-    routing = routing.to(input.dtype)
-    weight_b, bias_b = ops.mix_kernels(routing, weight, bias)
+    weight_b, bias_b = ops.mix_kernels(routing.to(input.dtype), weight, bias)
     padded, pad = reference.pad_input(input, geometry, padding_mode)
     allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
     return ops.per_sample_conv2d(
@@ -105,9 +124,10 @@ def nsr_conv2d(
         stride, padding, dilation, groups: as in F.conv2d; padding may be 'same' or 'valid'.
         temperature: divides the logits before the softmax; must be > 0.
         padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as in nn.Conv2d.
-        backend: 'torch' (plain PyTorch), 'triton' (Triton kernels; CUDA, or the interpreter
-            with TRITON_INTERPRET=1), or 'auto' (triton for CUDA tensors or under the
-            interpreter, else torch).
+        backend: 'torch' (plain PyTorch: the per-sample convolution as a sum over taps of
+            batched matmuls, see triton_nsr.taps), 'triton' (Triton kernels; CUDA, or the
+            interpreter with TRITON_INTERPRET=1), or 'auto' (triton for CUDA tensors or under
+            the interpreter, else torch). triton_nsr.reference holds the paper's formulation.
 
     Returns:
         (B, out, Ho, Wo), or (out, Ho, Wo) for unbatched input.
@@ -134,6 +154,6 @@ def nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    run = _nsr_conv2d_triton if backend == "triton" else reference.nsr_conv2d_checked
+    run = _nsr_conv2d_triton if backend == "triton" else _nsr_conv2d_torch
     output = run(input, weight, bias, mlp_weight, mlp_bias, geometry, temperature, padding_mode)
     return output.squeeze(0) if unbatched else output

@@ -1,0 +1,179 @@
+"""Per-sample 2-D convolution as an implicit GEMM: every sample has its own kernel and bias.
+
+For sample b and convolution group g the output is a GEMM
+
+    y[b, g*OG + n, m] = sum_{r, t, c} x[b, g*Cg + c, ih(m, r), iw(m, t)] * w[b, g*OG + n, c, r, t]
+
+with M = Ho*Wo output pixels, N = OG = out/groups output channels, K = kh * kw * Cg. The input
+patch matrix is never materialised: each (r, t) tap turns the output pixels of a tile into input
+coordinates once, and zero padding is a load mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_nsr.kernels.autotune import (
+    accumulator_dtype,
+    check_launchable,
+    dot_precision,
+    tuned,
+)
+
+# The first config is the interpreter's; the rest are searched on the GPU.
+CONV_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=4),
+]
+CONV_KEY = ["in_group_channels", "out_group_channels", "out_pixels", "kernel_h", "kernel_w"]
+
+
+@tuned(CONV_CONFIGS, key=CONV_KEY)
+@triton.jit
+def conv_fwd_kernel(
+    input_pointer, weight_pointer, bias_pointer, output_pointer,
+    groups, in_group_channels, out_group_channels, out_pixels,
+    in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+    input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
+    weight_batch_stride, weight_out_stride, weight_in_stride, weight_h_stride, weight_w_stride,
+    bias_batch_stride, bias_channel_stride,
+    output_batch_stride, output_channel_stride, output_h_stride, output_w_stride,
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y = conv2d(x[b], w[b]) + bias[b] for every sample b.
+
+    Pointers:
+        input (B, C, H, W), any strides (NCHW, channels_last, sliced).
+        weight (B, out, Cg, kh, kw): per-sample kernels, any strides.
+        bias (B, out) when HAS_BIAS.
+        output (B, out, Ho, Wo), any strides.
+    Grid: (B * groups * cdiv(Ho*Wo, BLOCK_M) * cdiv(OG, BLOCK_N),), output-channel tiles
+    fastest so the programs sharing an input tile run together.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    num_n_blocks = tl.cdiv(out_group_channels, BLOCK_N)
+    num_m_blocks = tl.cdiv(out_pixels, BLOCK_M)
+    n_block = pid % num_n_blocks
+    m_block = (pid // num_n_blocks) % num_m_blocks
+    sample_group = pid // (num_n_blocks * num_m_blocks)
+    sample = sample_group // groups
+    group = sample_group % groups
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < out_pixels
+    mask_n = offs_n < out_group_channels
+    out_row = offs_m // out_w
+    out_col = offs_m % out_w
+    out_channel = group * out_group_channels + offs_n
+
+    input_sample = (input_pointer + sample * input_batch_stride
+                    + group * in_group_channels * input_channel_stride)
+    weight_sample = (weight_pointer + sample * weight_batch_stride
+                     + out_channel[None, :] * weight_out_stride)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for r in range(kernel_h):
+        in_row = out_row * stride_h - pad_h + r * dilation_h
+        row_ok = mask_m & (in_row >= 0) & (in_row < in_h)
+        for t in range(kernel_w):
+            in_col = out_col * stride_w - pad_w + t * dilation_w
+            pixel_ok = row_ok & (in_col >= 0) & (in_col < in_w)
+            pixel = input_sample + in_row * input_h_stride + in_col * input_w_stride
+            weight_tap = weight_sample + r * weight_h_stride + t * weight_w_stride
+            for c_start in range(0, in_group_channels, BLOCK_K):
+                offs_k = (c_start + tl.arange(0, BLOCK_K)).to(tl.int64)
+                mask_k = offs_k < in_group_channels
+                a = tl.load(pixel[:, None] + offs_k[None, :] * input_channel_stride,
+                            mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+                w = tl.load(weight_tap + offs_k[:, None] * weight_in_stride,
+                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_pointer + sample * bias_batch_stride
+                       + out_channel * bias_channel_stride, mask=mask_n, other=0.0)
+        acc += bias.to(ACC_DTYPE)[None, :]
+    output = (output_pointer + sample * output_batch_stride
+              + out_channel[None, :] * output_channel_stride
+              + out_row[:, None] * output_h_stride + out_col[:, None] * output_w_stride)
+    tl.store(output, acc.to(output_pointer.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+def output_size(
+    in_size: tuple[int, int], kernel_size: tuple[int, int], stride, pad, dilation
+) -> tuple[int, int]:
+    """(Ho, Wo) for pad = (top, bottom, left, right)."""
+    pads = ((pad[0], pad[1]), (pad[2], pad[3]))
+    return tuple(
+        (size + lo + hi - dil * (ks - 1) - 1) // st + 1
+        for size, ks, st, (lo, hi), dil in zip(in_size, kernel_size, stride, pads, dilation)
+    )
+
+
+def empty_like_layout(input: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """An empty (B, C', H', W') tensor in input's memory format (channels_last stays so)."""
+    channels_last = (input.dim() == 4 and not input.is_contiguous()
+                     and input.is_contiguous(memory_format=torch.channels_last))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or input.dtype, device=input.device,
+                       memory_format=layout)
+
+
+def conv_fwd(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    allow_tf32: bool,
+) -> torch.Tensor:
+    """Per-sample convolution.
+
+    Args:
+        input: (B, C, H, W). weight: (B, out, C/groups, kh, kw). bias: (B, out) or None.
+        pad: zero padding (top, bottom, left, right).
+
+    Returns:
+        (B, out, Ho, Wo), channels_last when the input is.
+    """
+    check_launchable(input, weight, bias)
+    batch, channels, in_h, in_w = input.shape
+    out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
+    out_h, out_w = output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
+    output = empty_like_layout(input, (batch, out_channels, out_h, out_w))
+    if output.numel() == 0:
+        return output
+    out_group_channels = out_channels // groups
+    out_pixels = out_h * out_w
+
+    def grid(meta):
+        return (batch * groups * triton.cdiv(out_pixels, meta["BLOCK_M"])
+                * triton.cdiv(out_group_channels, meta["BLOCK_N"]),)
+
+    conv_fwd_kernel[grid](
+        input, weight, bias if bias is not None else weight, output,
+        groups, in_group_channels, out_group_channels, out_pixels,
+        in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+        *input.stride(), *weight.stride(),
+        *(bias.stride() if bias is not None else (0, 0)),
+        *output.stride(),
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=accumulator_dtype(input.dtype),
+        PRECISION=dot_precision(input.dtype, allow_tf32),
+    )
+    return output

@@ -1,0 +1,287 @@
+"""Backward of the per-sample convolution: gradients of the input, the kernels and the bias.
+
+Input gradient, a per-sample transposed convolution (GEMM with M = H*W input pixels,
+N = Cg input channels, K = kh * kw * OG):
+
+    dx[b, g*Cg + n, h, w] = sum_{r, t, o} dy[b, g*OG + o, oh, ow] * w[b, g*OG + o, n, r, t]
+    where oh = (h + pad_h - r*dil_h) / stride_h and likewise ow, for the taps that divide evenly
+    and land inside the output.
+
+Kernel gradient, a per-sample correlation (one GEMM per tap (r, t): M = OG output channels,
+N = Cg input channels, K = Ho*Wo output pixels):
+
+    dw[b, g*OG + m, n, r, t] = sum_p dy[b, g*OG + m, p] * x[b, g*Cg + n, ih(p, r), iw(p, t)]
+
+The bias gradient dbias[b, o] = sum_p dy[b, o, p] is the row sum of the dy tiles that the
+programs of tap (0, 0) and the first input-channel tile load anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_nsr.kernels.autotune import (
+    accumulator_dtype,
+    check_launchable,
+    dot_precision,
+    tuned,
+)
+from triton_nsr.kernels.conv import CONV_CONFIGS
+
+INPUT_GRAD_KEY = ["in_group_channels", "out_group_channels", "in_pixels", "kernel_h", "kernel_w"]
+WEIGHT_GRAD_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}, num_warps=2, num_stages=3),
+]
+WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "out_pixels", "kernel_h",
+                   "kernel_w"]
+
+
+@tuned(CONV_CONFIGS, key=INPUT_GRAD_KEY)
+@triton.jit
+def conv_bwd_input_kernel(
+    grad_output_pointer, weight_pointer, grad_input_pointer,
+    groups, in_group_channels, out_group_channels, in_pixels,
+    in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+    grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
+    grad_output_w_stride,
+    weight_batch_stride, weight_out_stride, weight_in_stride, weight_h_stride, weight_w_stride,
+    grad_input_batch_stride, grad_input_channel_stride, grad_input_h_stride,
+    grad_input_w_stride,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[b] = conv_transpose2d(dy[b], w[b]) for every sample b.
+
+    Pointers:
+        grad_output (B, out, Ho, Wo), any strides.
+        weight (B, out, Cg, kh, kw), any strides.
+        grad_input (B, C, H, W), any strides; every element is written.
+    Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
+    num_m_blocks = tl.cdiv(in_pixels, BLOCK_M)
+    n_block = pid % num_n_blocks
+    m_block = (pid // num_n_blocks) % num_m_blocks
+    sample_group = pid // (num_n_blocks * num_m_blocks)
+    sample = sample_group // groups
+    group = sample_group % groups
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < in_pixels
+    mask_n = offs_n < in_group_channels
+    in_row = offs_m // in_w
+    in_col = offs_m % in_w
+
+    grad_output_sample = (grad_output_pointer + sample * grad_output_batch_stride
+                          + group * out_group_channels * grad_output_channel_stride)
+    weight_sample = (weight_pointer + sample * weight_batch_stride
+                     + group * out_group_channels * weight_out_stride
+                     + offs_n[None, :] * weight_in_stride)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for r in range(kernel_h):
+        # Output row that tap r maps onto input row in_row; it exists only where the
+        # strided grid hits in_row exactly.
+        row_span = in_row + pad_h - r * dilation_h
+        out_row = row_span // stride_h
+        row_ok = (mask_m & (row_span >= 0) & (row_span % stride_h == 0)
+                  & (out_row < out_h))
+        for t in range(kernel_w):
+            col_span = in_col + pad_w - t * dilation_w
+            out_col = col_span // stride_w
+            pixel_ok = (row_ok & (col_span >= 0) & (col_span % stride_w == 0)
+                        & (out_col < out_w))
+            pixel = (grad_output_sample + out_row * grad_output_h_stride
+                     + out_col * grad_output_w_stride)
+            weight_tap = weight_sample + r * weight_h_stride + t * weight_w_stride
+            for o_start in range(0, out_group_channels, BLOCK_K):
+                offs_k = (o_start + tl.arange(0, BLOCK_K)).to(tl.int64)
+                mask_k = offs_k < out_group_channels
+                a = tl.load(pixel[:, None] + offs_k[None, :] * grad_output_channel_stride,
+                            mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+                w = tl.load(weight_tap + offs_k[:, None] * weight_out_stride,
+                            mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+
+    in_channel = group * in_group_channels + offs_n
+    grad_input = (grad_input_pointer + sample * grad_input_batch_stride
+                  + in_channel[None, :] * grad_input_channel_stride
+                  + in_row[:, None] * grad_input_h_stride + in_col[:, None] * grad_input_w_stride)
+    tl.store(grad_input, acc.to(grad_input_pointer.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@tuned(WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY)
+@triton.jit
+def conv_bwd_weight_kernel(
+    grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer,
+    groups, in_group_channels, out_group_channels, out_pixels,
+    in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+    stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+    grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
+    grad_output_w_stride,
+    input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
+    grad_weight_batch_stride, grad_weight_out_stride, grad_weight_in_stride,
+    grad_weight_h_stride, grad_weight_w_stride,
+    grad_bias_batch_stride, grad_bias_channel_stride,
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw[b] = correlate(x[b], dy[b]) and dbias[b] = dy[b] summed over pixels, for every b.
+
+    Pointers:
+        grad_output (B, out, Ho, Wo), input (B, C, H, W): any strides.
+        grad_weight (B, out, Cg, kh, kw), grad_bias (B, out) when HAS_BIAS: any strides.
+    Grid: (B * groups * kh * kw * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),): one program per tap,
+    output-channel tile and input-channel tile, so no two programs write the same element.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
+    num_m_blocks = tl.cdiv(out_group_channels, BLOCK_M)
+    n_block = pid % num_n_blocks
+    m_block = (pid // num_n_blocks) % num_m_blocks
+    rest = pid // (num_n_blocks * num_m_blocks)
+    tap = rest % (kernel_h * kernel_w)
+    sample_group = rest // (kernel_h * kernel_w)
+    sample = sample_group // groups
+    group = sample_group % groups
+    r = tap // kernel_w
+    t = tap % kernel_w
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < out_group_channels
+    mask_n = offs_n < in_group_channels
+    out_channel = group * out_group_channels + offs_m
+    in_channel = group * in_group_channels + offs_n
+
+    grad_output_rows = (grad_output_pointer + sample * grad_output_batch_stride
+                        + out_channel[:, None] * grad_output_channel_stride)
+    input_cols = (input_pointer + sample * input_batch_stride
+                  + in_channel[None, :] * input_channel_stride)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    for p_start in range(0, out_pixels, BLOCK_K):
+        offs_k = (p_start + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = offs_k < out_pixels
+        out_row = offs_k // out_w
+        out_col = offs_k % out_w
+        in_row = out_row * stride_h - pad_h + r * dilation_h
+        in_col = out_col * stride_w - pad_w + t * dilation_w
+        pixel_ok = mask_k & (in_row >= 0) & (in_row < in_h) & (in_col >= 0) & (in_col < in_w)
+        dy = tl.load(grad_output_rows + (out_row * grad_output_h_stride
+                                         + out_col * grad_output_w_stride)[None, :],
+                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        x = tl.load(input_cols + (in_row * input_h_stride + in_col * input_w_stride)[:, None],
+                    mask=pixel_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        if HAS_BIAS:
+            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+
+    grad_weight = (grad_weight_pointer + sample * grad_weight_batch_stride
+                   + out_channel[:, None] * grad_weight_out_stride
+                   + offs_n[None, :] * grad_weight_in_stride
+                   + r * grad_weight_h_stride + t * grad_weight_w_stride)
+    tl.store(grad_weight, acc.to(grad_weight_pointer.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+    # Every (tap, input-channel tile) program summed the same dy rows; one of them writes.
+    if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
+        if tap + n_block == 0:
+            tl.store(grad_bias_pointer + sample * grad_bias_batch_stride
+                     + out_channel * grad_bias_channel_stride,
+                     bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
+
+
+def conv_bwd_input(
+    grad_output: torch.Tensor,
+    weight: torch.Tensor,
+    input_shape: tuple[int, int, int, int],
+    like: torch.Tensor,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    allow_tf32: bool,
+    grad_input: torch.Tensor,
+) -> torch.Tensor:
+    """Write d loss / d input (B, C, H, W) into ``grad_input`` and return it.
+
+    Args:
+        grad_output: (B, out, Ho, Wo). weight: (B, out, Cg, kh, kw).
+        like: the forward input, whose dtype sets the precision.
+    """
+    check_launchable(grad_output, weight)
+    batch, channels, in_h, in_w = input_shape
+    out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
+    out_h, out_w = grad_output.shape[2:]
+    out_group_channels = out_channels // groups
+    in_pixels = in_h * in_w
+
+    def grid(meta):
+        return (batch * groups * triton.cdiv(in_pixels, meta["BLOCK_M"])
+                * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+    conv_bwd_input_kernel[grid](
+        grad_output, weight, grad_input,
+        groups, in_group_channels, out_group_channels, in_pixels,
+        in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+        *grad_output.stride(), *weight.stride(), *grad_input.stride(),
+        ACC_DTYPE=accumulator_dtype(like.dtype),
+        PRECISION=dot_precision(like.dtype, allow_tf32),
+    )
+    return grad_input
+
+
+def conv_bwd_weight(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    allow_tf32: bool,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """Write d loss / d weight (B, out, Cg, kh, kw) and, if given, d loss / d bias (B, out).
+
+    Args:
+        grad_output: (B, out, Ho, Wo). input: (B, C, H, W), the forward input.
+    """
+    check_launchable(grad_output, input)
+    batch, channels, in_h, in_w = input.shape
+    out_channels, out_h, out_w = grad_output.shape[1:]
+    kernel_h, kernel_w = kernel_size
+    in_group_channels = channels // groups
+    out_group_channels = out_channels // groups
+
+    def grid(meta):
+        return (batch * groups * kernel_h * kernel_w
+                * triton.cdiv(out_group_channels, meta["BLOCK_M"])
+                * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+    conv_bwd_weight_kernel[grid](
+        grad_output, input, grad_weight, grad_bias if grad_bias is not None else grad_weight,
+        groups, in_group_channels, out_group_channels, out_h * out_w,
+        in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+        *grad_output.stride(), *input.stride(), *grad_weight.stride(),
+        *(grad_bias.stride() if grad_bias is not None else (0, 0)),
+        HAS_BIAS=grad_bias is not None,
+        ACC_DTYPE=accumulator_dtype(input.dtype),
+        PRECISION=dot_precision(input.dtype, allow_tf32),
+    )
