@@ -122,12 +122,12 @@ def test_super_resolution_skip_is_the_shuffled_5x5_conv():
 
 
 def test_eval_on_large_images_runs_the_body_on_patches():
-    # 4 * lr_patch_size = 80: an 80 x 84 image is patched in eval mode, as the authors do.
-    model = tiny(lr_patch_size=20).eval()
-    x = torch.rand(1, 3, 80, 84, dtype=torch.float64)
+    # 4 * lr_patch_size = 128: a 128 x 132 image is patched in eval mode, as the authors do.
+    model = tiny(lr_patch_size=32).eval()
+    x = torch.rand(1, 3, 128, 132, dtype=torch.float64)
     with torch.no_grad():
         shifted = x - 0.5
-        patched = evaluate_patches(model.body, shifted, 20, padding=4, stride=4)
+        patched = evaluate_patches(model.body, shifted, 32, padding=4, stride=16)
         expected = nn.functional.pixel_shuffle(patched + model.skip(shifted), 2) + 0.5
         assert_close(model(x), expected)
         whole = model.train()(x)
@@ -137,8 +137,8 @@ def test_eval_on_large_images_runs_the_body_on_patches():
 
 
 def test_eval_on_small_images_runs_the_whole_image():
-    model = tiny(lr_patch_size=20)
-    x = torch.rand(1, 3, 79, 100, dtype=torch.float64)
+    model = tiny(lr_patch_size=32)
+    x = torch.rand(1, 3, 127, 140, dtype=torch.float64)
     with torch.no_grad():
         assert_close(model.eval()(x), model.train()(x))
 
@@ -159,11 +159,11 @@ def test_patching_the_whole_model_differs_only_at_the_border():
     # evaluate_patches on the whole model also patches the 5x5 skip conv, which then sees
     # reflected rather than zero pixels within 2 input pixels of the border; elsewhere the two
     # evaluations agree.
-    model = tiny(lr_patch_size=20).eval()
-    x = torch.rand(1, 3, 80, 84, dtype=torch.float64)
+    model = tiny(lr_patch_size=32).eval()
+    x = torch.rand(1, 3, 128, 132, dtype=torch.float64)
     with torch.no_grad():
         builtin = model(x)
-        patched = evaluate_patches(model, x, 20, padding=4, stride=4)
+        patched = evaluate_patches(model, x, 32, padding=4, stride=16)
     inner = (..., slice(4, -4), slice(4, -4))  # 2 input pixels at scale 2
     assert_close(patched[inner], builtin[inner])
     assert not torch.allclose(patched, builtin)
