@@ -60,9 +60,9 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Convert every NSR layer of ``model`` to :class:`triton_nsr.NSRConv2d`, in place.
 
     Converted: layers in the authors' style (see :func:`is_authors_layer`; their ``out_channels``
-    is divided by k and, having no temperature, they get 1.0) and :class:`triton_nsr.reference.
-    NSRConv2d`. Layers that already are NSRConv2d only get the new ``backend``. Outputs and
-    gradients are unchanged up to floating-point rounding.
+    is divided by k and, having no temperature, they get 1.0) and the plain-PyTorch
+    :class:`triton_nsr.reference.NSRConv2d`. Layers that already are NSRConv2d only get the new
+    ``backend``. Outputs and gradients are unchanged up to floating-point rounding.
 
     Args:
         model: any module; ``model`` itself may be an NSR layer.

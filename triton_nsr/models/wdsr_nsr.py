@@ -97,7 +97,7 @@ class WDSRNSR(nn.Module):
             4 * lr_patch_size run the body on lr_patch_size patches (4-px reflect padding, stride
             lr_patch_size - 16) stitched by :func:`evaluate_patches`, as the authors do; the skip
             conv still sees the whole image. None always runs the whole image.
-        temperature, backend, device, dtype: passed to every NSR layer (dtype, device to all).
+        temperature, backend: set on every NSR layer. device, dtype: of every parameter.
 
     Input (B, num_channels, H, W), not modified; output (B, num_channels, scale*H, scale*W).
 
