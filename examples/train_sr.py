@@ -1,0 +1,256 @@
+"""Train WDSR-NSR for super-resolution on a folder of images, or on synthetic images.
+
+One device:      python examples/train_sr.py --data path/to/images --scale 2 --steps 10000
+Several GPUs:    torchrun --nproc_per_node=4 examples/train_sr.py --data path/to/images
+No data at hand: python examples/train_sr.py --synthetic --steps 200
+
+Low-resolution inputs are bicubic downscalings of random high-resolution crops. Under torchrun
+(WORLD_SIZE > 1) each process trains on its own crops under DistributedDataParallel; rank 0
+shows the progress bar, measures PSNR on the held-out images and writes the checkpoints. On a
+GPU the forward pass runs under bf16 autocast. Checkpoints use the authors' trainer layout
+({'model_state_dict', 'optimizer_state_dict', ...}), so their checkpoints resume here and the
+other way round. Reading images needs Pillow; synthetic data needs nothing beyond torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from triton_nsr.models import WDSRNSR
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, help="folder of high-resolution images (needs Pillow)")
+    data.add_argument("--synthetic", action="store_true", help="train on generated images")
+    data.add_argument("--synthetic-images", type=int, default=32,
+                      help="number of synthetic images, validation ones included")
+    data.add_argument("--synthetic-size", type=int, default=128, help="side of synthetic images")
+    data.add_argument("--val-images", type=int, default=4, help="images held out for PSNR")
+    net = parser.add_argument_group("network")
+    net.add_argument("--scale", type=int, default=2)
+    net.add_argument("--small", action="store_true",
+                     help="the authors' released small model (64 units, width 1); overrides "
+                          "--num-blocks, --units, --width, --groups, --cardinals")
+    net.add_argument("--num-blocks", type=int, default=16)
+    net.add_argument("--units", type=int, default=32, help="residual units R")
+    net.add_argument("--width", type=float, default=4, help="width multiplier")
+    net.add_argument("--groups", type=int, default=4, help="sparsity groups k")
+    net.add_argument("--cardinals", type=int, default=16, help="sparsity cardinals d")
+    net.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    net.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train = parser.add_argument_group("training")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=16, help="per process")
+    train.add_argument("--patch-size", type=int, default=48, help="low-resolution patch side")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, default=Path("runs/train_sr"),
+                       help="checkpoint folder")
+    train.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    train.add_argument("--val-every", type=int, default=500, help="steps between PSNR runs")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/latest.pth")
+    args = parser.parse_args(argv)
+    if (args.data is None) == (not args.synthetic):
+        parser.error("give exactly one of --data DIR and --synthetic")
+    return args
+
+
+def load_folder(folder: Path) -> list[torch.Tensor]:
+    """Every image in ``folder`` as a (3, H, W) float tensor in [0, 1]."""
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError:
+        sys.exit("--data needs Pillow (pip install pillow); --synthetic needs nothing")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        sys.exit(f"no images in {folder}")
+    images = []
+    for path in paths:
+        array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+    return images
+
+
+def synthetic_images(count: int, size: int, seed: int) -> list[torch.Tensor]:
+    """Smooth random colour fields with a few sharp edges: textures an upscaler can learn."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for _ in range(count):
+        coarse = torch.rand(1, 3, size // 16, size // 16, generator=generator)
+        image = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        angle = torch.rand((), generator=generator) * math.pi
+        period = 4 + 12 * torch.rand((), generator=generator)
+        stripes = (xs * angle.cos() + ys * angle.sin()) % period < period / 2
+        images.append((0.8 * image[0] + 0.2 * stripes).clamp(0, 1))
+    return images
+
+
+def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic downscaling with antialiasing; (B, C, s*h, s*w) -> (B, C, h, w)."""
+    lr = F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True,
+                       align_corners=False)
+    return lr.clamp(0, 1)
+
+
+def random_batch(images, batch_size, patch_size, scale, generator):
+    """Random high-resolution crops with random flips, and their downscalings."""
+    side = patch_size * scale
+    crops = []
+    for _ in range(batch_size):
+        image = images[int(torch.randint(len(images), (1,), generator=generator))]
+        top = int(torch.randint(image.shape[1] - side + 1, (1,), generator=generator))
+        left = int(torch.randint(image.shape[2] - side + 1, (1,), generator=generator))
+        crop = image[:, top:top + side, left:left + side]
+        flips = [d for d, flip in zip((1, 2), torch.rand(2, generator=generator) < 0.5) if flip]
+        crops.append(crop.flip(flips) if flips else crop)
+    hr = torch.stack(crops)
+    return downscale(hr, scale), hr
+
+
+def psnr(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1], ignoring ``shave`` border pixels."""
+    if shave:
+        sr, hr = sr[..., shave:-shave, shave:-shave], hr[..., shave:-shave, shave:-shave]
+    mse = F.mse_loss(sr.clamp(0, 1).float(), hr.float())
+    return float(10 * torch.log10(1 / mse.clamp_min(1e-12)))
+
+
+@torch.no_grad()
+def validate(model, images, scale, device) -> float:
+    """Mean PSNR of the model's upscaling of each held-out image (whole images, eval mode)."""
+    model.eval()
+    scores = []
+    for image in images:
+        height, width = (size - size % scale for size in image.shape[1:])
+        hr = image[None, :, :height, :width].to(device)
+        scores.append(psnr(model(downscale(hr, scale)), hr, shave=scale))
+    model.train()
+    return sum(scores) / len(scores)
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr: steps done, loss, speed."""
+
+    def __init__(self, total: int, first_step: int = 0, width: int = 30):
+        self.total, self.first_step, self.width = total, first_step, width
+        self.start = time.perf_counter()
+
+    def update(self, step: int, loss: float) -> None:
+        done = int(self.width * step / self.total)
+        rate = (step - self.first_step) / max(time.perf_counter() - self.start, 1e-9)
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
+                         f"loss {loss:.4f} {rate:.2f} it/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when started by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, torch.device(device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world_size, torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world_size, torch.device(device)
+
+
+def build_model(args, device) -> WDSRNSR:
+    options = {"backend": args.backend, "device": device, "lr_patch_size": args.patch_size}
+    if args.small:
+        return WDSRNSR.small(scale=args.scale, **options)
+    return WDSRNSR(scale=args.scale, num_blocks=args.num_blocks, num_residual_units=args.units,
+                   width_multiplier=args.width, num_sparsity_groups=args.groups,
+                   num_sparsity_cardinals=args.cardinals, **options)
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, args) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+             "step": step,
+             # Plain values only, so torch.load's default weights_only mode can read it back.
+             "args": {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()}}
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # never leave a half-written latest.pth behind
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    rank, world_size, device = setup_distributed(args.device)
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    images = (load_folder(args.data) if args.data else
+              synthetic_images(args.synthetic_images, args.synthetic_size, args.seed))
+    if len(images) <= args.val_images:
+        sys.exit(f"need more than --val-images={args.val_images} images, got {len(images)}")
+    train_images, val_images = images[args.val_images:], images[:args.val_images]
+    side = args.patch_size * args.scale
+    if min(min(image.shape[1:]) for image in train_images) < side:
+        sys.exit(f"every training image must be at least {side} px (patch size x scale)")
+
+    model = build_model(args, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    checkpoint = args.out / "latest.pth"
+    step = 0
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device)
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        step = state.get("step", 0)
+    trained = DistributedDataParallel(model) if world_size > 1 else model
+    if args.compile:
+        trained = torch.compile(trained)
+    generator = torch.Generator().manual_seed(args.seed + 1000 * (rank + 1) + step)
+    bar = ProgressBar(args.steps, step) if rank == 0 else None
+
+    model.train()
+    while step < args.steps:
+        lr, hr = (t.to(device, non_blocking=True) for t in
+                  random_batch(train_images, args.batch_size, args.patch_size, args.scale,
+                               generator))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.l1_loss(trained(lr).float(), hr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if rank != 0:
+            continue
+        bar.update(step, loss.item())
+        if step % args.save_every == 0 or step == args.steps:
+            save_checkpoint(checkpoint, model, optimizer, step, args)
+        if step % args.val_every == 0 or step == args.steps:
+            bar.close()
+            score = validate(model, val_images, args.scale, device)
+            print(f"step {step}: validation PSNR {score:.2f} dB on {len(val_images)} images",
+                  flush=True)
+    if rank == 0:
+        print(f"checkpoint: {checkpoint}")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""DistributedDataParallel: two gloo processes on CPU give the gradients of one big batch."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from tests.utils import assert_close
+from triton_nsr.models import WDSRNSR
+
+WORLD_SIZE = 2
+
+
+def tiny():
+    return WDSRNSR(scale=2, num_blocks=2, num_residual_units=4, width_multiplier=2,
+                   num_sparsity_groups=2, num_sparsity_cardinals=2, backend="torch",
+                   dtype=torch.float64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_step_on_rank(rank, port, state, inputs, targets, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        model = tiny()
+        model.load_state_dict(state)
+        ddp = DistributedDataParallel(model)
+        F.l1_loss(ddp(inputs[rank]), targets[rank]).backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        torch.save(grads, f"{result_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
+    model = tiny()
+    inputs = torch.rand(WORLD_SIZE, 2, 3, 8, 8, dtype=torch.float64)
+    targets = torch.rand(WORLD_SIZE, 2, 3, 16, 16, dtype=torch.float64)
+    result_path = str(tmp_path / "grads")
+    mp.spawn(train_step_on_rank, nprocs=WORLD_SIZE, join=True,
+             args=(free_port(), model.state_dict(), inputs, targets, result_path))
+
+    F.l1_loss(model(inputs.flatten(0, 1)), targets.flatten(0, 1)).backward()
+    for rank in range(WORLD_SIZE):
+        grads = torch.load(f"{result_path}.{rank}")
+        assert set(grads) == {name for name, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            assert_close(grads[name], p.grad, f"rank {rank} grad of {name}")
