@@ -27,9 +27,8 @@ def build(job: EndToEnd, provider: str, device: str) -> Callable[[], object]:
     """
     if provider not in BACKENDS:
         raise ValueError(f"end-to-end jobs run {sorted(BACKENDS)}, not {provider!r}")
-    from triton_nsr.models import WDSRNSR, evaluate_patches
-
     from triton_nsr import NSRConv2d
+    from triton_nsr.models import WDSRNSR, evaluate_patches
 
     model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device)
     layers = [m for m in model.modules() if isinstance(m, NSRConv2d)]

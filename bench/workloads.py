@@ -7,10 +7,10 @@ shapes; the harness builds the tensors and the providers decide what to run on t
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from triton_nsr.flops import LayerCost, nsr_layer_cost
+from triton_nsr.models.patches import patch_layout
 
 FORWARD = "forward"
 FORWARD_BACKWARD = "forward_backward"
@@ -61,7 +61,7 @@ class EndToEnd:
     """A whole-model job on WDSR-NSR (x2): a training step or the patch-based eval of an image.
 
     For 'train', ``batch`` LR patches of ``patch_size`` squared; for 'eval', one image of
-    ``image_height`` x ``image_width`` cut into patches (see :func:`patch_grid`).
+    ``image_height`` x ``image_width`` cut into patches (see :func:`eval_patch_count`).
     """
 
     name: str
@@ -76,45 +76,15 @@ class EndToEnd:
         return asdict(self)
 
 
-def patch_origins(length: int, patch_size: int, stride: int) -> list[int]:
-    """Start offsets of patches of ``patch_size`` along an axis of ``length``, ``stride`` apart.
-
-    The grid steps by ``stride`` from 0 and adds one last patch flush with the end when the
-    steps do not reach it, so every pixel is covered and no patch leaves the image.
-    """
-    if length < patch_size:
-        raise ValueError(f"axis of length {length} is shorter than the patch ({patch_size})")
-    last = length - patch_size
-    origins = list(range(0, last + 1, stride))
-    if origins[-1] != last:
-        origins.append(last)
-    return origins
-
-
-def patch_grid(
-    height: int, width: int, patch_size: int, padding: int, stride: int
-) -> tuple[int, int]:
-    """(rows, cols) of patches over an image padded by ``padding`` pixels on every side.
-
-    Closed form of :func:`patch_origins`: ceil((L + 2*padding - patch) / stride) + 1 per axis.
-
-    Example:
-        >>> patch_grid(678, 1020, 48, 4, 32)
-        (21, 32)
-    """
-
-    def count(length: int) -> int:
-        return math.ceil((length + 2 * padding - patch_size) / stride) + 1
-
-    return count(height), count(width)
-
-
 def eval_patch_count() -> int:
-    """Number of 48x48 patches the eval image is cut into: the batch of W3."""
-    rows, cols = patch_grid(
-        EVAL_IMAGE_HEIGHT, EVAL_IMAGE_WIDTH, EVAL_PATCH, EVAL_PADDING, EVAL_STRIDE
-    )
-    return rows * cols
+    """Number of 48x48 patches the eval image is cut into: the batch of W3.
+
+    Taken from the evaluation protocol itself (triton_nsr.models.patches.patch_layout: a centred
+    grid plus four border strips), so the benchmark runs the batch the evaluation runs.
+    """
+    layout = patch_layout(EVAL_IMAGE_HEIGHT, EVAL_IMAGE_WIDTH, EVAL_PATCH, EVAL_PADDING,
+                          EVAL_STRIDE, border_weight=0.3)
+    return sum(grid.rows * grid.cols for grid in layout)
 
 
 def main_workloads() -> list[Workload]:

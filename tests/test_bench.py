@@ -27,13 +27,12 @@ from bench.workloads import (
     Workload,
     end_to_end_jobs,
     main_workloads,
-    patch_grid,
-    patch_origins,
     select,
     sweep_workloads,
     tiny_workloads,
 )
 from triton_nsr import NSRConv2d
+from triton_nsr.models import evaluate_patches
 
 
 def _by_name() -> dict[str, Workload]:
@@ -53,31 +52,19 @@ def test_main_workloads_follow_the_issue():
     assert all((x.kernel_size, x.padding) == (3, 1) for x in w.values())
 
 
-@pytest.mark.parametrize("length,patch,stride", [(48, 48, 32), (49, 48, 32), (80, 48, 32),
-                                                 (686, 48, 32), (1028, 48, 32), (13, 5, 4)])
-def test_patch_origins_cover_the_axis_and_match_the_closed_form(length, patch, stride):
-    origins = patch_origins(length, patch, stride)
-    covered = torch.zeros(length, dtype=torch.bool)
-    for start in origins:
-        assert start >= 0 and start + patch <= length
-        covered[start:start + patch] = True
-    assert covered.all()
-    assert all(b - a <= stride for a, b in zip(origins, origins[1:]))
-    assert patch_grid(length, length, patch, 0, stride) == (len(origins), len(origins))
+def test_w3_batch_is_the_number_of_patches_the_evaluation_runs():
+    """W3's batch is what evaluate_patches feeds the model for the 1020x678 eval image."""
+    seen = []
 
+    def upscale_by_one(patches):
+        seen.append(patches.shape)
+        return patches
 
-def test_w3_batch_is_the_number_of_patches_cut_from_the_eval_image():
-    # Cut the patches out of a real reflect-padded image and count them.
-    image = torch.zeros(1, 1, EVAL_IMAGE_HEIGHT, EVAL_IMAGE_WIDTH)
-    padded = F.pad(image, (EVAL_PADDING,) * 4, mode="reflect")
-    patches = [padded[..., top:top + EVAL_PATCH, left:left + EVAL_PATCH]
-               for top in patch_origins(padded.shape[2], EVAL_PATCH, EVAL_STRIDE)
-               for left in patch_origins(padded.shape[3], EVAL_PATCH, EVAL_STRIDE)]
-    assert all(p.shape[-2:] == (EVAL_PATCH, EVAL_PATCH) for p in patches)
-    assert _by_name()["W3"].batch == len(patches)
-    rows, cols = patch_grid(EVAL_IMAGE_HEIGHT, EVAL_IMAGE_WIDTH, EVAL_PATCH, EVAL_PADDING,
-                            EVAL_STRIDE)
-    assert rows * cols == len(patches)
+    image = torch.rand(1, 1, EVAL_IMAGE_HEIGHT, EVAL_IMAGE_WIDTH)
+    out = evaluate_patches(upscale_by_one, image, EVAL_PATCH, EVAL_PADDING, EVAL_STRIDE)
+    assert torch.allclose(out, image, atol=1e-6)
+    assert all(shape[-2:] == (EVAL_PATCH, EVAL_PATCH) for shape in seen)
+    assert _by_name()["W3"].batch == sum(shape[0] for shape in seen) == 722
 
 
 def test_sweeps_span_the_requested_ranges():
