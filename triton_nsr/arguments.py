@@ -45,7 +45,18 @@ class ConvGeometry:
         return (left, right, top, bottom)
 
 
-def _pair(value, name: str) -> tuple[int, int]:
+def conv_output_size(
+    in_size: tuple[int, int], kernel_size: tuple[int, int], stride, pad, dilation
+) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution of an (H, W) input with pad = (top, bottom, left, right)."""
+    pads = ((pad[0], pad[1]), (pad[2], pad[3]))
+    return tuple(
+        (size + lo + hi - dil * (ks - 1) - 1) // st + 1
+        for size, ks, st, (lo, hi), dil in zip(in_size, kernel_size, stride, pads, dilation)
+    )
+
+
+def as_pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
@@ -175,8 +186,8 @@ def check_nsr_conv2d(
     if mlp_bias is not None:
         _check_tensor(mlp_bias, "mlp_bias", input, (k * d,))
 
-    stride = _pair(stride, "stride")
-    dilation = _pair(dilation, "dilation")
+    stride = as_pair(stride, "stride")
+    dilation = as_pair(dilation, "dilation")
     if min(stride) < 1:
         raise ValueError(f"stride must be positive, got {stride}")
     if min(dilation) < 1:
@@ -196,7 +207,7 @@ def check_nsr_conv2d(
         else:
             raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
     else:
-        ph, pw = _pair(padding, "padding")
+        ph, pw = as_pair(padding, "padding")
         if ph < 0 or pw < 0:
             raise ValueError(f"padding must be non-negative, got {(ph, pw)}")
         pad = (ph, ph, pw, pw)
@@ -207,7 +218,7 @@ def check_nsr_conv2d(
             f"Kernel size: ({span[0] + 1} x {span[1] + 1}) (dilated). "
             "Kernel size can't be greater than actual input size"
         )
-    out_size = tuple((p - s - 1) // st + 1 for p, s, st in zip(padded, span, stride))
+    out_size = conv_output_size((height, width), kernel_size, stride, pad, dilation)
     return ConvGeometry(
         batch=batch,
         in_channels=channels,

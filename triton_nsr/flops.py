@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from triton_nsr.arguments import _pair
+from triton_nsr.arguments import as_pair, conv_output_size
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,6 @@ class LayerCost:
         return {**asdict(self), "extra_flops_ratio": self.extra_flops_ratio}
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a convolution along one axis (symmetric padding)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def nsr_layer_cost(
     batch: int,
     in_channels: int,
@@ -66,12 +61,12 @@ def nsr_layer_cost(
         >>> round(cost.extra_flops_ratio, 4)
         0.0022
     """
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
+    kh, kw = as_pair(kernel_size, "kernel_size")
+    sh, sw = as_pair(stride, "stride")
+    ph, pw = as_pair(padding, "padding")
+    dh, dw = as_pair(dilation, "dilation")
     k, d = num_sparsity_groups, num_sparsity_cardinals
-    ho, wo = output_size(height, kh, sh, ph, dh), output_size(width, kw, sw, pw, dw)
+    ho, wo = conv_output_size((height, width), (kh, kw), (sh, sw), (ph, ph, pw, pw), (dh, dw))
     kernel_elems = out_channels * (in_channels // groups) * kh * kw
     bias_elems = out_channels if bias else 0
     static_params = kernel_elems + bias_elems

@@ -47,49 +47,29 @@ def _autocast_cast(tensors: list, device_type: str) -> list:
     ]
 
 
-def _nsr_conv2d_torch(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mlp_weight: torch.Tensor,
-    mlp_bias: torch.Tensor | None,
-    geometry: ConvGeometry,
-    temperature: float,
-    padding_mode: str,
-) -> torch.Tensor:
-    routing = reference.routing_weights(
-        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
-        geometry.num_sparsity_cardinals, temperature,
-    )
-    weight_b, bias_b = reference.mix_kernels(routing, weight, bias)
-    padded, pad = reference.pad_input(input, geometry, padding_mode)
-    return taps.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
-                                  geometry.dilation, geometry.groups)
+def _nsr_conv2d_torch(*args, geometry: ConvGeometry, **kwargs) -> torch.Tensor:
+    """The torch backend: the reference data flow with the tap-sum convolution."""
+
+    def convolve(padded, weight_b, bias_b, pad):
+        return taps.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
+                                      geometry.dilation, geometry.groups)
+
+    return reference.nsr_conv2d_checked(*args, geometry=geometry, **kwargs, convolve=convolve)
 
 
-def _nsr_conv2d_triton(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mlp_weight: torch.Tensor,
-    mlp_bias: torch.Tensor | None,
-    geometry: ConvGeometry,
-    temperature: float,
-    padding_mode: str,
-) -> torch.Tensor:
+def _nsr_conv2d_triton(*args, geometry: ConvGeometry, **kwargs) -> torch.Tensor:
+    """The triton backend: the reference data flow with the Triton mixing and convolution."""
     from triton_nsr import ops  # imports triton: only when this path runs
 
-    routing = reference.routing_weights(
-        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
-        geometry.num_sparsity_cardinals, temperature,
-    )
-    weight_b, bias_b = ops.mix_kernels(routing.to(input.dtype), weight, bias)
-    padded, pad = reference.pad_input(input, geometry, padding_mode)
+    # Read here, per call, as nn.Conv2d follows the flag at call time.
     allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
-    return ops.per_sample_conv2d(
-        padded, weight_b, bias_b, geometry.stride, pad, geometry.dilation, geometry.groups,
-        allow_tf32,
-    )
+
+    def convolve(padded, weight_b, bias_b, pad):
+        return ops.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
+                                     geometry.dilation, geometry.groups, allow_tf32)
+
+    return reference.nsr_conv2d_checked(*args, geometry=geometry, **kwargs, mix=ops.mix_kernels,
+                                        convolve=convolve)
 
 
 def nsr_conv2d(
@@ -155,5 +135,6 @@ def nsr_conv2d(
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
     run = _nsr_conv2d_triton if backend == "triton" else _nsr_conv2d_torch
-    output = run(input, weight, bias, mlp_weight, mlp_bias, geometry, temperature, padding_mode)
+    output = run(input, weight, bias, mlp_weight, mlp_bias, geometry=geometry,
+                 temperature=temperature, padding_mode=padding_mode)
     return output.squeeze(0) if unbatched else output

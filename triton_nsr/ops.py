@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from triton_nsr.kernels.conv import conv_fwd, empty_like_layout, output_size
+from triton_nsr.arguments import conv_output_size
+from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd
 
@@ -117,8 +118,8 @@ def per_sample_conv2d(
 
 @per_sample_conv2d.register_fake
 def _per_sample_conv2d_fake(input, weight, bias, stride, pad, dilation, groups, allow_tf32):
-    out_h, out_w = output_size(tuple(input.shape[2:]), tuple(weight.shape[3:]), stride, pad,
-                               dilation)
+    out_h, out_w = conv_output_size(tuple(input.shape[2:]), tuple(weight.shape[3:]), stride,
+                                    pad, dilation)
     return empty_like_layout(input, (input.shape[0], weight.shape[1], out_h, out_w))
 
 

@@ -192,15 +192,26 @@ def nsr_conv2d_checked(
     geometry: ConvGeometry,
     temperature: float,
     padding_mode: str,
+    *,
+    mix=mix_kernels,
+    convolve=None,
 ) -> torch.Tensor:
-    """The torch path on arguments already validated into ``geometry``; input (B, C, H, W)."""
+    """The layer's data flow on arguments already validated into ``geometry``: route, mix,
+    pad, convolve. Input (B, C, H, W); output (B, out, Ho, Wo).
+
+    ``mix(routing, weight, bias) -> (weight_b, bias_b)`` and
+    ``convolve(padded, weight_b, bias_b, pad) -> output`` default to the paper's formulation;
+    the other backends of :func:`triton_nsr.nsr_conv2d` pass their own.
+    """
     routing = routing_weights(
         input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
         geometry.num_sparsity_cardinals, temperature,
     )
-    weight_b, bias_b = mix_kernels(routing, weight, bias)
+    weight_b, bias_b = mix(routing.to(input.dtype), weight, bias)
     padded, pad = pad_input(input, geometry, padding_mode)
-    return per_sample_conv2d(padded, weight_b, bias_b, geometry, pad)
+    if convolve is None:
+        return per_sample_conv2d(padded, weight_b, bias_b, geometry, pad)
+    return convolve(padded, weight_b, bias_b, pad)
 
 
 class NSRConv2d(nn.Conv2d):

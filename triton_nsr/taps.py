@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from triton_nsr.arguments import conv_output_size
+
 
 def per_sample_conv2d(
     input: torch.Tensor,
@@ -38,13 +40,13 @@ def per_sample_conv2d(
     """
     batch = input.shape[0]
     out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
+    out_h, out_w = conv_output_size(tuple(input.shape[2:]), (kernel_h, kernel_w), stride, pad,
+                                    dilation)
     top, bottom, left, right = pad
     if any(pad):
         input = F.pad(input, (left, right, top, bottom))
     height, width = input.shape[2:]
     (stride_h, stride_w), (dilation_h, dilation_w) = stride, dilation
-    out_h = (height - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
     grouped_input = input.reshape(batch, groups, in_group_channels, height, width)
     grouped_weight = weight.reshape(batch, groups, out_channels // groups, in_group_channels,
                                     kernel_h, kernel_w)

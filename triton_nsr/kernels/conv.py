@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_nsr.arguments import conv_output_size
 from triton_nsr.kernels.autotune import (
     accumulator_dtype,
     check_launchable,
@@ -22,6 +23,7 @@ from triton_nsr.kernels.autotune import (
     index_dtype,
     tuned,
 )
+from triton_nsr.kernels.tiling import program_tile, sample_and_group
 
 # The first config is the interpreter's; the rest are searched on the GPU.
 CONV_CONFIGS = [
@@ -61,20 +63,11 @@ def conv_fwd_kernel(
         output (B, out, Ho, Wo), any strides.
     Offsets: the sample's base offset is int64; offsets inside a sample use INDEX_DTYPE (int32
     when every tensor's per-sample extent fits, which halves the index registers).
-    Grid: (B * groups * cdiv(Ho*Wo, BLOCK_M) * cdiv(OG, BLOCK_N),), output-channel tiles
-    fastest so the programs sharing an input tile run together.
+    Grid: (B * groups * cdiv(Ho*Wo, BLOCK_M) * cdiv(OG, BLOCK_N),), ordered as in tiling.py.
     """
-    pid = tl.program_id(0)
-    num_n_blocks = tl.cdiv(out_group_channels, BLOCK_N)
-    num_m_blocks = tl.cdiv(out_pixels, BLOCK_M)
-    n_block = pid % num_n_blocks
-    m_block = (pid // num_n_blocks) % num_m_blocks
-    sample_group = pid // (num_n_blocks * num_m_blocks)
-    sample = (sample_group // groups).to(tl.int64)
-    group = (sample_group % groups).to(INDEX_DTYPE)
-
-    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
-    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
+    sample_group, _, offs_m, offs_n = program_tile(
+        tl.program_id(0), out_pixels, out_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
+    sample, group = sample_and_group(sample_group, groups, INDEX_DTYPE)
     mask_m = offs_m < out_pixels
     mask_n = offs_n < out_group_channels
     out_row = offs_m // out_w
@@ -121,17 +114,6 @@ def conv_fwd_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-def output_size(
-    in_size: tuple[int, int], kernel_size: tuple[int, int], stride, pad, dilation
-) -> tuple[int, int]:
-    """(Ho, Wo) for pad = (top, bottom, left, right)."""
-    pads = ((pad[0], pad[1]), (pad[2], pad[3]))
-    return tuple(
-        (size + lo + hi - dil * (ks - 1) - 1) // st + 1
-        for size, ks, st, (lo, hi), dil in zip(in_size, kernel_size, stride, pads, dilation)
-    )
-
-
 def empty_like_layout(input: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """An empty (B, C', H', W') tensor in input's memory format (channels_last stays so)."""
     channels_last = (input.dim() == 4 and not input.is_contiguous()
@@ -163,7 +145,7 @@ def conv_fwd(
     check_launchable(input, weight, bias)
     batch, channels, in_h, in_w = input.shape
     out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
-    out_h, out_w = output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
+    out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
     output = empty_like_layout(input, (batch, out_channels, out_h, out_w))
     if output.numel() == 0:
         return output

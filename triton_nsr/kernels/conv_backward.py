@@ -30,6 +30,7 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
+from triton_nsr.kernels.tiling import program_tile, sample_and_group
 
 INPUT_GRAD_KEY = ["in_group_channels", "out_group_channels", "in_pixels", "kernel_h", "kernel_w"]
 WEIGHT_GRAD_CONFIGS = [
@@ -70,17 +71,9 @@ def conv_bwd_input_kernel(
     Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),); one flat loop over
     (tap, output-channel block).
     """
-    pid = tl.program_id(0)
-    num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
-    num_m_blocks = tl.cdiv(in_pixels, BLOCK_M)
-    n_block = pid % num_n_blocks
-    m_block = (pid // num_n_blocks) % num_m_blocks
-    sample_group = pid // (num_n_blocks * num_m_blocks)
-    sample = (sample_group // groups).to(tl.int64)
-    group = (sample_group % groups).to(INDEX_DTYPE)
-
-    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
-    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
+    sample_group, _, offs_m, offs_n = program_tile(
+        tl.program_id(0), in_pixels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
+    sample, group = sample_and_group(sample_group, groups, INDEX_DTYPE)
     mask_m = offs_m < in_pixels
     mask_n = offs_n < in_group_channels
     in_row = offs_m // in_w
@@ -154,21 +147,12 @@ def conv_bwd_weight_kernel(
     output-channel tile and input-channel tile, so no two programs write the same element.
     Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
     """
-    pid = tl.program_id(0)
-    num_n_blocks = tl.cdiv(in_group_channels, BLOCK_N)
-    num_m_blocks = tl.cdiv(out_group_channels, BLOCK_M)
-    n_block = pid % num_n_blocks
-    m_block = (pid // num_n_blocks) % num_m_blocks
-    rest = pid // (num_n_blocks * num_m_blocks)
-    tap = rest % (kernel_h * kernel_w)
-    sample_group = rest // (kernel_h * kernel_w)
-    sample = (sample_group // groups).to(tl.int64)
-    group = (sample_group % groups).to(INDEX_DTYPE)
+    outer, n_block, offs_m, offs_n = program_tile(
+        tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
+    tap = outer % (kernel_h * kernel_w)
+    sample, group = sample_and_group(outer // (kernel_h * kernel_w), groups, INDEX_DTYPE)
     r = tap // kernel_w
     t = tap % kernel_w
-
-    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
-    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     mask_m = offs_m < out_group_channels
     mask_n = offs_n < in_group_channels
     out_channel = group * out_group_channels + offs_m

@@ -1,0 +1,35 @@
+"""How a flat program id maps onto the tiles of the per-sample GEMMs (shared by conv kernels).
+
+Grids are one flat axis (axis 0 has no 65535 limit, unlike axes 1 and 2, and B * groups can pass
+it) ordered, fastest first: N tile, M tile, then whatever the kernel puts outside (sample and
+group, and for the kernel gradient the tap). N fastest means the programs that share an M tile
+of the input run back to back and find it in L2.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def program_tile(pid, size_m, size_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 INDEX_DTYPE: tl.constexpr):
+    """(outer index, N tile number, M offsets (BLOCK_M,), N offsets (BLOCK_N,)) of program pid.
+
+    The outer index counts the (sample, group[, tap]) block the tile belongs to.
+    """
+    num_n_blocks = tl.cdiv(size_n, BLOCK_N)
+    num_m_blocks = tl.cdiv(size_m, BLOCK_M)
+    n_block = pid % num_n_blocks
+    m_block = (pid // num_n_blocks) % num_m_blocks
+    outer = pid // (num_n_blocks * num_m_blocks)
+    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
+    return outer, n_block, offs_m, offs_n
+
+
+@triton.jit
+def sample_and_group(sample_group, groups, INDEX_DTYPE: tl.constexpr):
+    """Split sample * groups + group; the sample comes back int64, to multiply batch strides."""
+    sample = (sample_group // groups).to(tl.int64)
+    group = (sample_group % groups).to(INDEX_DTYPE)
+    return sample, group
