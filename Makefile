@@ -1,21 +1,23 @@
-# One venv for everything. If the system python already has torch (e.g. a CUDA build), the venv
-# sees it through --system-site-packages and pip leaves it alone; otherwise torch==2.13.0 is
-# installed (on the project's CPU machines that is the local CPU build).
+# One venv for everything. If python3 already imports torch (a CUDA build, say, system-wide or in
+# an active virtualenv), the venv sees that torch through a .pth file naming its site-packages,
+# and pip, finding the requirement met, leaves it alone. Otherwise torch==2.13.0 is installed
+# (on the project's CPU machines that is the local CPU build).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.triton_nsr-installed
+HOST_TORCH_SITE := $(shell python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))" 2>/dev/null)
 
 .PHONY: setup test bench report lint clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@if python3 -c "import torch" 2>/dev/null; then \
-		echo "using the system torch: $$(python3 -c 'import torch; print(torch.__version__)')"; \
-		python3 -m venv --system-site-packages $(VENV); \
+	python3 -m venv $(VENV)
+	@if [ -n "$(HOST_TORCH_SITE)" ]; then \
+		echo "using the installed torch in $(HOST_TORCH_SITE)"; \
+		echo "$(HOST_TORCH_SITE)" > "$$($(PY) -c 'import site; print(site.getsitepackages()[0])')/host-torch.pth"; \
 	else \
-		python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
-		$(PY) -m pip install -q torch==2.13.0; \
+		$(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q torch==2.13.0; \
 	fi
 	$(PY) -m pip install -q -e ".[test,bench,dev]"
 	@touch $(STAMP)
