@@ -357,3 +357,23 @@ def test_int64_offsets_give_the_same_result(monkeypatch):
     assert_close(out, expected[0])
     for name, g, rg in zip(NAMES, grads, expected[1]):
         assert_close(g, rg, f"grad of {name}")
+
+
+@pytest.mark.parametrize("num_splits", [2, 5])
+def test_split_pixel_sum_of_the_kernel_gradient(monkeypatch, num_splits):
+    """The kernel gradient cut into pixel splits (few samples, large images) adds up the same,
+    also when a split gets no pixels at all."""
+    from triton_nsr.kernels import conv_backward
+
+    # 195 output pixels: several BLOCK_K blocks, so the splits really share the sum.
+    x = torch.randn(1, 4, 15, 13, dtype=torch.float64)
+    params = make_params(4, 6, 3, 2, 3, groups=2)
+
+    def run(*inputs):
+        return nsr_conv2d(*inputs, 2, 3, 1, 1, 1, 2, backend="triton")
+
+    expected = outputs_and_grads(run, [x, *params])
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: num_splits)
+    out, grads, _ = outputs_and_grads(run, [x, *params], expected[2])
+    for name, g, rg in zip(NAMES, grads, expected[1]):
+        assert_close(g, rg, f"grad of {name}")

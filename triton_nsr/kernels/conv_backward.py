@@ -43,7 +43,9 @@ WEIGHT_GRAD_CONFIGS = [
     triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}, num_warps=2, num_stages=3),
 ]
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "out_pixels", "kernel_h",
-                   "kernel_w"]
+                   "kernel_w", "num_splits"]
+# A split of the kernel gradient's pixel sum gets at least this many pixels.
+MIN_PIXELS_PER_SPLIT = 4096
 
 
 @tuned(CONV_CONFIGS, key=INPUT_GRAD_KEY)
@@ -131,9 +133,10 @@ def conv_bwd_weight_kernel(
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
     grad_output_w_stride,
     input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
-    grad_weight_batch_stride, grad_weight_out_stride, grad_weight_in_stride,
-    grad_weight_h_stride, grad_weight_w_stride,
-    grad_bias_batch_stride, grad_bias_channel_stride,
+    num_splits,
+    grad_weight_split_stride, grad_weight_batch_stride, grad_weight_out_stride,
+    grad_weight_in_stride, grad_weight_h_stride, grad_weight_w_stride,
+    grad_bias_split_stride, grad_bias_batch_stride, grad_bias_channel_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     INDEX_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -142,15 +145,19 @@ def conv_bwd_weight_kernel(
 
     Pointers:
         grad_output (B, out, Ho, Wo), input (B, C, H, W): any strides.
-        grad_weight (B, out, Cg, kh, kw), grad_bias (B, out) when HAS_BIAS: any strides.
-    Grid: (B * groups * kh * kw * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),): one program per tap,
-    output-channel tile and input-channel tile, so no two programs write the same element.
+        grad_weight (S, B, out, Cg, kh, kw), grad_bias (S, B, out) when HAS_BIAS: any strides;
+        split s holds the sum over its share of the output pixels (S = num_splits, usually 1).
+    Grid: (B * groups * kh * kw * S * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),): one program per
+    tap, pixel split, output-channel tile and input-channel tile, so no two programs write the
+    same element.
     Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
     """
     outer, n_block, offs_m, offs_n = program_tile(
         tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
-    tap = outer % (kernel_h * kernel_w)
-    sample, group = sample_and_group(outer // (kernel_h * kernel_w), groups, INDEX_DTYPE)
+    split = outer % num_splits
+    tap = (outer // num_splits) % (kernel_h * kernel_w)
+    sample, group = sample_and_group(outer // (num_splits * kernel_h * kernel_w), groups,
+                                     INDEX_DTYPE)
     r = tap // kernel_w
     t = tap % kernel_w
     mask_m = offs_m < out_group_channels
@@ -165,7 +172,9 @@ def conv_bwd_weight_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
-    for p_start in range(0, out_pixels, BLOCK_K):
+    chunk = tl.cdiv(tl.cdiv(out_pixels, num_splits), BLOCK_K) * BLOCK_K
+    first_pixel = split * chunk
+    for p_start in range(first_pixel, tl.minimum(first_pixel + chunk, out_pixels), BLOCK_K):
         offs_k = (p_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
         mask_k = offs_k < out_pixels
         out_row = offs_k // out_w
@@ -182,7 +191,8 @@ def conv_bwd_weight_kernel(
         if HAS_BIAS:
             bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
 
-    grad_weight = (grad_weight_pointer + sample * grad_weight_batch_stride
+    grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
+                   + sample * grad_weight_batch_stride
                    + out_channel[:, None] * grad_weight_out_stride
                    + offs_n[None, :] * grad_weight_in_stride
                    + r * grad_weight_h_stride + t * grad_weight_w_stride)
@@ -191,8 +201,8 @@ def conv_bwd_weight_kernel(
     # Every (tap, input-channel tile) program summed the same dy rows; one of them writes.
     if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
         if tap + n_block == 0:
-            tl.store(grad_bias_pointer + sample * grad_bias_batch_stride
-                     + out_channel * grad_bias_channel_stride,
+            tl.store(grad_bias_pointer + split.to(tl.int64) * grad_bias_split_stride
+                     + sample * grad_bias_batch_stride + out_channel * grad_bias_channel_stride,
                      bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
 
 
@@ -239,6 +249,21 @@ def conv_bwd_input(
     return grad_input
 
 
+def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> int:
+    """Into how many pieces the kernel gradient cuts its sum over output pixels.
+
+    One program per (sample, tap, tile) leaves most of the GPU idle when there are few samples
+    and large images (batch 1 at 512x512, 64 channels: 36 programs of 64x64 tiles for 132 SMs,
+    each walking 262144 pixels). Cutting the pixel sum into pieces, added up afterwards, gives
+    every SM work; pieces keep at least MIN_PIXELS_PER_SPLIT pixels so the extra pass stays small.
+    """
+    if device.type != "cuda":
+        return 1
+    multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = triton.cdiv(4 * multiprocessors, max(programs, 1))
+    return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
+
+
 def conv_bwd_weight(
     grad_output: torch.Tensor,
     input: torch.Tensor,
@@ -262,22 +287,42 @@ def conv_bwd_weight(
     kernel_h, kernel_w = kernel_size
     in_group_channels = channels // groups
     out_group_channels = out_channels // groups
+    out_pixels = out_h * out_w
+    # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
+    programs = (batch * groups * kernel_h * kernel_w * triton.cdiv(out_group_channels, 64)
+                * triton.cdiv(in_group_channels, 64))
+    num_splits = weight_grad_splits(grad_output.device, programs, out_pixels)
+    acc_dtype = accumulator_dtype(input.dtype)
+    if num_splits == 1:
+        weight_parts = grad_weight.unsqueeze(0)
+        bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
+    else:
+        # Partial sums in the accumulator's precision, added once below.
+        partial = torch.float64 if acc_dtype == tl.float64 else torch.float32
+        weight_parts = grad_weight.new_empty((num_splits, *grad_weight.shape), dtype=partial)
+        bias_parts = (grad_bias.new_empty((num_splits, *grad_bias.shape), dtype=partial)
+                      if grad_bias is not None else None)
 
     def grid(meta):
-        return (batch * groups * kernel_h * kernel_w
+        return (batch * groups * kernel_h * kernel_w * num_splits
                 * triton.cdiv(out_group_channels, meta["BLOCK_M"])
                 * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
 
     conv_bwd_weight_kernel[grid](
-        grad_output, input, grad_weight, grad_bias if grad_bias is not None else grad_weight,
-        groups, in_group_channels, out_group_channels, out_h * out_w,
+        grad_output, input, weight_parts, bias_parts if bias_parts is not None else weight_parts,
+        groups, in_group_channels, out_group_channels, out_pixels,
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-        *grad_output.stride(), *input.stride(), *grad_weight.stride(),
-        *(grad_bias.stride() if grad_bias is not None else (0, 0)),
+        *grad_output.stride(), *input.stride(),
+        num_splits, *weight_parts.stride(),
+        *(bias_parts.stride() if bias_parts is not None else (0, 0, 0)),
         HAS_BIAS=grad_bias is not None,
-        ACC_DTYPE=accumulator_dtype(input.dtype),
+        ACC_DTYPE=acc_dtype,
         PRECISION=dot_precision(input.dtype, allow_tf32),
         INDEX_DTYPE=index_dtype((grad_output, input, grad_weight, grad_bias),
                                 slack=max(pad) + max(dilation) * max(kernel_h, kernel_w)),
     )
+    if num_splits > 1:
+        grad_weight.copy_(weight_parts.sum(dim=0))
+        if grad_bias is not None:
+            grad_bias.copy_(bias_parts.sum(dim=0))
