@@ -198,6 +198,12 @@ def test_opcheck_passes():
                                                   2, False))
     torch.library.opcheck(ops.per_sample_conv2d, (x, weight, None, [2, 1], [0, 0, 1, 1], [1, 1],
                                                   2, False))
+    grad_output = torch.randn(2, 6, 5, 5)
+    torch.library.opcheck(ops.per_sample_conv2d_backward,
+                          (grad_output, x.detach(), weight.detach(), [1, 1], [1, 1, 1, 1], [1, 1],
+                           2, False, [True, False, True]))
+    torch.library.opcheck(ops.mix_backward, (torch.randn(2, 3, 4), routing.detach(),
+                                             bank.detach()))
 
 
 def test_compile_fullgraph_keeps_batch_symbolic():
