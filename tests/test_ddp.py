@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,9 +16,9 @@ from triton_nsr.models import WDSRNSR
 WORLD_SIZE = 2
 
 
-def tiny():
+def tiny(backend="torch"):
     return WDSRNSR(scale=2, num_blocks=2, num_residual_units=4, width_multiplier=2,
-                   num_sparsity_groups=2, num_sparsity_cardinals=2, backend="torch",
+                   num_sparsity_groups=2, num_sparsity_cardinals=2, backend=backend,
                    dtype=torch.float64)
 
 
@@ -27,11 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_step_on_rank(rank, port, state, inputs, targets, result_path):
+def train_step_on_rank(rank, port, state, inputs, targets, result_path, backend):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
-        model = tiny()
+        model = tiny(backend)
         model.load_state_dict(state)
         ddp = DistributedDataParallel(model)
         F.l1_loss(ddp(inputs[rank]), targets[rank]).backward()
@@ -41,13 +42,18 @@ def train_step_on_rank(rank, port, state, inputs, targets, result_path):
         dist.destroy_process_group()
 
 
-def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_two_processes_match_one_process_on_the_whole_batch(tmp_path, backend):
+    """Each rank runs ``backend`` (triton: the kernels in the interpreter, inherited from the
+    test environment); the single process runs the torch backend on the whole batch."""
+    if backend == "triton":
+        pytest.importorskip("triton_nsr.ops")
     model = tiny()
     inputs = torch.rand(WORLD_SIZE, 2, 3, 8, 8, dtype=torch.float64)
     targets = torch.rand(WORLD_SIZE, 2, 3, 16, 16, dtype=torch.float64)
     result_path = str(tmp_path / "grads")
     mp.spawn(train_step_on_rank, nprocs=WORLD_SIZE, join=True,
-             args=(free_port(), model.state_dict(), inputs, targets, result_path))
+             args=(free_port(), model.state_dict(), inputs, targets, result_path, backend))
 
     F.l1_loss(model(inputs.flatten(0, 1)), targets.flatten(0, 1)).backward()
     for rank in range(WORLD_SIZE):

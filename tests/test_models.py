@@ -167,3 +167,21 @@ def test_patching_the_whole_model_differs_only_at_the_border():
     inner = (..., slice(4, -4), slice(4, -4))  # 2 input pixels at scale 2
     assert_close(patched[inner], builtin[inner])
     assert not torch.allclose(patched, builtin)
+
+
+def test_small_network_on_the_triton_backend_matches_the_torch_backend():
+    """Forward and every parameter gradient of a whole (tiny) WDSR-NSR on the Triton kernels."""
+    pytest.importorskip("triton_nsr.ops")
+    reference_model = tiny(num_blocks=1)
+    triton_model = tiny(num_blocks=1, backend="triton")
+    triton_model.load_state_dict(reference_model.state_dict())
+    x = torch.rand(2, 3, 6, 7, dtype=torch.float64)
+    outputs = []
+    for model in (reference_model, triton_model):
+        out = model(x)
+        out.square().mean().backward()
+        outputs.append(out)
+    assert_close(outputs[1], outputs[0])
+    for (name, p), (_, q) in zip(reference_model.named_parameters(),
+                                 triton_model.named_parameters()):
+        assert_close(q.grad, p.grad, f"grad of {name}")
