@@ -24,10 +24,10 @@ def interpreter_enabled() -> bool:
 def resolve_backend(backend: str, input: torch.Tensor) -> str:
     """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'."""
     backend = check_backend(backend)
+    triton_runs = input.is_cuda or interpreter_enabled()
     if backend == "auto":
-        on_triton = input.is_cuda or interpreter_enabled()
-        return "triton" if on_triton else "torch"
-    if backend == "triton" and not (input.is_cuda or interpreter_enabled()):
+        return "triton" if triton_runs else "torch"
+    if backend == "triton" and not triton_runs:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (got a tensor on {input.device}) or the Triton "
             "interpreter (set TRITON_INTERPRET=1 before triton is imported); use backend='torch' "

@@ -159,8 +159,8 @@ def per_sample_conv2d_backward(
     if grad_output.numel() == 0:
         return grad_input.zero_(), grad_weight.zero_(), grad_bias.zero_()
     if output_mask[0]:
-        conv_bwd_input(grad_output, weight, tuple(input.shape), input, stride, pad, dilation,
-                       groups, allow_tf32, grad_input)
+        conv_bwd_input(grad_output, weight, stride, pad, dilation, groups, allow_tf32,
+                       grad_input)
     if grad_weight.numel():
         conv_bwd_weight(grad_output, input, tuple(weight.shape[3:]), stride, pad, dilation, groups,
                         allow_tf32, grad_weight, grad_bias if output_mask[2] else None)

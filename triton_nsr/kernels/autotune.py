@@ -62,14 +62,15 @@ def check_launchable(*tensors: torch.Tensor) -> None:
             )
 
 
-def index_dtype(tensors, slack: int = 0):
+def index_dtype(tensors, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
     """int32 offsets inside a sample when they cannot overflow, else int64.
 
     The kernels add the sample's base offset in int64 and everything inside a sample in this
-    dtype. Masked-off lanes may point up to a block (plus padding, ``slack``) past an edge, so
-    every dimension but the batch gets that much room before the int32 limit is checked.
+    dtype. Masked-off lanes may point up to a block, plus the padding and the kernel's reach,
+    past an edge, so every dimension but the batch gets that much room before the int32 limit
+    is checked.
     """
-    room = 1024 + slack
+    room = 1024 + max(pad) + max(dilation) * max(kernel_size)
     for tensor in tensors:
         if tensor is None:
             continue

@@ -64,25 +64,21 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return (int(match[1]), int(match[2])) if match else (-1, -1)
 
 
-def _kernels(index_bits: int = 32):
-    import triton.language as tl
-
+def _kernels():
     from triton_nsr.kernels import conv, conv_backward, mix
 
-    def constexprs(dtype):
-        _, acc, precision = DTYPES[dtype]
-        acc_dtype = getattr(tl, acc)
-        return {"ACC_DTYPE": acc_dtype, "PRECISION": precision, "HAS_BIAS": True,
-                "BLOCK_GROUPS": 4, "INDEX_DTYPE": getattr(tl, f"int{index_bits}")}
+    return [conv.conv_fwd_kernel, conv_backward.conv_bwd_input_kernel,
+            conv_backward.conv_bwd_weight_kernel, mix.mix_fwd_kernel, mix.mix_bwd_bank_kernel,
+            mix.mix_bwd_routing_kernel]
 
-    return [
-        (conv.conv_fwd_kernel, constexprs),
-        (conv_backward.conv_bwd_input_kernel, constexprs),
-        (conv_backward.conv_bwd_weight_kernel, constexprs),
-        (mix.mix_fwd_kernel, constexprs),
-        (mix.mix_bwd_bank_kernel, constexprs),
-        (mix.mix_bwd_routing_kernel, constexprs),
-    ]
+
+def _constexprs(dtype: str, index_bits: int) -> dict:
+    """Every non-tile constexpr a kernel may take; each kernel keeps the ones it declares."""
+    import triton.language as tl
+
+    _, acc, precision = DTYPES[dtype]
+    return {"ACC_DTYPE": getattr(tl, acc), "PRECISION": precision, "HAS_BIAS": True,
+            "BLOCK_GROUPS": 4, "INDEX_DTYPE": getattr(tl, f"int{index_bits}")}
 
 
 def compile_all(arch: int = 90, first: int | None = None, dtypes=None,
@@ -100,13 +96,13 @@ def compile_all(arch: int = 90, first: int | None = None, dtypes=None,
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to check")
     target = GPUTarget("cuda", arch, 32)
     results = []
-    for tuner, constexprs in _kernels(index_bits):
+    for tuner in _kernels():
         fn = tuner.fn
         configs = tuner.configs[:first] if first else tuner.configs
         for dtype in dtypes or DTYPES:
             pointer = DTYPES[dtype][0]
             for config in configs:
-                consts = {name: value for name, value in constexprs(dtype).items()
+                consts = {name: value for name, value in _constexprs(dtype, index_bits).items()
                           if name in fn.arg_names}
                 consts.update(config.kwargs)
                 signature = {

@@ -167,7 +167,7 @@ def conv_fwd(
         HAS_BIAS=bias is not None,
         ACC_DTYPE=accumulator_dtype(input.dtype),
         PRECISION=dot_precision(input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((input, weight, bias, output), slack=max(pad) + max(dilation)
-                                * max(kernel_h, kernel_w)),
+        INDEX_DTYPE=index_dtype((input, weight, bias, output), pad, dilation,
+                                (kernel_h, kernel_w)),
     )
     return output

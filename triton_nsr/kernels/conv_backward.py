@@ -209,8 +209,6 @@ def conv_bwd_weight_kernel(
 def conv_bwd_input(
     grad_output: torch.Tensor,
     weight: torch.Tensor,
-    input_shape: tuple[int, int, int, int],
-    like: torch.Tensor,
     stride: tuple[int, int],
     pad: tuple[int, int, int, int],
     dilation: tuple[int, int],
@@ -218,14 +216,13 @@ def conv_bwd_input(
     allow_tf32: bool,
     grad_input: torch.Tensor,
 ) -> torch.Tensor:
-    """Write d loss / d input (B, C, H, W) into ``grad_input`` and return it.
+    """Write d loss / d input into ``grad_input`` (B, C, H, W, the input's dtype); return it.
 
     Args:
         grad_output: (B, out, Ho, Wo). weight: (B, out, Cg, kh, kw).
-        like: the forward input, whose dtype sets the precision.
     """
     check_launchable(grad_output, weight)
-    batch, channels, in_h, in_w = input_shape
+    batch, channels, in_h, in_w = grad_input.shape
     out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
     out_h, out_w = grad_output.shape[2:]
     out_group_channels = out_channels // groups
@@ -241,10 +238,10 @@ def conv_bwd_input(
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
         *grad_output.stride(), *weight.stride(), *grad_input.stride(),
-        ACC_DTYPE=accumulator_dtype(like.dtype),
-        PRECISION=dot_precision(like.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((grad_output, weight, grad_input),
-                                slack=max(pad) + max(dilation) * max(kernel_h, kernel_w)),
+        ACC_DTYPE=accumulator_dtype(grad_input.dtype),
+        PRECISION=dot_precision(grad_input.dtype, allow_tf32),
+        INDEX_DTYPE=index_dtype((grad_output, weight, grad_input), pad, dilation,
+                                (kernel_h, kernel_w)),
     )
     return grad_input
 
@@ -319,8 +316,8 @@ def conv_bwd_weight(
         HAS_BIAS=grad_bias is not None,
         ACC_DTYPE=acc_dtype,
         PRECISION=dot_precision(input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((grad_output, input, grad_weight, grad_bias),
-                                slack=max(pad) + max(dilation) * max(kernel_h, kernel_w)),
+        INDEX_DTYPE=index_dtype((grad_output, input, grad_weight, grad_bias), pad, dilation,
+                                kernel_size),
     )
     if num_splits > 1:
         grad_weight.copy_(weight_parts.sum(dim=0))
