@@ -22,20 +22,15 @@ SCALE = 2
 def build(job: EndToEnd, provider: str, device: str) -> Callable[[], object]:
     """A closure running one ``job`` step with every NSR layer on ``provider``'s backend.
 
-    Raises ImportError when triton_nsr.models is missing, ValueError for an unknown provider
-    or a model without NSR layers.
+    Raises ImportError when triton_nsr.models is missing, ValueError for an unknown provider.
     """
     if provider not in BACKENDS:
         raise ValueError(f"end-to-end jobs run {sorted(BACKENDS)}, not {provider!r}")
-    from triton_nsr import NSRConv2d
+    from triton_nsr import convert
     from triton_nsr.models import WDSRNSR, evaluate_patches
 
-    model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device)
-    layers = [m for m in model.modules() if isinstance(m, NSRConv2d)]
-    if not layers:
-        raise ValueError("WDSRNSR has no triton_nsr.NSRConv2d layers to switch")
-    for layer in layers:
-        layer.backend = BACKENDS[provider]
+    model = convert(WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device),
+                    backend=BACKENDS[provider])
 
     if job.kind == "train":
         model.train()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from bench.workloads import Workload
 from triton_nsr import reference
-from triton_nsr.arguments import ConvGeometry
+from triton_nsr.arguments import ConvGeometry, check_nsr_conv2d, conv_output_size
 from triton_nsr.flops import LayerCost
 
 Outputs = torch.Tensor | tuple[torch.Tensor, ...]
@@ -88,14 +88,10 @@ class LayerInputs:
 
     @property
     def geometry(self) -> ConvGeometry:
-        w, p = self.workload, self.workload.padding
-        size = (w.height + 2 * p - w.kernel_size + 1, w.width + 2 * p - w.kernel_size + 1)
-        return ConvGeometry(
-            batch=w.batch, in_channels=w.in_channels, out_channels=w.out_channels, groups=1,
-            num_sparsity_groups=w.k, num_sparsity_cardinals=w.d, in_size=(w.height, w.width),
-            kernel_size=(w.kernel_size, w.kernel_size), stride=(1, 1), dilation=(1, 1),
-            pad=(p, p, p, p), out_size=size,
-        )
+        """The layer's geometry, from the same checks nsr_conv2d runs."""
+        w = self.workload
+        return check_nsr_conv2d(self.x, self.weight, self.bias, self.mlp_weight, self.mlp_bias,
+                                w.k, w.d, 1, w.padding, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -258,9 +254,9 @@ def part_flops_and_bytes(part: str, workload: Workload, cost: LayerCost,
     """
     w = workload
     kernel_params = cost.static_params
-    out_size = (w.height + 2 * w.padding - w.kernel_size + 1) * (
-        w.width + 2 * w.padding - w.kernel_size + 1)
-    activations = w.batch * (w.in_channels * w.height * w.width + w.out_channels * out_size)
+    out_h, out_w = conv_output_size((w.height, w.width), (w.kernel_size,) * 2, (1, 1),
+                                    (w.padding,) * 4, (1, 1))
+    activations = w.batch * (w.in_channels * w.height * w.width + w.out_channels * out_h * out_w)
     if part == "layer":
         return cost.nsr_flops, cost.nsr_bytes
     if part == "static":
