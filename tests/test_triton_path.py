@@ -44,22 +44,29 @@ GRID = [
 ]
 
 
+def assert_triton_matches_reference(x, params, *geometry, **options):
+    """nsr_conv2d(backend='triton') equals the reference, output and every gradient.
+
+    ``geometry`` and ``options`` are nsr_conv2d's arguments after the five tensors.
+    """
+
+    def triton_path(*inputs):
+        return nsr_conv2d(*inputs, *geometry, **options, backend="triton")
+
+    def reference_path(*inputs):
+        return reference.nsr_conv2d(*inputs, *geometry, **options)
+
+    assert_same_outputs_and_grads(triton_path, reference_path, [x, *params], NAMES)
+
+
 def run_triton(config, dtype, batch, channels_last=False):
     cin, cout, ks, k, d, stride, padding, dilation, groups, bias, mode, size = config
     x = torch.randn(batch, cin, *size, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     params = make_params(cin, cout, ks, k, d, groups, bias, dtype=dtype)
-    geometry = (k, d, stride, padding, dilation, groups)
-
-    def triton_path(*inputs):
-        return nsr_conv2d(*inputs, *geometry, temperature=0.8, padding_mode=mode,
-                          backend="triton")
-
-    def reference_path(*inputs):
-        return reference.nsr_conv2d(*inputs, *geometry, temperature=0.8, padding_mode=mode)
-
-    assert_same_outputs_and_grads(triton_path, reference_path, [x, *params], NAMES)
+    assert_triton_matches_reference(x, params, k, d, stride, padding, dilation, groups,
+                                    temperature=0.8, padding_mode=mode)
 
 
 @pytest.mark.parametrize("config", GRID, ids=[f"c{i}" for i in range(len(GRID))])
@@ -351,16 +358,9 @@ def test_int64_offsets_match_reference(monkeypatch):
 
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
     params = make_params(4, 6, 3, 2, 3, groups=2)
-
-    def run(*inputs):
-        return nsr_conv2d(*inputs, 2, 3, 2, 1, 1, 2, backend="triton")
-
-    def reference_path(*inputs):
-        return reference.nsr_conv2d(*inputs, 2, 3, 2, 1, 1, 2)
-
     for module in (conv, conv_backward):
         monkeypatch.setattr(module, "index_dtype", lambda *args, **kwargs: tl.int64)
-    assert_same_outputs_and_grads(run, reference_path, [x, *params], NAMES)
+    assert_triton_matches_reference(x, params, 2, 3, 2, 1, 1, 2)
 
 
 @pytest.mark.parametrize("num_splits", [2, 5])
@@ -372,12 +372,5 @@ def test_split_pixel_sum_of_the_kernel_gradient(monkeypatch, num_splits):
     # 195 output pixels: several BLOCK_K blocks, so the splits really share the sum.
     x = torch.randn(1, 4, 15, 13, dtype=torch.float64)
     params = make_params(4, 6, 3, 2, 3, groups=2)
-
-    def run(*inputs):
-        return nsr_conv2d(*inputs, 2, 3, 1, 1, 1, 2, backend="triton")
-
-    def reference_path(*inputs):
-        return reference.nsr_conv2d(*inputs, 2, 3, 1, 1, 1, 2)
-
     monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: num_splits)
-    assert_same_outputs_and_grads(run, reference_path, [x, *params], NAMES)
+    assert_triton_matches_reference(x, params, 2, 3, 1, 1, 1, 2)
