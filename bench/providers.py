@@ -169,7 +169,7 @@ def reference_part(part: str, inputs: LayerInputs) -> tuple[Callable[[], Outputs
     if part == "conv":
         g = inputs.geometry
         return (lambda: reference.per_sample_conv2d(inputs.x, inputs.weight_b, inputs.bias_b,
-                                                    g, g.pad),
+                                                    g.stride, w.padding, g.dilation, g.groups),
                 [inputs.x, inputs.weight_b, inputs.bias_b])
     if part == "static":
         return (lambda: F.conv2d(inputs.x, inputs.static_weight, inputs.static_bias,

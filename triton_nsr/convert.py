@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 
 from triton_nsr import reference
 from triton_nsr.arguments import check_backend, check_temperature
-from triton_nsr.modules import NSRConv2d
+from triton_nsr.modules import NSRConv2d, NSRConv2dBase
 
 # Entries of a class namespace that belong to the class object itself, never copied to another.
 _CLASS_INTERNALS = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__"}
@@ -24,7 +24,7 @@ def is_authors_layer(module: nn.Module) -> bool:
 
     Their ``out_channels`` holds k times the channels the layer outputs.
     """
-    if isinstance(module, reference.NSRConv2d) or not isinstance(module, nn.Conv2d):
+    if isinstance(module, NSRConv2dBase) or not isinstance(module, nn.Conv2d):
         return False
     k = getattr(module, "num_sparsity_groups", None)
     d = getattr(module, "num_sparsity_cardinals", None)
@@ -87,7 +87,7 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
                 )
             module.out_channels //= k
             module.temperature = check_temperature(getattr(module, "temperature", 1.0))
-        elif not isinstance(module, reference.NSRConv2d):
+        elif not isinstance(module, NSRConv2dBase):
             continue
         if not isinstance(module, NSRConv2d):
             _set_class(module)

@@ -1,12 +1,21 @@
-"""``nsr_conv2d``: argument checks, autocast, padding and the choice of backend."""
+"""``nsr_conv2d``: argument checks, autocast, routing, padding and the choice of backend.
+
+The data flow every backend shares lives here: check the arguments into a ConvGeometry, route
+(triton_nsr.router), mix the k banks into per-sample kernels, apply non-zero padding modes, and
+convolve each sample with its kernel. A backend supplies the last two steps' implementations:
+
+- 'torch': triton_nsr.mixing and triton_nsr.grouped_conv (plain PyTorch, any device);
+- 'triton': triton_nsr.ops (Triton kernels on CUDA, or Triton's CPU interpreter).
+"""
 
 from __future__ import annotations
 
 import os
 
 import torch
+import torch.nn.functional as F
 
-from triton_nsr import reference, taps
+from triton_nsr import grouped_conv, mixing, router
 from triton_nsr.arguments import (
     ConvGeometry,
     check_backend,
@@ -36,9 +45,21 @@ def resolve_backend(backend: str, input: torch.Tensor) -> str:
     return backend
 
 
-def _autocast_cast(tensors: list, device_type: str) -> list:
-    """Cast floating tensors to the autocast dtype, as autocast does for nn.Conv2d's inputs."""
-    if not torch.is_autocast_enabled(device_type):
+def as_batched(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Give an unbatched (C, H, W) input a batch dimension; report whether it was added."""
+    if isinstance(input, torch.Tensor) and input.dim() == 3:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def autocast_inputs(tensors: list, device_type: str) -> list:
+    """Cast floating tensors to the autocast dtype, as autocast does for nn.Conv2d's inputs.
+
+    The router upcasts what it reads to float32 again; the convolution runs in the autocast
+    dtype, like the static convolution it replaces.
+    """
+    if not (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [
@@ -47,18 +68,30 @@ def _autocast_cast(tensors: list, device_type: str) -> list:
     ]
 
 
-def _nsr_conv2d_torch(*args, geometry: ConvGeometry, **kwargs) -> torch.Tensor:
-    """The torch backend: the reference data flow with the tap-sum convolution."""
+def pad_input(input: torch.Tensor, geometry: ConvGeometry, padding_mode: str
+              ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Apply non-zero padding modes up front, as nn.Conv2d does.
+
+    Returns the (possibly padded) input (B, C, H', W') and the zero padding
+    (top, bottom, left, right) the convolution still has to apply.
+    """
+    if padding_mode == "zeros" or geometry.pad == (0, 0, 0, 0):
+        return input, geometry.pad
+    return F.pad(input, geometry.fpad, mode=padding_mode), (0, 0, 0, 0)
+
+
+def _torch_backend(geometry: ConvGeometry):
+    """(mix, convolve) in plain PyTorch."""
 
     def convolve(padded, weight_b, bias_b, pad):
-        return taps.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
-                                      geometry.dilation, geometry.groups)
+        return grouped_conv.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
+                                              geometry.dilation, geometry.groups)
 
-    return reference.nsr_conv2d_checked(*args, geometry=geometry, **kwargs, convolve=convolve)
+    return mixing.mix_kernels, convolve
 
 
-def _nsr_conv2d_triton(*args, geometry: ConvGeometry, **kwargs) -> torch.Tensor:
-    """The triton backend: the reference data flow with the Triton mixing and convolution."""
+def _triton_backend(geometry: ConvGeometry):
+    """(mix, convolve) on the Triton kernels."""
     from triton_nsr import ops  # imports triton: only when this path runs
 
     # Read here, per call, as nn.Conv2d follows the flag at call time.
@@ -68,8 +101,10 @@ def _nsr_conv2d_triton(*args, geometry: ConvGeometry, **kwargs) -> torch.Tensor:
         return ops.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
                                      geometry.dilation, geometry.groups, allow_tf32)
 
-    return reference.nsr_conv2d_checked(*args, geometry=geometry, **kwargs, mix=ops.mix_kernels,
-                                        convolve=convolve)
+    return ops.mix_kernels, convolve
+
+
+BACKEND_IMPLEMENTATIONS = {"torch": _torch_backend, "triton": _triton_backend}
 
 
 def nsr_conv2d(
@@ -104,13 +139,13 @@ def nsr_conv2d(
         stride, padding, dilation, groups: as in F.conv2d; padding may be 'same' or 'valid'.
         temperature: divides the logits before the softmax; must be > 0.
         padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as in nn.Conv2d.
-        backend: 'torch' (plain PyTorch: the per-sample convolution as a sum over taps of
-            batched matmuls, see triton_nsr.taps), 'triton' (Triton kernels; CUDA, or the
-            interpreter with TRITON_INTERPRET=1), or 'auto' (triton for CUDA tensors or under
-            the interpreter, else torch). triton_nsr.reference holds the paper's formulation.
+        backend: 'torch' (plain PyTorch: the per-sample convolutions as one grouped convolution,
+            opaque to torch.compile so the batch stays symbolic; see triton_nsr.grouped_conv),
+            'triton' (Triton kernels; CUDA, or the interpreter with TRITON_INTERPRET=1), or
+            'auto' (triton for CUDA tensors or under the interpreter, else torch).
 
     Returns:
-        (B, out, Ho, Wo), or (out, Ho, Wo) for unbatched input.
+        (B, out, Ho, Wo), or (out, Ho, Wo) for unbatched input; channels_last when the input is.
 
     Example:
         >>> x = torch.randn(2, 8, 16, 16)
@@ -121,20 +156,21 @@ def nsr_conv2d(
     temperature = check_temperature(temperature)
     padding_mode = check_padding_mode(padding_mode)
     check_backend(backend)
-    input, unbatched = reference.as_batched(input)
+    input, unbatched = as_batched(input)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     backend = resolve_backend(backend, input)
-    if backend == "triton":
-        # The torch path lets autocast act on F.conv2d itself; the kernels must be told.
-        input, weight, bias, mlp_weight, mlp_bias = _autocast_cast(
-            [input, weight, bias, mlp_weight, mlp_bias], input.device.type
-        )
+    input, weight, bias, mlp_weight, mlp_bias = autocast_inputs(
+        [input, weight, bias, mlp_weight, mlp_bias], input.device.type
+    )
     geometry = check_nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    run = _nsr_conv2d_triton if backend == "triton" else _nsr_conv2d_torch
-    output = run(input, weight, bias, mlp_weight, mlp_bias, geometry=geometry,
-                 temperature=temperature, padding_mode=padding_mode)
+    mix, convolve = BACKEND_IMPLEMENTATIONS[backend](geometry)
+    routing = router.routing_weights(input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+                                     geometry.num_sparsity_cardinals, temperature)
+    weight_b, bias_b = mix(routing.to(weight.dtype), weight, bias)
+    padded, pad = pad_input(input, geometry, padding_mode)
+    output = convolve(padded, weight_b, bias_b, pad)
     return output.squeeze(0) if unbatched else output

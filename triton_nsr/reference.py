@@ -1,6 +1,10 @@
-"""The NSR layer in plain PyTorch: the semantics every other backend is tested against.
+"""The NSR layer as the paper writes it: the ground truth that every backend is tested against.
 
-Data flow for input x (B, C, H, W), k sparsity groups and d cardinals, out output channels:
+Nothing here is shared with the backends (triton_nsr.functional and what it calls): the router,
+the mixing, the padding and the convolution are written again, in the paper's formulation, so a
+test that compares a backend with this module compares two independent computations.
+
+Data flow for input x (B, C, H, W), k sparsity groups, d cardinals, out output channels:
 
 1. pool:     m = mean(x, over H and W)                          (B, C)
 2. MLP:      logits = m @ mlp_weight.T + mlp_bias               (B, k*d) viewed (B, k, d)
@@ -9,24 +13,16 @@ Data flow for input x (B, C, H, W), k sparsity groups and d cardinals, out outpu
              bias_b likewise from bias viewed (k, d, out/d)     (B, out)
 5. conv:     y[b] = conv2d(x[b], W_b, bias_b)                   (B, out, Ho, Wo)
 
-The convolution is written the way the paper's supplementary does it: one grouped F.conv2d whose
-groups are groups * B, over the batch folded into channels.
+Step 5 is the supplementary's trick: one grouped F.conv2d with groups = groups * B over the
+batch folded into the channels. Everything runs in the input's dtype, as the authors' code does.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from triton_nsr.arguments import (
-    ConvGeometry,
-    check_backend,
-    check_nsr_conv2d,
-    check_padding_mode,
-    check_positive_int,
-    check_temperature,
-)
+from triton_nsr.modules import NSRConv2dBase
 
 
 def routing_weights(
@@ -37,33 +33,18 @@ def routing_weights(
     num_sparsity_cardinals: int,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Softmax weights of the k sparsity groups for each sample and cardinal.
-
-    Args:
-        input: (B, C, H, W), unpadded.
-        mlp_weight: (k*d, C); mlp_bias: (k*d,) or None.
-
-    Returns:
-        (B, k, d), summing to one over k.
-    """
-    pooled = input.mean(dim=(-2, -1))
-    logits = F.linear(pooled, mlp_weight, mlp_bias)
-    logits = logits.view(-1, num_sparsity_groups, num_sparsity_cardinals)
+    """Softmax weights (B, k, d) of the k sparsity groups, for input (B, C, H, W)."""
+    logits = F.linear(input.mean(dim=(2, 3)), mlp_weight, mlp_bias)
+    logits = logits.view(input.shape[0], num_sparsity_groups, num_sparsity_cardinals)
     return torch.softmax(logits / temperature, dim=1)
 
 
 def mix_kernels(
     routing: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-sample kernels as the routing-weighted sum of the k base kernels.
+    """Per-sample kernels (B, out, C/groups, kh, kw) and biases (B, out) or None.
 
-    Args:
-        routing: (B, k, d).
-        weight: (k*out, C/groups, kh, kw), rows ordered (k, d, out/d).
-        bias: (k*out,) or None.
-
-    Returns:
-        weight_b (B, out, C/groups, kh, kw) and bias_b (B, out) or None.
+    routing (B, k, d); weight (k*out, C/groups, kh, kw) and bias (k*out,), rows (k, d, out/d).
     """
     batch, k, d = routing.shape
     out_channels = weight.shape[0] // k
@@ -76,61 +57,49 @@ def mix_kernels(
     return mixed, mixed_bias.reshape(batch, out_channels)
 
 
-def pad_input(
-    input: torch.Tensor, geometry: ConvGeometry, padding_mode: str
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Apply non-zero padding modes up front, as nn.Conv2d does.
-
-    Returns the (possibly padded) input and the zero padding (top, bottom, left, right) that is
-    still to be applied by the convolution itself.
-    """
-    if padding_mode == "zeros" or geometry.pad == (0, 0, 0, 0):
-        return input, geometry.pad
-    return F.pad(input, geometry.fpad, mode=padding_mode), (0, 0, 0, 0)
-
-
 def per_sample_conv2d(
     input: torch.Tensor,
     weight_b: torch.Tensor,
     bias_b: torch.Tensor | None,
-    geometry: ConvGeometry,
-    pad: tuple[int, int, int, int],
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """Convolve each sample with its own kernel via one grouped F.conv2d (the paper's way).
+    """Convolve each sample with its own kernel: one F.conv2d with groups = groups * B.
 
     Args:
-        input: (B, C, H', W') already padded for non-zero modes.
-        weight_b: (B, out, C/groups, kh, kw); bias_b: (B, out) or None.
-        pad: remaining zero padding (top, bottom, left, right).
+        input: (B, C, H, W), B >= 1. weight_b: (B, out, C/groups, kh, kw). bias_b: (B, out).
+        stride, padding, dilation: as F.conv2d takes them (padding may be 'same' or 'valid').
 
     Returns:
         (B, out, Ho, Wo).
     """
     batch, channels = input.shape[:2]
     out_channels = weight_b.shape[1]
-    if batch == 0:
-        return input.new_empty((0, out_channels, *geometry.out_size))
-    top, bottom, left, right = pad
-    if top != bottom or left != right:
-        input = F.pad(input, (left, right, top, bottom))
-        top = left = 0
     output = F.conv2d(
         input.reshape(1, batch * channels, *input.shape[2:]),
         weight_b.reshape(batch * out_channels, *weight_b.shape[2:]),
         None if bias_b is None else bias_b.reshape(-1),
-        geometry.stride,
-        (top, left),
-        geometry.dilation,
-        geometry.groups * batch,
+        stride, padding, dilation, groups * batch,
     )
     return output.view(batch, out_channels, *output.shape[2:])
 
 
-def as_batched(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Give an unbatched (C, H, W) input a batch dimension; report whether it was added."""
-    if isinstance(input, torch.Tensor) and input.dim() == 3:
-        return input.unsqueeze(0), True
-    return input, False
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) * (2 // len(value)) if isinstance(value, (tuple, list)) else (value,) * 2
+
+
+def _explicit_padding(padding, kernel_size, dilation) -> tuple[int, int, int, int]:
+    """nn.Conv2d's padding as F.pad's (left, right, top, bottom), for non-zero padding modes."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        totals = [d * (k - 1) for d, k in zip(_pair(dilation), kernel_size)]
+        (top, left) = (t // 2 for t in totals)
+        return (left, totals[1] - left, top, totals[0] - top)
+    ph, pw = _pair(padding)
+    return (pw, pw, ph, ph)
 
 
 def nsr_conv2d(
@@ -150,14 +119,14 @@ def nsr_conv2d(
     padding_mode: str = "zeros",
     backend: str = "torch",
 ) -> torch.Tensor:
-    """NSR convolution in plain PyTorch (the ground truth).
+    """NSR convolution in the paper's formulation (the ground truth).
 
     Args:
         input: (B, C, H, W) or unbatched (C, H, W).
         weight: (k*out, C/groups, kh, kw). bias: (k*out,) or None.
         mlp_weight: (k*d, C). mlp_bias: (k*d,) or None.
-        backend: accepted for signature parity with :func:`triton_nsr.nsr_conv2d`; this
-            implementation is always plain PyTorch, so only 'auto' and 'torch' are allowed.
+        backend: accepted for signature parity with :func:`triton_nsr.nsr_conv2d`; this is
+            always plain PyTorch, so only 'auto' and 'torch' are allowed.
 
     Returns:
         (B, out, Ho, Wo), or (out, Ho, Wo) for unbatched input.
@@ -168,130 +137,32 @@ def nsr_conv2d(
         >>> nsr_conv2d(x, w, None, mw, None, 4, 2, padding=1).shape
         torch.Size([2, 16, 16, 16])
     """
-    if check_backend(backend) == "triton":
-        raise ValueError("triton_nsr.reference.nsr_conv2d is plain PyTorch; use backend='torch'")
-    temperature = check_temperature(temperature)
-    padding_mode = check_padding_mode(padding_mode)
-    input, unbatched = as_batched(input)
-    geometry = check_nsr_conv2d(
-        input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
-        num_sparsity_cardinals, stride, padding, dilation, groups,
-    )
-    output = nsr_conv2d_checked(
-        input, weight, bias, mlp_weight, mlp_bias, geometry, temperature, padding_mode
-    )
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"triton_nsr.reference.nsr_conv2d is plain PyTorch; got {backend=!r}")
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    routing = routing_weights(input, mlp_weight, mlp_bias, num_sparsity_groups,
+                              num_sparsity_cardinals, temperature)
+    weight_b, bias_b = mix_kernels(routing, weight, bias)
+    if padding_mode != "zeros":
+        input = F.pad(input, _explicit_padding(padding, weight.shape[2:], dilation),
+                      mode=padding_mode)
+        padding = 0
+    if input.shape[0] == 0:
+        # groups = groups * B cannot be 0: convolve the empty batch with one bank instead,
+        # keeping every parameter in the graph so that backward gives (zero) gradients.
+        output = F.conv2d(input, weight[: weight_b.shape[1]], None, stride, padding, dilation,
+                          groups)
+        output = output + 0 * routing.sum() + (0 if bias is None else 0 * bias.sum())
+    else:
+        output = per_sample_conv2d(input, weight_b, bias_b, stride, padding, dilation, groups)
     return output.squeeze(0) if unbatched else output
 
 
-def nsr_conv2d_checked(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mlp_weight: torch.Tensor,
-    mlp_bias: torch.Tensor | None,
-    geometry: ConvGeometry,
-    temperature: float,
-    padding_mode: str,
-    *,
-    mix=mix_kernels,
-    convolve=None,
-) -> torch.Tensor:
-    """The layer's data flow on arguments already validated into ``geometry``: route, mix,
-    pad, convolve. Input (B, C, H, W); output (B, out, Ho, Wo).
-
-    ``mix(routing, weight, bias) -> (weight_b, bias_b)`` and
-    ``convolve(padded, weight_b, bias_b, pad) -> output`` default to the paper's formulation;
-    the other backends of :func:`triton_nsr.nsr_conv2d` pass their own.
-    """
-    routing = routing_weights(
-        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
-        geometry.num_sparsity_cardinals, temperature,
-    )
-    weight_b, bias_b = mix(routing.to(input.dtype), weight, bias)
-    padded, pad = pad_input(input, geometry, padding_mode)
-    if convolve is None:
-        return per_sample_conv2d(padded, weight_b, bias_b, geometry, pad)
-    return convolve(padded, weight_b, bias_b, pad)
-
-
-class NSRConv2d(nn.Conv2d):
-    """NSR convolution layer, plain PyTorch (the ground truth for :class:`triton_nsr.NSRConv2d`).
-
-    Constructor and state_dict follow the authors' layer: ``weight`` is
-    (k*out_channels, in_channels/groups, kh, kw), ``bias`` (k*out_channels,), and the router is
-    ``mlp = Sequential(Linear(in_channels, k*d))``. Unlike the authors' layer, ``out_channels``
-    holds the number of channels the layer outputs (theirs holds k times that).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        num_sparsity_groups: int = 1,
-        num_sparsity_cardinals: int = 1,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-        *,
-        temperature: float = 1.0,
-        backend: str = "auto",
-    ) -> None:
-        k = check_positive_int(num_sparsity_groups, "num_sparsity_groups")
-        d = check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals")
-        check_positive_int(out_channels, "out_channels")
-        if out_channels % d != 0:
-            raise ValueError(
-                f"out_channels ({out_channels}) must be divisible by "
-                f"num_sparsity_cardinals ({d})"
-            )
-        check_positive_int(groups, "groups")
-        if out_channels % groups != 0:
-            raise ValueError(
-                f"out_channels ({out_channels}) must be divisible by groups ({groups})"
-            )
-        super().__init__(
-            in_channels, k * out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        self.out_channels = out_channels
-        self.num_sparsity_groups = k
-        self.num_sparsity_cardinals = d
-        self.temperature = check_temperature(temperature)
-        self.backend = check_backend(backend)
-        self.mlp = nn.Sequential(nn.Linear(in_channels, k * d, device=device, dtype=dtype))
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, num_sparsity_groups={self.num_sparsity_groups}, "
-            f"num_sparsity_cardinals={self.num_sparsity_cardinals}, "
-            f"temperature={self.temperature}, backend={self.backend!r}"
-        )
+class NSRConv2d(NSRConv2dBase):
+    """The NSR layer computed by :func:`nsr_conv2d`: the ground truth for
+    :class:`triton_nsr.NSRConv2d`, with the same constructor, parameters and state_dict."""
 
     def _functional(self, *args, **kwargs) -> torch.Tensor:
         return nsr_conv2d(*args, **{**kwargs, "backend": "torch"})
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """input (B, C, H, W) or (C, H, W) -> (B, out, Ho, Wo) or (out, Ho, Wo)."""
-        # self.weight is read here, at call time, so weight-norm hooks and parametrizations apply.
-        return self._functional(
-            input,
-            self.weight,
-            self.bias,
-            self.mlp[0].weight,
-            self.mlp[0].bias,
-            self.num_sparsity_groups,
-            self.num_sparsity_cardinals,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            temperature=self.temperature,
-            padding_mode=self.padding_mode,
-            backend=self.backend,
-        )
