@@ -1,11 +1,16 @@
-"""Edge cases of the triton path: index widths past 2**31 elements."""
+"""Edge cases of the triton path: index widths past 2**31 elements, threads in the interpreter."""
 
 import os
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
+import torch
+
+from tests.utils import assert_close, per_sample_loop
+from triton_nsr import NSRConv2d
 
 pytest.importorskip("triton")
 
@@ -53,3 +58,39 @@ def test_mixing_kernels_widen_batch_strides_to_int64():
                         if re.search(rf"%{stride}\b", line)):
                 assert re.search(rf"arith\.extsi %{stride} : i32 to i64", use), (
                     f"{name}: {stride} used in 32 bits: {use}")
+
+
+def test_two_threads_share_one_layer():
+    # The interpreter swaps triton.language for its own functions during a launch and back
+    # after it, process-wide: without a lock, one thread's launch ran half-unpatched.
+    layer = NSRConv2d(4, 6, 3, 2, 3, padding=1, dtype=torch.float64, backend="triton")
+    params = (layer.weight, layer.bias, layer.mlp[0].weight, layer.mlp[0].bias)
+    inputs = [torch.randn(2, 4, 7, 6, dtype=torch.float64) for _ in range(2)]
+    results, errors = {}, []
+    start = threading.Barrier(2)
+
+    def work(index):
+        try:
+            x = inputs[index].clone().requires_grad_()
+            start.wait()
+            for _ in range(2):
+                out = layer(x)
+                (grad_x,) = torch.autograd.grad(out.square().sum(), x)
+            results[index] = out.detach(), grad_x
+        except Exception as exc:  # re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    for index, x in enumerate(inputs):
+        x = x.clone().requires_grad_()
+        expected = per_sample_loop(x, *params, 2, 3, padding=1)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+        out, grad_x = results[index]
+        assert_close(out, expected.detach(), f"output of thread {index}")
+        assert_close(grad_x, expected_grad, f"input gradient of thread {index}")
