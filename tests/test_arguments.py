@@ -1,7 +1,11 @@
 """Bad input raises a clear exception naming the offending value, on every backend."""
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from triton_nsr import NSRConv2d, nsr_conv2d
 from triton_nsr.functional import resolve_backend
@@ -49,6 +53,16 @@ BAD = [
     ("temperature nan", dict(temperature=float("nan")), ValueError, "nan"),
     ("padding mode", dict(padding_mode="mirror"), ValueError, "'mirror'"),
     ("backend", dict(backend="cuda"), ValueError, "'cuda'"),
+    ("stride bool", dict(stride=True), TypeError, "True"),
+    ("stride float", dict(stride=2.0), TypeError, "2.0"),
+    ("padding numpy float", dict(padding=(1, np.float64(1.0))), TypeError, r"1\.0"),
+    ("groups numpy bool", dict(groups=np.bool_(True)), ValueError, "True"),
+    ("no channels", dict(input=torch.randn(2, 0, 8, 8), weight=torch.randn(12, 0, 3, 3),
+                         mlp_weight=torch.randn(6, 0)), ValueError, "0 channels"),
+    ("empty image", dict(input=torch.randn(2, 4, 0, 0), padding=2), ValueError,
+     r"\(0 x 0"),
+    ("empty rows", dict(input=torch.randn(2, 4, 0, 5), padding=(2, 0)), ValueError,
+     r"\(0 x 5"),
 ]
 
 
@@ -62,6 +76,49 @@ def test_bad_input_is_rejected_with_its_value(name, override, error, match, back
 
 def test_good_input_passes_the_same_checks():
     assert nsr_conv2d(**good(), backend="torch").shape == (2, 6, 6, 6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_numpy_and_tensor_integers_are_accepted_like_f_conv2d(backend):
+    kwargs = {**good(), "input": torch.randn(2, 4, 9, 8), "weight": torch.randn(12, 2, 3, 3),
+              "backend": backend}
+    expected = nsr_conv2d(**kwargs, stride=2, padding=(1, 2), dilation=1, groups=2)
+    ints = dict(stride=np.int64(2), padding=(np.int32(1), torch.tensor(2)),
+                dilation=torch.tensor(1), groups=np.uint8(2),
+                num_sparsity_groups=np.int64(2), num_sparsity_cardinals=np.int16(3))
+    torch.testing.assert_close(nsr_conv2d(**{**kwargs, **ints}), expected, rtol=0, atol=0)
+
+
+def test_module_with_numpy_integer_arguments_runs():
+    layer = NSRConv2d(np.int64(4), np.int64(6), np.int64(3), np.int64(2), np.int64(3),
+                      stride=np.int64(2), padding=np.int64(1), groups=np.int64(2),
+                      backend="torch")
+    assert layer(torch.randn(1, 4, 7, 7)).shape == (1, 6, 4, 4)
+
+
+def test_module_without_input_channels_is_refused():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nn.Conv2d: zero-element init
+        with pytest.raises(ValueError, match="in_channels must be a positive|0 channels"):
+            NSRConv2d(0, 8, 3, 2, backend="torch")(torch.randn(1, 0, 5, 5))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("padding", [0, 1, 2, (2, 0), (0, 2)])
+@pytest.mark.parametrize("shape", [(2, 4, 0, 0), (2, 4, 0, 5), (1, 4, 5, 0), (0, 4, 0, 0),
+                                   (0, 4, 5, 0)])
+def test_empty_images_are_refused_where_f_conv2d_refuses_them(shape, padding, backend):
+    kwargs = {**good(), "input": torch.randn(shape), "padding": padding, "backend": backend}
+    try:
+        expected = F.conv2d(kwargs["input"], kwargs["weight"][:6], padding=padding).shape
+    except RuntimeError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError, match=rf"\({shape[2]} x {shape[3]}|Kernel size"):
+            nsr_conv2d(**kwargs)
+    else:
+        assert shape[0] == 0  # F.conv2d only accepts no pixels in an empty batch
+        assert nsr_conv2d(**kwargs).shape == expected
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 import triton_nsr
 from tests.authors_layer import AuthorsConv2d
-from tests.utils import assert_close
+from tests.utils import assert_close, per_sample_loop
 from triton_nsr import NSRConv2d, reference
 from triton_nsr.convert import is_authors_layer
 
@@ -111,3 +111,103 @@ def test_converted_layer_runs_on_the_triton_backend():
     expected = layer(x)
     triton_nsr.convert(layer, backend="triton")
     assert_close(layer(x), expected)
+
+
+class ReLUAuthors(AuthorsConv2d):
+    def forward(self, input):
+        return super().forward(input).relu()
+
+
+class DoubledAuthors(AuthorsConv2d):
+    def _conv_forward(self, input, weight, bias):
+        return 2 * super()._conv_forward(input, weight, bias)
+
+
+class ScaledReference(reference.NSRConv2d):
+    def forward(self, input):
+        return 3 * super().forward(input)
+
+
+class SquareAuthors(AuthorsConv2d):
+    """Only new defaults: nothing to lose by a class change."""
+
+    def __init__(self, channels):
+        super().__init__(channels, channels, 3, 2, 2, padding=1, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("make,lost", [
+    (lambda: ReLUAuthors(4, 8, 3, 2, 2), "ReLUAuthors.forward"),
+    (lambda: DoubledAuthors(4, 8, 3, 2, 2), "DoubledAuthors._conv_forward"),
+    (lambda: parametrizations.weight_norm(DoubledAuthors(4, 8, 3, 2, 2)),
+     "DoubledAuthors._conv_forward"),
+    (lambda: ScaledReference(4, 8, 3, 2, 2), "ScaledReference.forward"),
+])
+def test_subclasses_that_would_lose_methods_are_refused(make, lost):
+    model = nn.Sequential(reference.NSRConv2d(4, 4, 3, 2, 2), make())
+    state = [(type(m), dict(vars(m))) for m in model]
+    with pytest.raises(TypeError, match=rf"1 \(\w+\).*would silently drop {lost}"):
+        triton_nsr.convert(model, backend="torch")
+    assert [(type(m), dict(vars(m))) for m in model] == state
+
+
+def test_subclasses_that_only_change_init_are_converted():
+    layer = SquareAuthors(4)
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    expected = layer(x)
+    triton_nsr.convert(layer, backend="torch")
+    assert type(layer) is NSRConv2d
+    assert_close(layer(x), expected)
+
+
+def test_subclasses_of_nsr_conv2d_keep_their_class():
+    class Sub(NSRConv2d):
+        def forward(self, input):
+            return super().forward(input) + 1
+
+    layer = Sub(4, 8, 3, 2, 2, backend="torch")
+    triton_nsr.convert(layer, backend="torch")
+    assert type(layer) is Sub
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_authors_padding_mode_is_zeros_by_default_and_declared_on_request(mode):
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    layer = AuthorsConv2d(4, 8, 3, 2, 2, padding=1, padding_mode=mode, dtype=torch.float64)
+    expected = layer(x)  # zero-padded, whatever the mode says
+    with pytest.warns(UserWarning, match=f"padding_mode='{mode}'.*authors_padding='declared'"):
+        triton_nsr.convert(layer, backend="torch")
+    assert layer.padding_mode == "zeros"
+    assert_close(layer(x), expected)
+
+    declared = AuthorsConv2d(4, 8, 3, 2, 2, padding=1, padding_mode=mode, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        triton_nsr.convert(declared, backend="torch", authors_padding="declared")
+    assert declared.padding_mode == mode
+    params = (declared.weight, declared.bias, declared.mlp[0].weight, declared.mlp[0].bias)
+    assert_close(declared(x), per_sample_loop(x, *params, 2, 2, padding=1, padding_mode=mode))
+
+
+def test_bad_authors_padding_is_rejected():
+    with pytest.raises(ValueError, match="'keep'"):
+        triton_nsr.convert(nn.Sequential(), authors_padding="keep")
+
+
+@pytest.mark.parametrize("spoil,match", [
+    (lambda layer: setattr(layer, "temperature", -1.0), "temperature"),
+    (lambda layer: setattr(layer, "out_channels", 13), "out_channels=13"),
+    (lambda layer: setattr(layer, "num_sparsity_cardinals", 4), "num_sparsity_cardinals=4"),
+    (lambda layer: setattr(layer, "groups", 4), "groups=4"),
+    (lambda layer: setattr(layer, "in_channels", 0), "in_channels"),
+])
+def test_a_failed_conversion_leaves_the_model_unchanged(spoil, match):
+    model = nn.Sequential(AuthorsConv2d(4, 8, 3, 2, 2, padding=1),
+                          reference.NSRConv2d(8, 8, 3, 2, 2, padding=1),
+                          AuthorsConv2d(8, 6, 3, 2, 2, padding_mode="reflect"))
+    spoil(model[2])
+    state = [(type(m), dict(vars(m))) for m in model]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the padding warning only comes with a conversion
+        with pytest.raises(ValueError, match=match):
+            triton_nsr.convert(model, backend="torch")
+    assert [(type(m), dict(vars(m))) for m in model] == state

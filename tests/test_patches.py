@@ -1,6 +1,8 @@
 """Patch-based evaluation: layout, stitching against a per-patch loop, and exactness for local
 models."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +123,21 @@ def test_bad_geometry_is_rejected(kwargs, match):
 def test_model_output_must_scale_the_patch():
     with pytest.raises(ValueError, match="integer multiple"):
         evaluate_patches(lambda p: p[..., :-1, :-1], torch.randn(1, 1, 50, 50))
+
+
+@pytest.mark.parametrize("border_weight,dtype", [
+    (0, torch.float64), (0.0, torch.float32), (-0.3, torch.float64), (float("inf"), torch.float64),
+    (float("nan"), torch.float64), (1e-50, torch.float32), (1e50, torch.float32),
+])
+def test_border_weights_without_a_finite_average_are_rejected(border_weight, dtype):
+    # 61 x 53 with 24-px patches at stride 8 leaves a margin that only the strips cover.
+    image = torch.randn(1, 2, 61, 53, dtype=dtype)
+    with pytest.raises(ValueError, match=f"border_weight .* got {re.escape(repr(border_weight))}"):
+        evaluate_patches(Global(1), image, 24, 4, 8, border_weight=border_weight)
+
+
+def test_huge_border_weight_stays_finite_in_float32():
+    image = 100 * torch.randn(1, 2, 61, 53, dtype=torch.float64)
+    expected = loop_oracle(Global(1), image, 24, 4, 8, 1e37)
+    actual = evaluate_patches(Global(1), image.float(), 24, 4, 8, border_weight=1e37)
+    assert_close(actual, expected.float())

@@ -8,6 +8,7 @@ backend re-derives padding or output sizes on its own.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -56,27 +57,39 @@ def conv_output_size(
     )
 
 
+def as_int(value, name: str) -> int:
+    """``value`` as a Python int, accepting what F.conv2d accepts: ints and int-likes (numpy
+    integers, one-element integer tensors: anything with ``__index__``), but not bools or floats.
+    """
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+
+
 def as_pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
-        return (value[0], value[0])
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return (int(value[0]), int(value[1]))
+    """An int-like, or a pair (or 1-sequence) of int-likes, as a pair of Python ints."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if len(items) in (1, 2):
+        try:
+            return (as_int(items[0], name), as_int(items[-1], name))
+        except TypeError:
+            pass
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 def check_positive_int(value, name: str) -> int:
-    """Return ``value`` if it is an int >= 1, else raise naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as a Python int if it is an int-like >= 1 (see :func:`as_int`), else
+    raise naming it."""
+    try:
+        number = as_int(value, name)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return number
 
 
 def check_temperature(temperature) -> float:
@@ -157,6 +170,13 @@ def check_nsr_conv2d(
             f"weight must be 4-D (k*out, in/groups, kh, kw), got shape {tuple(weight.shape)}"
         )
     batch, channels, height, width = input.shape
+    if channels == 0:
+        # F.conv2d accepts this; here the router would average nothing and every sample would
+        # get the mixed bias alone.
+        raise ValueError(
+            f"input has 0 channels (shape {list(input.shape)}); NSR convolution needs at least "
+            "one input channel for its router to average"
+        )
     if channels % groups != 0:
         raise ValueError(f"in_channels ({channels}) must be divisible by groups ({groups})")
     if weight.shape[1] * groups != channels:
@@ -217,6 +237,14 @@ def check_nsr_conv2d(
             f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
             f"Kernel size: ({span[0] + 1} x {span[1] + 1}) (dilated). "
             "Kernel size can't be greater than actual input size"
+        )
+    if batch > 0 and 0 in (height, width):
+        # F.conv2d refuses this too ("Only zero batch or zero channel inputs are supported");
+        # the router's mean over no pixels would be NaN everywhere.
+        raise ValueError(
+            f"input has an empty spatial size ({height} x {width}, input shape "
+            f"{list(input.shape)}): the router averages each channel over H x W, a mean over "
+            "nothing; only a batch of 0 samples may have no pixels"
         )
     out_size = conv_output_size((height, width), kernel_size, stride, pad, dilation)
     return ConvGeometry(

@@ -38,6 +38,7 @@ class NSRConv2dBase(nn.Conv2d):
         temperature: float = 1.0,
         backend: str = "auto",
     ) -> None:
+        check_positive_int(in_channels, "in_channels")
         k = check_positive_int(num_sparsity_groups, "num_sparsity_groups")
         d = check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals")
         check_positive_int(out_channels, "out_channels")

@@ -7,6 +7,7 @@ On a GPU, kernels are wrapped in ``triton.autotune``. Triton's CPU interpreter c
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import triton
@@ -16,7 +17,15 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 class _FirstConfig:
-    """Launches a jitted kernel with the constexprs of one fixed config (interpreter only)."""
+    """Launches a jitted kernel with the constexprs of one fixed config (interpreter only).
+
+    Launches are serialised: for the length of a launch the interpreter replaces the functions
+    of ``triton.language`` with its own, process-wide, and keeps the program id in one global
+    builder, so a second thread's launch would run on half-restored functions or another
+    program's ids.
+    """
+
+    _launch_lock = threading.Lock()
 
     def __init__(self, kernel, config: triton.Config) -> None:
         self.kernel = kernel
@@ -26,7 +35,8 @@ class _FirstConfig:
         launch = self.kernel[grid]
 
         def run(*args, **kwargs):
-            return launch(*args, **kwargs, **self.config.kwargs)
+            with self._launch_lock:
+                return launch(*args, **kwargs, **self.config.kwargs)
 
         return run
 

@@ -115,6 +115,8 @@ def mix_bwd_bank_kernel(
     grad_row = grad_pointer + cardinal * grad_cardinal_stride + offs_f * grad_feature_stride
     acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
     for sample in range(batch):
+        # int64 before it multiplies a stride: B * d * F passes 2**31 for large layers.
+        sample = tl.cast(sample, tl.int64)
         weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j, other=0.0)
         grads = tl.load(grad_row + sample * grad_batch_stride, mask=mask_f, other=0.0)
         acc += weights.to(ACC_DTYPE)[:, None] * grads.to(ACC_DTYPE)[None, :]

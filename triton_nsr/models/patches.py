@@ -17,6 +17,7 @@ leaves a margin, while the low weight keeps the better-centred patches dominant 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,28 @@ def patch_layout(
     ]
 
 
+def check_border_weight(border_weight, dtype: torch.dtype) -> float:
+    """Return ``border_weight`` as a float if the stitching can use it for ``dtype`` outputs.
+
+    It must be positive and finite: where the centre grid leaves a margin only the strips cover
+    the pixels, so 0 (or negative weights summing to 0) would divide 0 by 0 there and inf would
+    divide inf by inf. The weights are rescaled so the larger of 1 and ``border_weight`` is 1;
+    the smaller must then stay a normal number of ``dtype``.
+    """
+    try:
+        value = float(border_weight)
+    except (TypeError, ValueError):
+        raise TypeError(f"border_weight must be a number, got {border_weight!r}") from None
+    tiny = torch.finfo(dtype).tiny
+    if not (math.isfinite(value) and value > 0 and min(value, 1 / value) >= tiny):
+        raise ValueError(
+            f"border_weight must be a positive finite number within [{tiny:.3g}, {1 / tiny:.3g}] "
+            f"for {dtype} images, got {border_weight!r}: pixels that only the border strips "
+            "cover would be averaged with a total weight of 0 (or inf)"
+        )
+    return value
+
+
 def _grid_extent(grid: PatchGrid, size: int, stride: int) -> tuple[int, int]:
     """Height and width spanned by a grid of ``size``-pixel squares ``stride`` apart."""
     return (grid.rows - 1) * stride + size, (grid.cols - 1) * stride + size
@@ -121,6 +144,8 @@ def patches_to_image(
     cores = cores.reshape(-1, num_patches, channels * core * core)
     total = cores.new_zeros(cores.shape[0], channels, *image_size)
     weight = cores.new_zeros(1, 1, *image_size)
+    # Only the ratio of the weights matters: the largest becomes 1, so none overflows.
+    largest = max(grid.weight for grid in layout)
     start = 0
     for grid in layout:
         count = grid.rows * grid.cols
@@ -129,9 +154,10 @@ def patches_to_image(
         region = (..., slice(top, top + extent[0]), slice(left, left + extent[1]))
         # F.fold sums the cores of one grid into place; overlaps inside a grid add up too.
         columns = cores[:, start:start + count].transpose(1, 2)
-        total[region] += grid.weight * F.fold(columns, extent, core, stride=scale * stride)
+        grid_weight = grid.weight / largest
+        total[region] += grid_weight * F.fold(columns, extent, core, stride=scale * stride)
         ones = cores.new_ones(1, core * core, count)
-        weight[region] += grid.weight * F.fold(ones, extent, core, stride=scale * stride)
+        weight[region] += grid_weight * F.fold(ones, extent, core, stride=scale * stride)
         start += count
     return total / weight
 
@@ -156,7 +182,9 @@ def evaluate_patches(
         model: any module or callable as above; its train/eval mode is left alone.
         image: (B, C, H, W), H + 2 * padding >= patch_size and likewise W.
         patch_size, padding, stride: patch side, reflect padding and step, in input pixels.
-        border_weight: weight of the four border strips' outputs against the centre grid's 1.
+        border_weight: weight of the four border strips' outputs against the centre grid's 1;
+            positive and finite (0 would leave the pixels only strips cover without a value),
+            within [tiny, 1 / tiny] of the image's dtype (see :func:`check_border_weight`).
         max_patches: run at most this many patches per model call (bounds memory); None: all.
 
     Returns:
@@ -171,6 +199,8 @@ def evaluate_patches(
     if image.dim() != 4:
         raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
     height, width = image.shape[-2:]
+    dtype = image.dtype if image.is_floating_point() else torch.get_default_dtype()
+    border_weight = check_border_weight(border_weight, dtype)
     layout = patch_layout(height, width, patch_size, padding, stride, border_weight)
     padded = F.pad(image, (padding,) * 4, mode="reflect") if padding else image
     patches = image_to_patches(padded, layout, patch_size, stride)
