@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.triton_nsr-installed
 HOST_TORCH_SITE := $(shell python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))" 2>/dev/null)
 
-.PHONY: setup test bench report lint clean
+.PHONY: setup test bench report lint clean gpu gpu-plan
 
 setup: $(STAMP)
 
@@ -31,6 +31,19 @@ bench: setup
 # Re-render docs/performance.md and docs/images/ from the newest stored GPU run (no measuring).
 report: setup
 	$(PY) -m bench report
+
+# A short GPU lease (bench/lease.py): the priority-ordered steps within BUDGET seconds, every
+# measurement stored in OUT as it happens. Runs with the machine's own python3 (torch, triton),
+# no venv, no network: `make gpu OUT=$OUT`, or without make:
+#   PYTHONPATH=. python3 -m bench lease --budget-s 480 --output-dir "$OUT"
+OUT ?= bench/results/lease
+BUDGET ?= 480
+gpu:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --output-dir $(OUT)
+
+# The lease's plan on any machine: steps, cases, expected compiles, seconds against BUDGET.
+gpu-plan:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --dry-run
 
 lint: setup
 	$(VENV)/bin/ruff check triton_nsr bench tests examples

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench import checks, hardware, harness, providers, report, results
+from bench import checks, hardware, harness, plots, providers, report, results
 from bench.costs import cost_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
@@ -113,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="page to write (default: docs/performance.md)")
     rep.add_argument("--images", type=Path, default=report.DEFAULT_IMAGES,
                      help="chart directory (default: docs/images)")
+    rep.add_argument("--no-charts", action="store_true",
+                     help="tables only (no matplotlib needed)")
+
+    lease = commands.add_parser(
+        "lease", help="a short GPU lease: priority-ordered steps, stored as they happen",
+        description="Run the lease's steps (bench/lease.py, planned in bench/plan.py) within "
+                    "a time budget, writing lease.json after every measurement.")
+    lease.add_argument("--budget-s", type=float, default=480.0,
+                       help="seconds the whole lease may take (default: 480)")
+    lease.add_argument("--output-dir", type=Path, default=None,
+                       help="folder for lease.json, lease.log, tuned_configs.json and "
+                            "performance.md (required unless --dry-run)")
+    lease.add_argument("--dry-run", action="store_true",
+                       help="print the plan (steps, cases, expected compiles and autotune "
+                            "benchmarks, estimated seconds against the budget); measure nothing")
+    lease.add_argument("--tiny", action="store_true",
+                       help="interpreter-sized shapes: a CPU rehearsal of the lease itself")
 
     check = commands.add_parser("check", help="compare the Triton kernels with the reference "
                                               "on one tiny case (interpreter without CUDA)")
@@ -176,7 +193,7 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
 
 
 def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
-                   images: Path) -> int:
+                   images: Path | None) -> int:
     if input_path is not None:
         found = (input_path, results.load(input_path))
     else:
@@ -194,15 +211,46 @@ def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
     return 0
 
 
+def command_lease(args: argparse.Namespace) -> int:
+    """Run (or with --dry-run, plan) a lease; 1 when a smoke case or a step failed."""
+    from bench import lease, plan
+    from triton_nsr.kernels import tuned_configs
+
+    scale = plan.Scale.tiny() if args.tiny else plan.Scale.full()
+    device = _default_device()
+    if args.budget_s <= 0:
+        raise SystemExit(f"python -m bench lease: --budget-s must be positive, got "
+                         f"{args.budget_s}")
+    if args.dry_run:
+        target = tuned_configs.Target.here() if device == "cuda" else plan.TARGET
+        text, fits = plan.format_plan(scale, args.budget_s, device, target,
+                                      tuned_configs.load_table())
+        print(text)
+        return 0 if fits else 1
+    if args.output_dir is None:
+        raise SystemExit("python -m bench lease: --output-dir is required (or use --dry-run)")
+    if device != "cuda" and not args.tiny:
+        raise SystemExit("python -m bench lease: no CUDA device here; --tiny rehearses the "
+                         "lease in the Triton interpreter, --dry-run prints its plan")
+    run = lease.Lease(scale, args.budget_s, args.output_dir, device).run()
+    return int(lease.failed(run))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _use_interpreter_without_cuda()
+    if args.command == "lease":
+        return command_lease(args)
     if args.command == "check":
         return command_check(args.device)
     if args.command == "costs":
         return command_costs()
     if args.command == "report":
-        return command_report(args.input, args.results_dir, args.markdown, args.images)
+        try:
+            return command_report(args.input, args.results_dir, args.markdown,
+                                  None if args.no_charts else args.images)
+        except plots.MissingMatplotlibError as error:
+            raise SystemExit(f"python -m bench report: {error}") from None
     if args.command == "run":
         status, path = command_run(args)
         if args.report and args.device == "cuda":

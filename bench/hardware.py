@@ -37,6 +37,21 @@ def tf32_mode(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Let cuDNN time its algorithms per shape and keep the fastest (or not) inside the block.
+
+    On for GPU timing: the cuDNN baselines (the paper's grouped convolution, the static conv)
+    get their best algorithm, as a tuned training script would give them.
+    """
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def measure_peaks(device: str, precisions: list[str], timer: Timer) -> dict:
     """Measured matmul TFLOP/s per precision and copy GB/s on ``device``.
 

@@ -37,6 +37,8 @@ class Settings:
     passes: list[str] = field(default_factory=lambda: [FORWARD, FORWARD_BACKWARD])
     repeats: int = 30
     warmup: int = 5
+    # cuDNN's per-shape algorithm search for the baselines (CUDA only; see hardware.py).
+    cudnn_benchmark: bool = True
 
     def check(self) -> None:
         for precision in self.precisions:
@@ -129,11 +131,12 @@ class Harness:
         e2e_providers = [p for p in s.providers if p in end_to_end.BACKENDS]
         self._total = sum(len(s.providers) * len(self._passes(w)) for w, _, _ in plan)
         self._total += len(jobs) * len(e2e_providers)
-        for workload, precision, layout in plan:
-            run["measurements"] += self._layer_case(workload, precision, layout)
-        for job in jobs:
-            for name in e2e_providers:
-                run["measurements"].append(self._job_case(job, name))
+        with hardware.cudnn_benchmark(s.cudnn_benchmark and s.device == "cuda"):
+            for workload, precision, layout in plan:
+                run["measurements"] += self._layer_case(workload, precision, layout)
+            for job in jobs:
+                for name in e2e_providers:
+                    run["measurements"].append(self._job_case(job, name))
         return run
 
     def _configs(self, workload: Workload) -> list[tuple[str, str]]:

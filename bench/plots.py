@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display on benchmark machines
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
+EXTRA = "pip install 'triton_nsr[bench]' (or pip install matplotlib)"
 
 SWEEPS = {
     "sweep-batch": ("batch", "batch size"),
@@ -20,6 +18,24 @@ SWEEPS = {
     "sweep-k": ("k", "sparsity groups k"),
     "sweep-channels": ("channels", "channels C (C -> C)"),
 }
+
+
+class MissingMatplotlibError(ImportError):
+    """The charts need matplotlib, which is not installed; the message says how to get it."""
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on benchmark machines)."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise MissingMatplotlibError(f"the report's charts need matplotlib: {EXTRA}; "
+                                "`python -m bench report --no-charts` renders the tables "
+                                "alone") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def is_headline_workload(workload: dict) -> bool:
@@ -67,7 +83,7 @@ def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
 
 
@@ -85,7 +101,7 @@ def latency_vs_flops(run: dict, directory: Path) -> Path | None:
     selected = [r for r in selected if r["flops_analytic"]]
     if not selected:
         return None
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = _pyplot().subplots(figsize=(7, 5))
     for provider in sorted({r["provider"] for r in selected}):
         mine = sorted((r for r in selected if r["provider"] == provider),
                       key=lambda r: r["flops_analytic"])
@@ -109,7 +125,7 @@ def speedup_chart(run: dict, directory: Path) -> Path | None:
             panels.append((pass_, table))
     if not panels:
         return None
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    figure, axes = _pyplot().subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, (pass_, table) in zip(axes[0], panels):
         workloads = [w for w in run["workloads"] if w in table]
         providers = sorted({p for ratios in table.values() for p in ratios})
@@ -134,7 +150,7 @@ def sweep_chart(run: dict, group: str, directory: Path) -> Path | None:
     if not selected:
         return None
     slug, label = SWEEPS[group]
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = _pyplot().subplots(figsize=(7, 5))
     for provider in sorted({r["provider"] for r in selected}):
         mine = sorted((r for r in selected if r["provider"] == provider),
                       key=lambda r: members[r["workload"]])
@@ -156,7 +172,7 @@ def roofline_chart(run: dict, directory: Path) -> Path | None:
     compute, bandwidth = peaks["matmul_tflops"][precision], peaks["copy_gbps"]
     intensity = [r["flops_analytic"] / r["bytes_analytic"] for r in selected]
     span = np.logspace(np.log10(min(intensity) / 2), np.log10(max(intensity) * 2), 200)
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = _pyplot().subplots(figsize=(7, 5))
     axis.plot(span, np.minimum(compute, span * bandwidth / 1e3), color="black",
               label=f"roof: {compute:.1f} TFLOP/s, {bandwidth:.0f} GB/s (measured)")
     for provider in sorted({r["provider"] for r in selected}):

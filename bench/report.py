@@ -86,6 +86,8 @@ def _kernel_check(run: dict) -> str:
 
 def peaks_table(run: dict) -> str:
     peaks = run["peaks"]
+    if not peaks:
+        return "Not measured in this run."
     rows = [[f"matmul {p} ({peaks['matmul_size']}^3)", f"{v:.1f} TFLOP/s"]
             for p, v in peaks["matmul_tflops"].items()]
     rows.append([f"device-to-device copy ({peaks['copy_bytes'] / 2**20:.0f} MiB)",
@@ -217,9 +219,10 @@ def end_to_end_table(run: dict) -> str | None:
 
 
 def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
-           images: Path = DEFAULT_IMAGES) -> Path:
-    """Write the charts under ``images`` and the page at ``markdown``; return its path."""
-    charts = plots.render_all(run, images)
+           images: Path | None = DEFAULT_IMAGES) -> Path:
+    """Write the charts under ``images`` (none when it is None) and the page at ``markdown``;
+    return its path."""
+    charts = plots.render_all(run, images) if images is not None else {}
     precision, layout = plots.headline(run)
     parts = [
         "# Performance",
@@ -240,7 +243,9 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
     e2e = end_to_end_table(run)
     if e2e:
         parts += ["## End to end (WDSR-NSR x2)", e2e]
-    parts.append("## Charts")
+    if "lease" in run:
+        parts += lease_section(run)
+    parts.append("## Charts" if charts else "## Charts\n\nNot rendered with this page.")
     for name, path in charts.items():
         relative = Path(os.path.relpath(path, markdown.parent)).as_posix()
         parts.append(f"![{name}]({relative})")
@@ -255,6 +260,67 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n\n".join(parts) + "\n")
     return markdown
+
+
+def lease_section(run: dict) -> list[str]:
+    """A GPU lease's account: steps with what they did not reach and why, setup time apart
+    from kernel time, the correctness smoke, and every headline ratio."""
+    lease = run["lease"]
+    steps = []
+    for step in lease["steps"]:
+        setup = step.get("setup") or {}
+        steps.append([step["name"], step["status"], _number(step["seconds"], ".1f"),
+                      f"{step['cap_s']:.0f}", f"{step['cases_done']}/{step['cases']}",
+                      _number(setup.get("compiles"), "d"), _number(setup.get("compile_s"), ".1f"),
+                      _number(setup.get("autotuned"), "d"),
+                      _number(setup.get("autotune_bench_s"), ".1f"),
+                      step["reason"] + (f" (not reached: {', '.join(step['not_reached'])})"
+                                        if step["not_reached"] else "")])
+    tuning = lease.get("tuning", {})
+    parts = [
+        "## GPU lease",
+        f"Budget {lease['budget_s']:.0f} s, used {lease['elapsed_s']:.0f} s "
+        f"({lease['scale']} shapes). Triton compiles: {tuning.get('triton_compiles')} "
+        f"({_number(tuning.get('triton_compile_s'), '.1f')} s); shape classes autotuned: "
+        f"{tuning.get('autotuned')}; launches from the stored table: "
+        f"{tuning.get('table_hits')}.",
+        markdown_table(["step", "status", "s", "cap s", "cases", "compiles", "compile s",
+                        "autotuned", "autotune bench s", "reason"], steps),
+    ]
+    smoke_rows = [[r["workload"], r["precision"], r["layout"], r["status"],
+                   _number(max(r["errors"].values()) if r.get("errors") else None, ".1e"),
+                   _number(r.get("tolerance"), ".0e"),
+                   {True: "yes", False: "no"}.get(r.get("deterministic"), "-"), r["message"]]
+                  for r in run.get("smoke", [])]
+    if smoke_rows:
+        parts += ["### Correctness smoke (fixed configs, float64 reference)",
+                  markdown_table(["workload", "precision", "layout", "status",
+                                  "worst rel. error", "tolerance", "bitwise repeat",
+                                  "message"], smoke_rows)]
+    parts += ["### Ratios in the same run",
+              "`paper / triton_nsr` above 1 means triton_nsr is faster; `triton_nsr / static` "
+              "is the cost over one static convolution.",
+              ratio_table(run)]
+    return parts
+
+
+def ratio_table(run: dict) -> str:
+    """triton_nsr against the paper and the static conv, per measured configuration."""
+    table = []
+    for row in run["measurements"]:
+        if row["provider"] != "triton_nsr" or row["status"] != "ok" or row["part"] != "layer":
+            continue
+        match = {key: row[key] for key in ("workload", "precision", "layout")}
+        mine = row["latency_ms"]["median"]
+        paper = _median(run, provider="paper", pass_=row["pass"], **match)
+        static = _median(run, provider="static_conv", pass_=row["pass"], **match)
+        memory = row["peak_memory_bytes"]
+        table.append([row["workload"], row["precision"], row["layout"], row["pass"],
+                      f"{mine:.3f}", _number(paper / mine if paper else None, ".2f"),
+                      _number(mine / static if static else None, ".2f"),
+                      _number(memory["peak"] / 2**20 if memory else None, ".0f")])
+    return markdown_table(["workload", "precision", "layout", "pass", "triton_nsr ms",
+                           "paper / triton_nsr", "triton_nsr / static", "peak MiB"], table)
 
 
 def render_without_results(directory: Path, markdown: Path = DEFAULT_MARKDOWN) -> Path:

@@ -1,53 +1,30 @@
 """The one place that decides how kernels are tuned.
 
-On a GPU, kernels are wrapped in ``triton.autotune``. Triton's CPU interpreter cannot autotune
-(it fails with "0 active drivers"), so there the first config of each list is used as is.
+On a GPU, a kernel launches the config stored for its shape class in the committed table of
+tuned configs, else autotunes (``tuned_configs``: the table, and the policy a GPU lease sets).
+Triton's CPU interpreter cannot autotune (it fails with "0 active drivers"), so there the first
+config of each list is used as is.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 
 import torch
 import triton
 import triton.language as tl
 
+from triton_nsr.kernels.tuned_configs import TunedKernel
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-class _FirstConfig:
-    """Launches a jitted kernel with the constexprs of one fixed config (interpreter only).
-
-    Launches are serialised: for the length of a launch the interpreter replaces the functions
-    of ``triton.language`` with its own, process-wide, and keeps the program id in one global
-    builder, so a second thread's launch would run on half-restored functions or another
-    program's ids.
-    """
-
-    _launch_lock = threading.Lock()
-
-    def __init__(self, kernel, config: triton.Config) -> None:
-        self.kernel = kernel
-        self.config = config
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            with self._launch_lock:
-                return launch(*args, **kwargs, **self.config.kwargs)
-
-        return run
-
-
 def tuned(configs: list[triton.Config], key: list[str]):
-    """``triton.autotune(configs, key)`` on a GPU; the first config under the interpreter."""
+    """Stored or autotuned config on a GPU (``tuned_configs``); the first one under the
+    interpreter. Used like ``triton.autotune(configs, key)``."""
 
     def wrap(kernel):
-        if INTERPRETED:
-            return _FirstConfig(kernel, configs[0])
-        return triton.autotune(configs=configs, key=key)(kernel)
+        return TunedKernel(kernel, configs, key, interpreted=INTERPRETED)
 
     return wrap
 
