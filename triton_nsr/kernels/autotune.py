@@ -19,14 +19,51 @@ from triton_nsr.kernels.tuned_configs import TunedKernel
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def tuned(configs: list[triton.Config], key: list[str]):
+def tuned(configs: list[triton.Config], key: list[str], prune=None):
     """Stored or autotuned config on a GPU (``tuned_configs``); the first one under the
-    interpreter. Used like ``triton.autotune(configs, key)``."""
+    interpreter. Used like ``triton.autotune(configs, key)``.
+
+    ``prune(configs, named_args) -> configs`` drops, per launch, configs that do not suit the
+    shape (Triton's ``early_config_prune``) before any is benchmarked.
+    """
 
     def wrap(kernel):
-        return TunedKernel(kernel, configs, key, interpreted=INTERPRETED)
+        return TunedKernel(kernel, configs, key, interpreted=INTERPRETED, prune=prune)
 
     return wrap
+
+
+def size_class(size: int) -> int:
+    """The autotune key's class of a size: its next power of two (48*48 and 60*60 share one)."""
+    return triton.next_power_of_2(max(int(size), 1))
+
+
+# wgmma needs a warpgroup (4 warps) and at least 64 rows of M per program.
+WGMMA_MIN_BLOCK_M = 64
+MIN_CONFIGS = 3
+
+
+def fits_shape(m_name: str, n_name: str, k_name: str):
+    """A pruner keeping the configs whose tiles do not overshoot the GEMM's sizes.
+
+    A tile dimension is kept if it is at most the size's next power of two (BLOCK_M at least
+    64, which wgmma needs anyway); when fewer than MIN_CONFIGS survive, the least oversized
+    configs fill up to it.
+    """
+
+    def prune(configs, named_args, **kwargs):
+        limits = {"BLOCK_M": max(WGMMA_MIN_BLOCK_M, size_class(named_args[m_name])),
+                  "BLOCK_N": max(16, size_class(named_args[n_name])),
+                  "BLOCK_K": max(16, size_class(named_args[k_name]))}
+
+        def overshoot(config):
+            return sum(max(config.kwargs[name] / limit, 1) for name, limit in limits.items())
+
+        ranked = sorted(configs, key=overshoot)
+        kept = [c for c in ranked if overshoot(c) == len(limits)]
+        return [c for c in configs if c in kept or c in ranked[:MIN_CONFIGS]]
+
+    return prune
 
 
 def accumulator_dtype(dtype: torch.dtype):

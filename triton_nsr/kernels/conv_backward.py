@@ -26,33 +26,48 @@ from triton_nsr.kernels.autotune import (
     accumulator_dtype,
     check_launchable,
     dot_precision,
+    fits_shape,
     index_dtype,
+    size_class,
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
 from triton_nsr.kernels.tiling import program_tile, sample_and_group
 
-INPUT_GRAD_KEY = ["in_group_channels", "out_group_channels", "in_pixels", "kernel_h", "kernel_w"]
+# As CONV_KEY, with dy's column stride for the layout.
+INPUT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
+                  "kernel_w", "grad_output_w_stride", "PRECISION"]
 WEIGHT_GRAD_CONFIGS = [
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}, num_warps=2, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
 ]
-WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "out_pixels", "kernel_h",
-                   "kernel_w", "num_splits"]
+# Taken out of WEIGHT_GRAD_CONFIGS, with the compiler's reason (docs/kernels.md lists them).
+REMOVED_WEIGHT_GRAD_CONFIGS = [
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+     "BLOCK_M 32 is below wgmma's 64 rows: compiles to mma.sync"),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+     "BLOCK_M 32 is below wgmma's 64 rows: compiles to mma.sync"),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}, num_warps=2, num_stages=3),
+     "2 warps and BLOCK_M 16: compiles to mma.sync"),
+]
+# Layouts of both operands, precision, pixel class and the split count.
+WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
+                   "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
+                   "PRECISION"]
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
 
 
-@tuned(CONV_CONFIGS, key=INPUT_GRAD_KEY)
+@tuned(CONV_CONFIGS, key=INPUT_GRAD_KEY,
+       prune=fits_shape("tuning_pixels", "in_group_channels", "out_group_channels"))
 @triton.jit
 def conv_bwd_input_kernel(
     grad_output_pointer, weight_pointer, grad_input_pointer,
-    groups, in_group_channels, out_group_channels, in_pixels,
+    groups, in_group_channels, out_group_channels, in_pixels, tuning_pixels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
@@ -69,7 +84,8 @@ def conv_bwd_input_kernel(
         grad_output (B, out, Ho, Wo), any strides.
         weight (B, out, Cg, kh, kw), any strides.
         grad_input (B, C, H, W), any strides; every element is written.
-    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
+    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel); tuning_pixels (the key's
+    size class of H*W) is not read by the body.
     Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),); one flat loop over
     (tap, output-channel block).
     """
@@ -123,11 +139,12 @@ def conv_bwd_input_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-@tuned(WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY)
+@tuned(WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY,
+       prune=fits_shape("out_group_channels", "in_group_channels", "tuning_pixels"))
 @triton.jit
 def conv_bwd_weight_kernel(
     grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer,
-    groups, in_group_channels, out_group_channels, out_pixels,
+    groups, in_group_channels, out_group_channels, out_pixels, tuning_pixels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
@@ -150,7 +167,8 @@ def conv_bwd_weight_kernel(
     Grid: (B * groups * kh * kw * S * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),): one program per
     tap, pixel split, output-channel tile and input-channel tile, so no two programs write the
     same element.
-    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel).
+    Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel); tuning_pixels (the key's
+    size class of Ho*Wo) is not read by the body.
     """
     outer, n_block, offs_m, offs_n = program_tile(
         tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
@@ -234,7 +252,7 @@ def conv_bwd_input(
 
     conv_bwd_input_kernel[grid](
         grad_output, weight, grad_input,
-        groups, in_group_channels, out_group_channels, in_pixels,
+        groups, in_group_channels, out_group_channels, in_pixels, size_class(in_pixels),
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
         *grad_output.stride(), *weight.stride(), *grad_input.stride(),
@@ -246,6 +264,13 @@ def conv_bwd_input(
     return grad_input
 
 
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 0 elsewhere (the interpreter)."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> int:
     """Into how many pieces the kernel gradient cuts its sum over output pixels.
 
@@ -254,9 +279,9 @@ def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> 
     each walking 262144 pixels). Cutting the pixel sum into pieces, added up afterwards, gives
     every SM work; pieces keep at least MIN_PIXELS_PER_SPLIT pixels so the extra pass stays small.
     """
-    if device.type != "cuda":
+    multiprocessors = multiprocessor_count(device)
+    if multiprocessors == 0:
         return 1
-    multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
     wanted = triton.cdiv(4 * multiprocessors, max(programs, 1))
     return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
 
@@ -307,7 +332,7 @@ def conv_bwd_weight(
 
     conv_bwd_weight_kernel[grid](
         grad_output, input, weight_parts, bias_parts if bias_parts is not None else weight_parts,
-        groups, in_group_channels, out_group_channels, out_pixels,
+        groups, in_group_channels, out_group_channels, out_pixels, size_class(out_pixels),
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
         *grad_output.stride(), *input.stride(),

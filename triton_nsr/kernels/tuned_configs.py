@@ -240,11 +240,12 @@ class TunedKernel:
     """
 
     def __init__(self, fn, configs: list[triton.Config], key: list[str],
-                 interpreted: bool) -> None:
+                 interpreted: bool, prune=None) -> None:
         self.fn = fn
         self.configs = configs
         self.key = key
         self.interpreted = interpreted
+        self.early_config_prune = prune
         python = _python_function(fn)
         self.name = python.__name__
         self.arg_names = list(inspect.signature(python).parameters)
@@ -322,7 +323,10 @@ class TunedKernel:
                              rep=policy.rep_ms or 100):
                     return bench(call, warmup=warmup, rep=rep, quantiles=quantiles)
 
-            tuner = triton.autotune(configs=self.configs, key=self.key, do_bench=do_bench)(self.fn)
+            pruning = ({"early_config_prune": self.early_config_prune}
+                       if self.early_config_prune else None)
+            tuner = triton.autotune(configs=self.configs, key=self.key, do_bench=do_bench,
+                                    prune_configs_by=pruning)(self.fn)
             self._autotuners[settings] = tuner
         start = time.perf_counter()
         telemetry.autotuning = True

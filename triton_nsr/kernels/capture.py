@@ -1,0 +1,157 @@
+"""Record the kernel launches a real NSR layer call makes, without running a kernel.
+
+The kernel report compiles each kernel with the arguments a real launch gives it, because Triton's
+JIT specialises on them (integers equal to 1 become constants, integers and pointers divisible by
+16 are marked so, which decides vector widths). This module runs the layer's own launchers on
+CPU tensors, forward and backward, with every kernel object swapped for a recorder: the launcher
+code computes strides, grids and constexprs exactly as on a GPU, and nothing executes.
+
+    launches = capture(LayerShape("W1-expand", 16, 32, 128, 48, 48), "bf16", "nchw")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+# An H200 has 132 multiprocessors; launchers that size their grid by the SM count see this.
+H200_MULTIPROCESSORS = 132
+
+PRECISIONS = {
+    # name: (dtype, allow_tf32)
+    "bf16": (torch.bfloat16, False),
+    "tf32": (torch.float32, True),
+    "fp32": (torch.float32, False),
+}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """An NSR layer: input (batch, in_channels, height, width), 3x3 kernel, padding 1, k, d."""
+
+    name: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    k: int = 4
+    d: int = 16
+
+
+@dataclass(frozen=True)
+class PointerArg:
+    """A tensor argument reduced to what Triton's JIT specialises on (address and dtype)."""
+
+    address: int
+    dtype: torch.dtype
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+@dataclass
+class Launch:
+    """One recorded launch: the kernel's name, its arguments, the layer's batch size.
+
+    Tensors are replaced by :class:`PointerArg`, so a launch pickles to worker processes.
+    ``named`` maps every argument name of the kernel to its value.
+    """
+
+    kernel: str
+    args: tuple
+    kwargs: dict
+    named: dict
+    batch: int
+
+
+def _kernel_modules():
+    from triton_nsr.kernels import conv, conv_backward, mix
+
+    return (conv, conv_backward, mix)
+
+
+def kernels() -> dict:
+    """Every tuned kernel of the package by name: the wrappers ``autotune.tuned`` makes."""
+    from triton_nsr.kernels.tuned_configs import TunedKernel
+
+    found = {}
+    for module in _kernel_modules():
+        for value in vars(module).values():
+            if isinstance(value, TunedKernel):
+                found[value.fn.__name__] = value
+    return found
+
+
+class _Recorder:
+    """Stands in for a kernel object: ``kernel[grid](*args, **kwargs)`` appends a Launch."""
+
+    def __init__(self, tuner, sink: list, batch: int) -> None:
+        self.tuner = tuner
+        self.sink = sink
+        self.batch = batch
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            args = tuple(PointerArg(a.data_ptr(), a.dtype) if isinstance(a, torch.Tensor) else a
+                         for a in args)
+            named = dict(zip(self.tuner.fn.arg_names, args)) | kwargs
+            self.sink.append(Launch(self.tuner.fn.__name__, args, kwargs, named, self.batch))
+
+        return record
+
+
+@contextlib.contextmanager
+def recording(batch: int):
+    """Swap every kernel for a recorder and let the launchers accept CPU tensors.
+
+    Yields the list that receives the launches.
+    """
+    from triton_nsr.kernels import conv_backward
+
+    sink: list[Launch] = []
+    patched = []
+    tuners = list(kernels().values())
+    for module in _kernel_modules():
+        for name, value in list(vars(module).items()):
+            if any(value is tuner for tuner in tuners):
+                patched.append((module, name, value))
+                setattr(module, name, _Recorder(value, sink, batch))
+        if hasattr(module, "check_launchable"):
+            patched.append((module, "check_launchable", module.check_launchable))
+            module.check_launchable = lambda *tensors: None
+    patched.append((conv_backward, "multiprocessor_count", conv_backward.multiprocessor_count))
+    conv_backward.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
+    try:
+        yield sink
+    finally:
+        for module, name, value in reversed(patched):
+            setattr(module, name, value)
+
+
+def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
+    """The launches of one forward and backward pass of the layer, in launch order.
+
+    The layer runs through triton_nsr.ops as nsr_conv2d's triton backend calls it: the mixing of
+    weight and bias, the per-sample convolution (zero padding 1 as a mask), then autograd's
+    backward of both.
+    """
+    from triton_nsr import ops
+
+    dtype, allow_tf32 = PRECISIONS[precision]
+    b, c, o, k, d = shape.batch, shape.in_channels, shape.out_channels, shape.k, shape.d
+
+    def leaf(*size, memory_format=torch.contiguous_format):
+        return torch.empty(size, dtype=dtype, memory_format=memory_format).zero_().requires_grad_()
+
+    x = leaf(b, c, shape.height, shape.width, memory_format=LAYOUTS[layout])
+    weight, bias, routing = leaf(k * o, c, 3, 3), leaf(k * o), leaf(b, k, d)
+    with recording(b) as launches:
+        weight_b, bias_b = ops.mix_kernels(routing, weight, bias)
+        y = ops.per_sample_conv2d(x, weight_b, bias_b, [1, 1], [1, 1, 1, 1], [1, 1], 1,
+                                  allow_tf32)
+        y.backward(torch.zeros_like(y))
+    return launches

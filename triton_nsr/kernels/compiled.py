@@ -1,0 +1,250 @@
+"""Compile a recorded launch for Hopper (sm_90) as Triton's JIT would, and read what came out.
+
+No GPU is needed: Triton's backend compiles to PTX and, with the ptxas it ships, to a cubin on
+any machine. The JIT's own binder specialises the recorded arguments (integers equal to 1 become
+constants; integers and pointers divisible by 16 are marked so), so the compile is the one a real
+launch of that shape triggers. From the result this module reads, per GEMM operand:
+
+- how it comes from global memory: TMA (``cp.async.bulk.tensor``), ``cp.async`` of some width,
+  or a synchronous ``ld.global`` of some width, attributed to the operand through the PTX line
+  table (each instruction's ``.loc`` names the kernel source line of the ``tl.load``);
+- how it enters the MMA: shared memory or registers (the operand types of TTGIR's dot);
+
+and per kernel: the MMA instruction (wgmma, mma.sync or none), the deepest wgmma wait (how many
+wgmma groups stay in flight), registers, spilled bytes and shared memory.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+import textwrap
+from dataclasses import asdict, dataclass, field
+
+# The dot operands of each GEMM kernel: (A variable, B variable) as named in the kernel source.
+DOT_OPERANDS = {
+    "conv_fwd_kernel": ("a", "w"),
+    "conv_bwd_input_kernel": ("a", "w"),
+    "conv_bwd_weight_kernel": ("dy", "x"),
+}
+# Hopper (H100/H200): 227 KiB of shared memory per block at most.
+HOPPER_SHARED_MEMORY = 232448
+
+
+@dataclass
+class Operand:
+    """How one dot operand travels: ``route`` from global memory, ``into_mma`` at the MMA."""
+
+    name: str
+    route: str
+    into_mma: str
+
+
+@dataclass
+class Compiled:
+    """What Triton made of one kernel x config for one launch."""
+
+    kernel: str
+    config: str
+    mma: str
+    wait_depth: int | None
+    registers: int
+    spill_bytes: int
+    shared_memory: int
+    operands: list[Operand] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_label(config) -> str:
+    """'BLOCK_M=64 BLOCK_N=32 BLOCK_K=16 w4 s3': a config's constexprs, warps and stages."""
+    tiles = " ".join(f"{name}={value}" for name, value in config.kwargs.items())
+    return f"{tiles} w{config.num_warps} s{config.num_stages}".strip()
+
+
+def _bind(tuner, launch, config, arch: int):
+    """The JIT's binder on a recorded launch: (target, backend, signature, constants, attrs,
+    options), exactly what ``JITFunction.run`` computes before it compiles (minus the device).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = tuner.fn
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**launch.kwargs, **config.all_kwargs()}
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
+                                                          options)
+    return target, signature, constexprs, attrs, options
+
+
+def specialisation_key(tuner, launch, config, arch: int = 90) -> str:
+    """A string equal for two launches exactly when the JIT compiles the same binary."""
+    _, signature, constexprs, attrs, options = _bind(tuner, launch, config, arch)
+    return repr((tuner.fn.__name__, sorted(signature.items()), sorted(constexprs.items()),
+                 sorted(attrs.items()), sorted(options.__dict__.items())))
+
+
+def compile_launch(tuner, launch, config, arch: int = 90):
+    """Compile ``tuner``'s kernel for ``launch`` with ``config``; returns Triton's CompiledKernel.
+
+    The signature, constants and divisibility attributes are those of a real launch (_bind).
+    """
+    import triton
+    from triton.compiler import ASTSource
+
+    target, signature, constexprs, attrs, options = _bind(tuner, launch, config, arch)
+    return triton.compile(ASTSource(tuner.fn, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes per thread) from the cuobjdump Triton ships.
+
+    A stack above zero means ptxas spilled registers.
+    """
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        text = subprocess.run([tool, "-res-usage", file.name], capture_output=True,
+                              text=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else (-1, -1)
+
+
+def load_lines(fn, variable: str) -> range:
+    """Source lines (file numbering) of the ``variable = tl.load(...)`` statements in ``fn``."""
+    source, first = inspect.getsourcelines(fn.fn)
+    tree = ast.parse(textwrap.dedent("".join(source)))
+    lines: list[int] = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and any(isinstance(t, ast.Name) and t.id == variable for t in node.targets)):
+            lines += range(node.lineno + first - 1, node.end_lineno + first)
+    if not lines:
+        raise ValueError(f"{fn.__name__} has no '{variable} = tl.load(...)' statement")
+    return range(min(lines), max(lines) + 1)
+
+
+_GLOBAL_LOAD = re.compile(
+    r"(cp\.async\.bulk\.tensor|cp\.async\.c[ag]\.shared\.global[^,]*,[^,]*,\s*(0x[0-9a-f]+|\d+)"
+    r"|ld\.global(?:\.[a-z]+)*\.(?:v(\d)\.)?[bfu](\d+))")
+
+
+def global_loads_by_line(ptx: str, source_file: str) -> dict[int, set[str]]:
+    """{kernel source line: {'TMA', 'cp.async 16B', 'ld.global 2B', ...}} read from the PTX.
+
+    Each instruction is charged to the last ``.loc`` naming ``source_file`` before it
+    (instructions of inlined helpers carry the caller's line in their ``inlined_at``).
+    """
+    files = dict(re.findall(r'\.file\s+(\d+)\s+"([^"]+)"', ptx))
+    wanted = {number for number, path in files.items()
+              if os.path.basename(path) == os.path.basename(source_file)}
+    line = None
+    found: dict[int, set[str]] = {}
+    for text in ptx.splitlines():
+        loc = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)\s+\d+(?:.*inlined_at\s+(\d+)\s+(\d+))?", text)
+        if loc:
+            if loc[1] in wanted:
+                line = int(loc[2])
+            elif loc[3] in wanted:
+                line = int(loc[4])
+            continue
+        match = _GLOBAL_LOAD.search(text)
+        if not match or line is None:
+            continue
+        if match[1].startswith("cp.async.bulk.tensor"):
+            kind = "TMA"
+        elif match[2]:
+            kind = f"cp.async {int(match[2], 0)}B"
+        else:
+            kind = f"ld.global {int(match[3] or 1) * int(match[4]) // 8}B"
+        found.setdefault(line, set()).add(kind)
+    return found
+
+
+def route_of(kinds: set[str]) -> str:
+    """One phrase for how an operand leaves global memory, the slowest form named last."""
+    if not kinds:
+        return "not found"
+    order = sorted(kinds, key=lambda k: (k != "TMA", k.split()[0] != "cp.async",
+                                         -int(k.split()[-1].rstrip("B")) if k != "TMA" else 0))
+    return " + ".join(order)
+
+
+def _dot_operand_homes(ttgir: str) -> tuple[str, str]:
+    """(A, B) homes at the main-loop dot: 'shared memory' for memdescs, else 'registers'."""
+    match = re.search(r"= (?:ttng\.warp_group_dot|tt\.dot)\s+[^:]*:\s*([^*]+)\*\s*([^-]+)->", ttgir)
+    if not match:
+        return ("none", "none")
+    return tuple("shared memory" if "memdesc" in part else "registers"
+                 for part in match.groups())
+
+
+def inspect_compiled(kernel, fn, label: str) -> Compiled:
+    """Read MMA, wait depth, registers, spills, shared memory and operand routes."""
+    ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
+    if "wgmma.mma_async" in ptx:
+        mma = "wgmma"
+    elif "mma.sync" in ptx:
+        mma = "mma.sync"
+    else:
+        mma = "none"
+    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
+    registers, stack = _resource_usage(kernel.asm["cubin"])
+    result = Compiled(fn.__name__, label, mma, max(waits) if waits else None, registers, stack,
+                      kernel.metadata.shared)
+    if fn.__name__ in DOT_OPERANDS:
+        loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn))
+        homes = _dot_operand_homes(ttgir)
+        for variable, home in zip(DOT_OPERANDS[fn.__name__], homes):
+            kinds = set().union(*(loads.get(line, set()) for line in load_lines(fn, variable)))
+            result.operands.append(Operand(variable, route_of(kinds), home))
+    if result.shared_memory > HOPPER_SHARED_MEMORY:
+        result.error = f"needs {result.shared_memory} bytes of shared memory"
+    return result
+
+
+def hopper_shortfalls(result: Compiled) -> list[str]:
+    """What keeps a GEMM kernel's compile off the Hopper fast path; empty when none.
+
+    The criteria: wgmma; every operand by TMA or 16-byte cp.async; a wgmma wait depth of at
+    least 1 in the main loop (the next loads overlap the running MMA); no register spills.
+    """
+    if result.error:
+        return [result.error]
+    shortfalls = []
+    if result.mma != "wgmma":
+        shortfalls.append(f"MMA is {result.mma}")
+    for operand in result.operands:
+        if operand.route not in ("TMA", "cp.async 16B"):
+            shortfalls.append(f"{operand.name} by {operand.route}")
+    if not result.wait_depth:
+        shortfalls.append(f"wgmma wait depth {result.wait_depth}")
+    if result.spill_bytes:
+        shortfalls.append(f"{result.spill_bytes} B spilled")
+    return shortfalls
+
+
+def compile_and_inspect(tuner, launch, config, arch: int = 90) -> Compiled:
+    """compile_launch + inspect_compiled; a compiler failure becomes the record's ``error``."""
+    label = config_label(config)
+    try:
+        kernel = compile_launch(tuner, launch, config, arch)
+    except Exception as exc:  # a failing config is a finding to report, not a crash
+        return Compiled(tuner.fn.__name__, label, "none", None, 0, 0, 0,
+                        error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    return inspect_compiled(kernel, tuner.fn, label)

@@ -1,0 +1,296 @@
+"""The kernel report: every launch of real layer calls, compiled for sm_90, read, written down.
+
+    python -m triton_nsr.kernels.report              # compile with this Triton, store, render
+    python -m triton_nsr.kernels.report --render     # re-render docs/kernels.md from stored data
+
+For each layer shape (W1's two layers, W4, and an odd shape divisible by neither 8 nor 16), each
+precision (bf16, TF32, fp32) and layout (NCHW, channels_last), the layer runs forward and backward
+with its kernels recorded, not executed (kernels.capture); each recorded launch is compiled for
+every autotune config that the tuner keeps for it, with the JIT's specialisation
+(kernels.compiled), on a pool of processes sharing Triton's cache. The findings go to
+docs/kernels/triton-<version>.json, one file per Triton version, and docs/kernels.md is rendered
+from every stored file. Run it without TRITON_INTERPRET set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from triton_nsr.kernels.capture import LayerShape, capture, kernels
+from triton_nsr.kernels.compiled import (
+    compile_and_inspect,
+    config_label,
+    hopper_shortfalls,
+    specialisation_key,
+)
+from triton_nsr.kernels.traffic import l2_to_sm_bytes
+
+# W1 and W4 as bench/workloads.py defines them (tests check they agree), and an odd shape.
+SHAPES = [
+    LayerShape("W1-expand", 16, 32, 128, 48, 48),
+    LayerShape("W1-reduce", 16, 128, 32, 48, 48),
+    LayerShape("W4", 1, 64, 64, 512, 512),
+    LayerShape("odd", 3, 24, 48, 37, 29),
+]
+PRECISION_NAMES = ("bf16", "tf32", "fp32")
+LAYOUT_NAMES = ("nchw", "channels_last")
+GEMM_KERNELS = ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _compile_job(job):
+    """Worker: compile one (kernel, launch, config index) and return its findings as a dict."""
+    kernel, launch, index = job
+    tuner = kernels()[kernel]
+    return compile_and_inspect(tuner, launch, tuner.configs[index]).as_dict()
+
+
+def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
+            workers: int = 2) -> dict:
+    """Capture, compile (once per distinct specialisation) and return the report's data."""
+    import triton
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to read")
+    tuners = kernels()
+    rows, jobs, keys = [], {}, {}
+    for shape in shapes:
+        for precision in precisions:
+            for layout in layouts:
+                for launch in capture(shape, precision, layout):
+                    tuner = tuners[launch.kernel]
+                    for index in kept_configs(tuner, launch):
+                        config = tuner.configs[index]
+                        key = specialisation_key(tuner, launch, config)
+                        keys.setdefault(key, len(keys))
+                        jobs.setdefault(keys[key], (launch.kernel, launch, index))
+                        traffic = l2_to_sm_bytes(launch.kernel, launch.named, config.kwargs,
+                                                 launch.batch)
+                        rows.append({"shape": shape.name, "precision": precision,
+                                     "layout": layout, "kernel": launch.kernel,
+                                     "compile": keys[key], "traffic": traffic})
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        compiled = dict(zip(jobs, pool.map(_compile_job, jobs.values())))
+    return {"triton": triton.__version__, "target": "sm_90",
+            "compile_seconds": round(time.perf_counter() - start, 1),
+            "compiles": {str(k): v for k, v in compiled.items()}, "rows": rows,
+            "removed": removed_configs()}
+
+
+def kept_configs(tuner, launch) -> list[int]:
+    """Indices of the configs the autotuner tries for this launch (after its pruning)."""
+    if tuner.early_config_prune is None:
+        return list(range(len(tuner.configs)))
+    positional = dict(zip(tuner.fn.arg_names, launch.args))
+    kept = tuner.early_config_prune(tuner.configs, positional)
+    return [i for i, config in enumerate(tuner.configs) if any(config is k for k in kept)]
+
+
+def removed_configs() -> list[dict]:
+    """Configs taken out of the lists, with the reason (rendered into docs/kernels.md)."""
+    from triton_nsr.kernels import conv, conv_backward
+
+    removed = [("conv_fwd_kernel, conv_bwd_input_kernel", entry)
+               for entry in conv.REMOVED_CONV_CONFIGS]
+    removed += [("conv_bwd_weight_kernel", entry)
+                for entry in conv_backward.REMOVED_WEIGHT_GRAD_CONFIGS]
+    return [{"kernel": kernel, "config": config_label(config), "reason": reason}
+            for kernel, (config, reason) in removed]
+
+
+def store(data: dict, directory: Path = DOCS / "kernels") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"triton-{data['triton']}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_all(directory: Path = DOCS / "kernels") -> list[dict]:
+    """Every stored report, oldest Triton version first."""
+    def version(path):
+        return tuple(int(p) for p in path.stem.split("-")[1].split(".")[:3] if p.isdigit())
+
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("triton-*.json"), key=version)]
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1e6:.1f}"
+
+
+def _operand_cell(operand: dict) -> str:
+    home = "smem" if operand["into_mma"] == "shared memory" else operand["into_mma"]
+    return f"{operand['route']} -> {home}"
+
+
+def render_version(data: dict) -> list[str]:
+    """The markdown section of one Triton version."""
+    compiles = data["compiles"]
+    out = [f"## Triton {data['triton']} ({data['target']})", ""]
+    out += [f"{len(compiles)} distinct compiles for {len(data['rows'])} (launch, config) pairs, "
+            f"{data['compile_seconds']} s on this 2-core CPU machine.", ""]
+    out += ["### Hopper criteria per GEMM kernel", "",
+            "Kept configs meeting all four criteria (wgmma; both operands by TMA or 16-byte "
+            "cp.async; wgmma wait depth >= 1; no spills), over every shape.", "",
+            "| kernel | precision | layout | configs on the fast path | what the others miss |",
+            "| --- | --- | --- | --- | --- |"]
+    for kernel in GEMM_KERNELS:
+        for precision in PRECISION_NAMES:
+            for layout in LAYOUT_NAMES:
+                chosen = {r["compile"] for r in data["rows"] if r["kernel"] == kernel
+                          and r["precision"] == precision and r["layout"] == layout}
+                if not chosen:
+                    continue
+                misses: dict[str, int] = {}
+                good = 0
+                for index in chosen:
+                    shortfalls = hopper_shortfalls(_as_compiled(compiles[str(index)]))
+                    good += not shortfalls
+                    for item in shortfalls:
+                        misses[item] = misses.get(item, 0) + 1
+                missing = "; ".join(f"{text} ({count})" for text, count in sorted(misses.items()))
+                out.append(f"| `{kernel}` | {precision} | {layout} | {good} of {len(chosen)} "
+                           f"| {missing or '-'} |")
+    out += ["", "### Every compile of the GEMM kernels", "",
+            "One row per distinct compile; `shapes` lists the layer shapes whose launches "
+            "specialise to it. Operands: route from global memory -> where the MMA reads it.", "",
+            "| kernel | precision | layout | config | shapes | MMA | A | B | wait | regs | spill B "
+            "| smem B |", "| --- " * 12 + "|"]
+    for kernel in GEMM_KERNELS:
+        for precision in PRECISION_NAMES:
+            for layout in LAYOUT_NAMES:
+                shapes_of: dict[int, list[str]] = {}
+                for r in data["rows"]:
+                    if (r["kernel"], r["precision"], r["layout"]) == (kernel, precision, layout):
+                        shapes_of.setdefault(r["compile"], [])
+                        if r["shape"] not in shapes_of[r["compile"]]:
+                            shapes_of[r["compile"]].append(r["shape"])
+                for index, shapes in shapes_of.items():
+                    c = compiles[str(index)]
+                    ops = [_operand_cell(o) for o in c["operands"]] or ["-", "-"]
+                    out.append(
+                        f"| `{kernel}` | {precision} | {layout} | {c['config']} | "
+                        f"{', '.join(shapes)} | {c['mma']} | {ops[0]} | {ops[1]} | "
+                        f"{c['wait_depth']} | {c['registers']} | {c['spill_bytes']} | "
+                        f"{c['shared_memory']} |" + (f" error: {c['error']}" if c["error"] else ""))
+    out += ["", "### Other kernels", "",
+            "| kernel | config | MMA | regs | spill B | smem B | compiles |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    others: dict[tuple, int] = {}
+    for r in data["rows"]:
+        if r["kernel"] not in GEMM_KERNELS:
+            c = compiles[str(r["compile"])]
+            row = (r["kernel"], c["config"], c["mma"], c["registers"], c["spill_bytes"],
+                   c["shared_memory"])
+            others.setdefault(row, set()).add(r["compile"])
+    for row, indices in sorted(others.items()):
+        out.append("| `" + row[0] + "` | " + " | ".join(str(v) for v in row[1:])
+                   + f" | {len(indices)} |")
+    return out
+
+
+def render_traffic(data: dict) -> list[str]:
+    """L2 -> SM bytes of every GEMM kernel's tiling on W1 and W4 (bf16, NCHW)."""
+    out = ["## L2 -> SM bytes of the tilings (bf16)", "",
+           "Bytes the programs of one launch read, against the unique bytes of its operands "
+           "(kernels/traffic.py; TF32 and fp32 double both). The weight gradient's budget is 3x "
+           "the unique bytes of x and dy.", "",
+           "| kernel | shape | config | read MB | unique MB | read / unique |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    seen = set()
+    for r in data["rows"]:
+        if (r["traffic"] is None or r["precision"] != "bf16" or r["layout"] != "nchw"
+                or r["shape"] == "odd"):
+            continue
+        config = data["compiles"][str(r["compile"])]["config"]
+        key = (r["kernel"], r["shape"], config)
+        if key in seen:
+            continue
+        seen.add(key)
+        read, unique = r["traffic"]
+        out.append(f"| `{r['kernel']}` | {r['shape']} | {config} | {_mb(read)} | {_mb(unique)} "
+                   f"| {read / unique:.1f} |")
+    return out
+
+
+def _as_compiled(record: dict):
+    from triton_nsr.kernels.compiled import Compiled, Operand
+
+    fields = dict(record)
+    fields["operands"] = [Operand(**o) for o in record["operands"]]
+    return Compiled(**fields)
+
+
+def render(reports: list[dict]) -> str:
+    """docs/kernels.md from the stored reports."""
+    lines = ["# Kernels on Hopper: what the compiler makes of every launch", "",
+             "Generated by `python -m triton_nsr.kernels.report` from the stored data in "
+             "`docs/kernels/` (do not edit by hand). Each layer shape runs forward and backward "
+             "through `triton_nsr.ops` with the kernels recorded instead of run; every recorded "
+             "launch is compiled for sm_90 with each autotune config the tuner keeps for it, "
+             "specialised as Triton's JIT specialises those arguments. No GPU is involved: these "
+             "are compiler findings, not measurements.", "",
+             "Shapes: " + "; ".join(f"{s.name} = batch {s.batch}, {s.in_channels}->"
+                                   f"{s.out_channels}, {s.height}x{s.width}" for s in SHAPES)
+             + "; 3x3 kernel, padding 1, k=4, d=16. Precisions: bf16, TF32 (float32 with "
+             "allow_tf32), fp32 (IEEE). Layouts: NCHW and channels_last.", "",
+             "Columns: MMA is the tensor-core instruction in the PTX (wgmma, mma.sync, or none). "
+             "A and B are the dot's operands (forward: input pixels x weights; input gradient: "
+             "dy x weights; weight gradient: dy x input), each as *route from global memory -> "
+             "where the MMA reads it*: TMA (`cp.async.bulk.tensor`), `cp.async` of N bytes per "
+             "instruction (pipelined through shared memory), or a synchronous `ld.global` of N "
+             "bytes (no overlap), read from the PTX line table. wait is the deepest "
+             "`wgmma.wait_group` (0: every MMA is waited for before the next loads). regs and "
+             "spill B from the cubin (cuobjdump), smem B from Triton's metadata. Every launch "
+             "takes the one path the kernels have (no TMA variant yet).", ""]
+    removed = reports[-1]["removed"] if reports else []
+    lines += ["## Configs removed from the autotune lists", ""]
+    lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]
+    lines += ["", "At launch, `fits_shape` (kernels/autotune.py) also drops the configs whose "
+              "BLOCK_M, BLOCK_N or BLOCK_K passes the next power of two of its GEMM size (BLOCK_M "
+              "floored at wgmma's 64 rows): such tiles compute and load masked lanes only. When "
+              "fewer than 3 configs survive, the least oversized fill up to 3. The tables below "
+              "list only kept configs.", ""]
+    for data in reports:
+        lines += render_version(data) + [""]
+    if reports:
+        lines += render_traffic(reports[-1]) + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--render", action="store_true",
+                        help="only re-render docs/kernels.md from the stored data")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="compile processes (default: one per CPU)")
+    parser.add_argument("--shape", action="append", choices=[s.name for s in SHAPES],
+                        help="only these shapes (repeatable); with --precision and --layout")
+    parser.add_argument("--precision", action="append", choices=PRECISION_NAMES)
+    parser.add_argument("--layout", action="append", choices=LAYOUT_NAMES)
+    parser.add_argument("--json", type=Path,
+                        help="write the data of the chosen subset here instead of docs/")
+    args = parser.parse_args(argv)
+    if args.json:
+        shapes = [s for s in SHAPES if s.name in (args.shape or [s.name])]
+        data = collect(shapes, args.precision or PRECISION_NAMES, args.layout or LAYOUT_NAMES,
+                       args.workers)
+        args.json.write_text(json.dumps(data))
+        return 0
+    if not args.render:
+        path = store(collect(workers=args.workers))
+        print(f"stored {path}")
+    (DOCS / "kernels.md").write_text(render(load_all()))
+    print(f"wrote {DOCS / 'kernels.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
