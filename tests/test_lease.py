@@ -59,7 +59,8 @@ def test_tiny_lease_stores_every_measurement_and_stops_before_its_budget(tmp_pat
     assert any(row["status"] == "passed" for row in run["smoke"])
     assert not any(row["status"] == "failed" for row in run["smoke"])
     # The tiny plan is larger than the budget: what was cut says so, with the reason.
-    cut = [row for row in run["measurements"] if row["status"] == "skipped"]
+    cut = [row for row in run["measurements"] if row["status"] == "skipped"
+           and "no bfloat16 arithmetic" not in row["message"]]
     cut += [row for row in run["smoke"] if row["status"] == "not reached"]
     assert cut and all(row["message"].startswith(("not reached: ", "stopped: "))
                        for row in cut)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from triton_nsr import grouped_conv, mixing, router
@@ -31,11 +32,17 @@ def interpreter_enabled() -> bool:
 
 
 def resolve_backend(backend: str, input: torch.Tensor) -> str:
-    """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'."""
+    """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'.
+
+    Triton's interpreter has no bfloat16 arithmetic (its dot multiplies the raw 16 bits), so
+    there 'auto' takes the torch backend for bfloat16 (and an explicit 'triton' is refused at
+    the first kernel launch, see kernels/tuned_configs.py).
+    """
     backend = check_backend(backend)
     triton_runs = input.is_cuda or interpreter_enabled()
     if backend == "auto":
-        return "triton" if triton_runs else "torch"
+        interpreted_bfloat16 = not input.is_cuda and input.dtype == torch.bfloat16
+        return "triton" if triton_runs and not interpreted_bfloat16 else "torch"
     if backend == "triton" and not triton_runs:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (got a tensor on {input.device}) or the Triton "
@@ -90,12 +97,50 @@ def _torch_backend(geometry: ConvGeometry):
     return mixing.mix_kernels, convolve
 
 
+# Dynamo does not trace torch.backends' precision objects: a compiled graph takes the setting of
+# its compile time, as it does for the legacy flag.
+@torch.compiler.assume_constant_result
+def conv_allows_tf32() -> bool:
+    """Whether float32 convolutions may use TF32, as cuDNN's convolutions decide it.
+
+    Reads the precision API (``torch.backends.cudnn.conv.fp32_precision``, where 'none' defers
+    to ``torch.backends.cudnn.fp32_precision`` and then ``torch.backends.fp32_precision``); the
+    legacy ``allow_tf32`` flag only where that API is missing or says nothing, since reading the
+    legacy flag raises once the two APIs have been mixed.
+    """
+    backends = torch.backends
+    conv = getattr(backends.cudnn, "conv", None)
+    for precision in (getattr(conv, "fp32_precision", None),
+                      getattr(backends.cudnn, "fp32_precision", None),
+                      getattr(backends, "fp32_precision", None)):
+        if precision in ("tf32", "ieee"):
+            return precision == "tf32"
+    return bool(backends.cudnn.allow_tf32)
+
+
+def refuse_unsupported_autodiff(backend: str, tensors: list) -> None:
+    """The triton backend has reverse-mode autograd only: refuse forward-mode AD and the
+    torch.func transforms at the call, rather than return a zero tangent or fail later."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        raise NotImplementedError(
+            f"nsr_conv2d(backend={backend!r}) does not support torch.func transforms (grad, vjp, "
+            "jvp, vmap, jacrev, jacfwd, hessian); use backend='torch', which supports them"
+        )
+    if fwAD._current_level >= 0 and any(
+        isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors
+    ):
+        raise NotImplementedError(
+            f"nsr_conv2d(backend={backend!r}) does not support forward-mode AD "
+            "(torch.autograd.forward_ad); use backend='torch', which supports it"
+        )
+
+
 def _triton_backend(geometry: ConvGeometry):
     """(mix, convolve) on the Triton kernels."""
     from triton_nsr import ops  # imports triton: only when this path runs
 
     # Read here, per call, as nn.Conv2d follows the flag at call time.
-    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    allow_tf32 = conv_allows_tf32()
 
     def convolve(padded, weight_b, bias_b, pad):
         return ops.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
@@ -159,14 +204,16 @@ def nsr_conv2d(
     input, unbatched = as_batched(input)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    backend = resolve_backend(backend, input)
     input, weight, bias, mlp_weight, mlp_bias = autocast_inputs(
         [input, weight, bias, mlp_weight, mlp_bias], input.device.type
     )
+    backend = resolve_backend(backend, input)
     geometry = check_nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
+    if backend == "triton":
+        refuse_unsupported_autodiff(backend, [input, weight, bias, mlp_weight, mlp_bias])
     mix, convolve = BACKEND_IMPLEMENTATIONS[backend](geometry)
     routing = router.routing_weights(input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
                                      geometry.num_sparsity_cardinals, temperature)

@@ -52,7 +52,18 @@ def _mix_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
+def refuse_double_backward() -> None:
+    """The backward ops have no autograd of their own: refuse create_graph=True at the first
+    backward, rather than fail at the second one."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            "the triton backend of nsr_conv2d does not support double backward "
+            "(create_graph=True); use backend='torch', which supports it"
+        )
+
+
 def _mix_grad(ctx, grad: Tensor):
+    refuse_double_backward()
     routing, bank = ctx.saved_tensors
     return mix_backward(grad, routing, bank)
 
@@ -181,6 +192,7 @@ def _conv_setup(ctx, inputs, output) -> None:
 
 
 def _conv_grad(ctx, grad_output: Tensor):
+    refuse_double_backward()
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     mask = [need_input, need_weight, need_bias and ctx.has_bias]
