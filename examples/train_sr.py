@@ -186,8 +186,9 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 def use_paper_layers(model: torch.nn.Module) -> None:
     """Put every NSR layer of ``model`` on the paper's formulation, in place.
 
-    triton_nsr.NSRConv2d extends triton_nsr.reference.NSRConv2d with the same parameters and
-    state, so changing the class keeps the parameters, their values and the weight norm.
+    The two layer classes have the same constructor, parameters and state and differ only in
+    the function computing the layer, so changing the class keeps the parameters, their values
+    and the weight norm.
     """
     for module in model.modules():
         if isinstance(module, NSRConv2d):
