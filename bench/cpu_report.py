@@ -18,6 +18,7 @@ from bench.cpu_cases import PROVIDERS
 GOAL_RATIO = 1.10
 PASS_NAMES = {"forward": "forward", "forward_backward": "fwd+bwd", "train_step": "train step"}
 MIB = 2**20
+MEMORY_RATIOS = (("default", "paper"), ("default", "static"))
 
 
 def _ratio(summary: dict) -> str:
@@ -84,7 +85,7 @@ def memory_table(record: dict) -> str:
         for provider in PROVIDERS:
             extra = memory.get((case, pass_, provider))
             cells.append("-" if extra is None else f"{extra / MIB:.1f}")
-        for top, bottom in (("default", "paper"), ("default", "static")):
+        for top, bottom in MEMORY_RATIOS:
             ratio = memory_ratio(memory, case, pass_, top, bottom)
             cells.append("-" if ratio is None else f"{ratio:.2f}")
         rows.append(cells)
@@ -141,7 +142,14 @@ def section(record: dict, source: Path, markdown: Path, images: Path | None) -> 
                   memory_table(record)]
     else:
         parts += ["### Peak memory", f"Peak memory: {record['memory_note']}."]
-    chart = plots.cpu_ratio_chart(record, images) if images is not None else None
+    memory = memory_by_key(record)
+    memory_ratios = {
+        f"{top} / {bottom}": [memory_ratio(memory, r["case"], r["pass"], top, bottom)
+                              for r in record["timings"]]
+        for top, bottom in MEMORY_RATIOS
+    } if memory else {}
+    chart = (plots.cpu_ratio_chart(record, images, memory_ratios) if images is not None
+             else None)
     if chart is not None:
         relative = Path(os.path.relpath(chart, markdown.parent)).as_posix()
         parts.append(f"![CPU ratios]({relative})")

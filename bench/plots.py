@@ -207,14 +207,16 @@ def _ratio_points(axis, labels: list[str], summaries: list[dict], offset: float,
                   capsize=4, label=label)
 
 
-def cpu_ratio_chart(record: dict, directory: Path) -> Path | None:
+def cpu_ratio_chart(record: dict, directory: Path,
+                    memory_ratios: dict[str, list[float | None]]) -> Path | None:
     """A CPU-suite run's ratios: time to the paper's layer, time to a static conv (medians with
-    p20-p80 bars) and peak memory, one point per case and pass. CPU runs only."""
+    p20-p80 bars) and, when ``memory_ratios`` ({label: one ratio or None per timing row}) has
+    any, peak memory; one point per case and pass. CPU runs only."""
     timings = record["timings"]
     if not timings:
         return None
     labels = [f"{row['case']}\n{row['pass'].replace('_', ' ')}" for row in timings]
-    panels = 3 if record["memory"] else 2
+    panels = 3 if memory_ratios else 2
     figure, axes = _pyplot().subplots(1, panels, figsize=(5.5 * panels, 4.8), squeeze=False)
     axes = axes[0]
     _ratio_points(axes[0], labels, [r["ratios"]["default/paper"] for r in timings], 0.0,
@@ -224,15 +226,12 @@ def cpu_ratio_chart(record: dict, directory: Path) -> Path | None:
         _ratio_points(axes[1], labels, [r["ratios"][key] for r in timings], offset,
                       key.replace("/", " / "))
     axes[1].set(ylabel="time ratio (x)", title="NSR layer / static nn.Conv2d")
-    if record["memory"]:
-        extra = {(r["case"], r["pass"], r["provider"]): r["extra_bytes"]
-                 for r in record["memory"]}
-        for offset, (top, bottom) in ((-0.2, ("default", "paper")),
-                                      (0.2, ("default", "static"))):
-            values = [extra.get((r["case"], r["pass"], top), np.nan)
-                      / (extra.get((r["case"], r["pass"], bottom)) or np.nan) for r in timings]
-            axes[2].bar(np.arange(len(labels)) + offset, values, 0.4,
-                        label=f"{top} / {bottom}")
+    if memory_ratios:
+        width = 0.8 / len(memory_ratios)
+        for index, (label, values) in enumerate(memory_ratios.items()):
+            offset = (index - (len(memory_ratios) - 1) / 2) * width
+            axes[2].bar(np.arange(len(labels)) + offset,
+                        [np.nan if v is None else v for v in values], width, label=label)
         axes[2].set(ylabel="peak memory ratio (x)", title="extra memory of one call")
     for axis in axes:
         axis.axhline(1.0, color="black", linewidth=0.8)
