@@ -137,3 +137,7 @@ def test_report_renders_the_stored_run_apart_from_gpu_numbers(tiny_run, tmp_path
     # Nothing GPU-shaped is drawn into the CPU section.
     assert "roofline" not in cpu_part.lower() and "cuda" not in cpu_part.lower()
     assert cpu_suite.newest(tmp_path)[0] == path
+    assert cli.main(["--results-dir", str(tmp_path), "report", "--markdown", str(markdown),
+                     "--no-charts"]) == 0
+    page = markdown.read_text()
+    assert "## CPU: " in page and "cpu_ratios.png" not in page
