@@ -28,7 +28,8 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
-# Re-render docs/performance.md and docs/images/ from the newest stored GPU run (no measuring).
+# Re-render docs/performance.md and docs/images/ from the newest stored GPU and CPU runs
+# (no measuring).
 report: setup
 	$(PY) -m bench report
 

@@ -2,22 +2,36 @@
 
 Without a subcommand: on a CUDA machine, check the kernels, run the full suite (W1-W4 in every
 precision and layout, the sweeps and the end-to-end jobs), store the JSON under bench/results/
-and render docs/performance.md. Without CUDA (in well under two minutes): check the kernels in
-the Triton interpreter on one tiny case, print the analytic cost table, and render the report
-from the newest stored GPU run, or say there is none.
+and render docs/performance.md. Without CUDA (in under two minutes on two cores): run the CPU
+suite (the paper's layer, the default layer and a static conv timed side by side, and their
+peak memory; see `cpu`), store its JSON, check the kernels in the Triton interpreter on one
+tiny case (in a child process, so the timing saw what backend='auto' means to a user), print
+the analytic cost table, and render the report from the newest stored GPU and CPU runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench import checks, hardware, harness, plots, providers, report, results
+from bench import (
+    checks,
+    cpu_cases,
+    cpu_report,
+    cpu_suite,
+    hardware,
+    harness,
+    plots,
+    providers,
+    report,
+    results,
+)
 from bench.costs import cost_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
@@ -135,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
                                               "on one tiny case (interpreter without CUDA)")
     check.add_argument("--device", choices=["cuda", "cpu"], default=_default_device())
     commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4")
+
+    cpu = commands.add_parser(
+        "cpu", help="time the paper's layer, the default layer and a static conv on this CPU",
+        description="The CPU suite: W1-expand, W1-reduce, W2 (forward, forward+backward) and "
+                    "a WDSR-NSR training step, three providers timed in interleaved rounds, "
+                    "with peak memory; stores one JSON file and re-renders the report.")
+    cpu.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                     help="torch threads for the whole run (default: torch's default, "
+                          f"{torch.get_num_threads()} here)")
+    cpu.add_argument("--budget", type=float, default=cpu_suite.CpuSettings.budget_s,
+                     help="seconds of timed rounds per layer measurement (default: "
+                          "%(default)s)")
+    cpu.add_argument("--train-budget", type=float,
+                     default=cpu_suite.CpuSettings.train_budget_s,
+                     help="seconds of timed rounds for the training step (default: "
+                          "%(default)s)")
+    cpu.add_argument("--min-rounds", type=int, default=cpu_suite.CpuSettings.min_rounds,
+                     help="rounds timed even past the budget (default: %(default)s)")
+    cpu.add_argument("--no-memory", action="store_true", help="skip the peak-memory child")
+    cpu.add_argument("--output", type=Path, default=None,
+                     help="JSON path (default: <results-dir>/<date>_cpu-suite_<commit>.json)")
+    cpu.add_argument("--no-report", action="store_true",
+                     help="do not re-render docs/performance.md afterwards")
     return parser
 
 
@@ -192,20 +229,57 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
     return _failed(outcome), path
 
 
+def command_cpu(args: argparse.Namespace) -> Path:
+    """Run the CPU suite, print its tables, store its JSON; the path written."""
+    settings = cpu_suite.CpuSettings(
+        threads=args.threads, min_rounds=args.min_rounds, budget_s=args.budget,
+        train_budget_s=args.train_budget, measure_memory=not args.no_memory)
+    try:
+        settings.check()
+        record = cpu_suite.run(cpu_cases.default_cases(), settings, _progress)
+    except (ValueError, RuntimeError) as error:
+        raise SystemExit(f"python -m bench cpu: {error}") from None
+    path = cpu_suite.write(record, args.output or cpu_suite.default_path(record,
+                                                                          args.results_dir))
+    print(f"CPU suite ({record['environment']['cpu_model']}, "
+          f"{record['environment']['torch_threads']} threads):")
+    print(cpu_report.timing_table(record))
+    if record["memory"]:
+        print("peak memory above the idle process (MiB):")
+        print(cpu_report.memory_table(record))
+    print(cpu_report.summary(record))
+    _progress(f"wrote {path}")
+    return path
+
+
+def _cpu_section(results_dir: Path, markdown: Path, images: Path | None) -> str | None:
+    """The report's CPU section from the newest stored CPU-suite run (without its chart when
+    ``images`` is None), or None."""
+    found = cpu_suite.newest(results_dir)
+    if found is None:
+        return None
+    path, record = found
+    print(f"report: CPU section from {_repo_relative(path)} "
+          f"({record['environment']['cpu_model']}, {record['created_utc']})")
+    return cpu_report.section(record, _repo_relative(path), markdown, images)
+
+
 def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
                    images: Path | None) -> int:
     if input_path is not None:
         found = (input_path, results.load(input_path))
     else:
         found = results.newest(results_dir, "cuda")
+    cpu_section = _cpu_section(results_dir, markdown, images)
     if found is None:
-        page = report.render_without_results(_repo_relative(results_dir), markdown)
+        page = report.render_without_results(_repo_relative(results_dir), markdown,
+                                             cpu_section)
         print(f"report: no GPU results stored in {_repo_relative(results_dir)}; wrote {page} "
-              "with the analytic costs only")
+              "without GPU measurements")
         return 0
     path, run = found
     env = run["environment"]
-    page = report.render(run, _repo_relative(path), markdown, images)
+    page = report.render(run, _repo_relative(path), markdown, images, cpu_section)
     print(f"report: rendered {page} from {_repo_relative(path)} "
           f"({env['device_name']}, {run['created_utc']}, commit {env['git_commit'][:12]})")
     return 0
@@ -238,10 +312,11 @@ def command_lease(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _use_interpreter_without_cuda()
     if args.command == "lease":
+        _use_interpreter_without_cuda()
         return command_lease(args)
     if args.command == "check":
+        _use_interpreter_without_cuda()
         return command_check(args.device)
     if args.command == "costs":
         return command_costs()
@@ -251,7 +326,14 @@ def main(argv: list[str] | None = None) -> int:
                                   None if args.no_charts else args.images)
         except plots.MissingMatplotlibError as error:
             raise SystemExit(f"python -m bench report: {error}") from None
+    if args.command == "cpu":
+        command_cpu(args)
+        if not args.no_report:
+            command_report(None, args.results_dir, report.DEFAULT_MARKDOWN,
+                           report.DEFAULT_IMAGES)
+        return 0
     if args.command == "run":
+        _use_interpreter_without_cuda()
         status, path = command_run(args)
         if args.report and args.device == "cuda":
             command_report(path, args.results_dir, report.DEFAULT_MARKDOWN,
@@ -260,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     # No subcommand: the main job (`make bench`).
     if torch.cuda.is_available():
         return main(["--results-dir", str(args.results_dir), "run", "--report"])
-    status = command_check("cpu")
+    command_cpu(build_parser().parse_args(["--results-dir", str(args.results_dir), "cpu"]))
+    # The interpreter is set up in a child: here backend='auto' must keep meaning torch.
+    sys.stdout.flush()
+    status = subprocess.run([sys.executable, "-m", "bench", "check", "--device", "cpu"],
+                            cwd=results.REPO_ROOT, check=False).returncode
     command_costs()
     command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)
     return status

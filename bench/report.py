@@ -219,9 +219,9 @@ def end_to_end_table(run: dict) -> str | None:
 
 
 def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
-           images: Path | None = DEFAULT_IMAGES) -> Path:
+           images: Path | None = DEFAULT_IMAGES, cpu_section: str | None = None) -> Path:
     """Write the charts under ``images`` (none when it is None) and the page at ``markdown``;
-    return its path."""
+    return its path. ``cpu_section`` (bench.cpu_report.section), when given, ends the page."""
     charts = plots.render_all(run, images) if images is not None else {}
     precision, layout = plots.headline(run)
     parts = [
@@ -257,6 +257,8 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
     parts.append("## Every configuration")
     for name, workload in _layer_workloads(run).items():
         parts += [f"### {name}: {workload.description}", full_table(run, name)]
+    if cpu_section:
+        parts.append(cpu_section)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n\n".join(parts) + "\n")
     return markdown
@@ -323,16 +325,20 @@ def ratio_table(run: dict) -> str:
                            "paper / triton_nsr", "triton_nsr / static", "peak MiB"], table)
 
 
-def render_without_results(directory: Path, markdown: Path = DEFAULT_MARKDOWN) -> Path:
-    """The page when no GPU run is stored: it says so and shows the analytic costs only."""
+def render_without_results(directory: Path, markdown: Path = DEFAULT_MARKDOWN,
+                           cpu_section: str | None = None) -> Path:
+    """The page when no GPU run is stored: it says so and shows the analytic costs, then
+    ``cpu_section`` (bench.cpu_report.section) when given."""
     parts = [
         "# Performance",
-        f"**No GPU results are stored** in `{directory}`: this page has no measurements. "
+        f"**No GPU results are stored** in `{directory}`: this page has no GPU measurements. "
         "Run `python -m bench` (or `make bench`) on a machine with a CUDA GPU to measure and "
         "render them here.",
         "## Analytic cost (float32, forward)",
         cost_table(main_workloads()),
     ]
+    if cpu_section:
+        parts.append(cpu_section)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n\n".join(parts) + "\n")
     return markdown

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from triton_nsr import NSRConv2d, reference
 from triton_nsr.models import WDSRNSR
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -52,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--groups", type=int, default=4, help="sparsity groups k")
     net.add_argument("--cardinals", type=int, default=16, help="sparsity cardinals d")
     net.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    net.add_argument("--layer", choices=("triton_nsr", "paper"), default="triton_nsr",
+                     help="'paper': every NSR layer on the paper's formulation "
+                          "(triton_nsr.reference.NSRConv2d, ignores --backend), a baseline for "
+                          "speed and memory")
     net.add_argument("--compile", action="store_true", help="torch.compile the model")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=1000)
@@ -178,13 +183,30 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, torch.device(device)
 
 
+def use_paper_layers(model: torch.nn.Module) -> None:
+    """Put every NSR layer of ``model`` on the paper's formulation, in place.
+
+    The two layer classes have the same constructor, parameters and state and differ only in
+    the function computing the layer, so changing the class keeps the parameters, their values
+    and the weight norm.
+    """
+    for module in model.modules():
+        if isinstance(module, NSRConv2d):
+            module.__class__ = reference.NSRConv2d
+
+
 def build_model(args, device) -> WDSRNSR:
     options = {"backend": args.backend, "device": device, "lr_patch_size": args.patch_size}
     if args.small:
-        return WDSRNSR.small(scale=args.scale, **options)
-    return WDSRNSR(scale=args.scale, num_blocks=args.num_blocks, num_residual_units=args.units,
-                   width_multiplier=args.width, num_sparsity_groups=args.groups,
-                   num_sparsity_cardinals=args.cardinals, **options)
+        model = WDSRNSR.small(scale=args.scale, **options)
+    else:
+        model = WDSRNSR(scale=args.scale, num_blocks=args.num_blocks,
+                        num_residual_units=args.units, width_multiplier=args.width,
+                        num_sparsity_groups=args.groups, num_sparsity_cardinals=args.cardinals,
+                        **options)
+    if args.layer == "paper":
+        use_paper_layers(model)
+    return model
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, args) -> None:

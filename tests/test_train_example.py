@@ -1,5 +1,6 @@
 """examples/train_sr.py runs end to end on tiny data and writes a checkpoint WDSRNSR can load."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from triton_nsr import NSRConv2d, reference
 from triton_nsr.models import WDSRNSR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +58,22 @@ def test_one_step_on_a_folder_of_images(tmp_path):
                         *TINY)
     assert result.returncode == 0, result.stderr
     check_checkpoint(tmp_path / "run" / "latest.pth", 1)
+
+
+def test_layer_paper_puts_every_nsr_layer_on_the_papers_formulation():
+    spec = importlib.util.spec_from_file_location("train_sr", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--synthetic", *TINY])
+    torch.manual_seed(0)
+    ours = script.build_model(args, "cpu")
+    torch.manual_seed(0)
+    paper = script.build_model(script.parse_args(["--synthetic", "--layer", "paper", *TINY]),
+                               "cpu")
+    layers = [m for m in paper.modules() if isinstance(m, reference.NSRConv2d)]
+    assert layers and not any(isinstance(m, NSRConv2d) for m in layers)
+    lr = torch.rand(2, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(paper(lr), ours(lr), atol=1e-5, rtol=1e-5)
+    paper(lr).sum().backward()  # the weight norm still reaches the swapped layers
+    assert all(m.weight_g.grad is not None for m in layers)
