@@ -128,7 +128,7 @@ class Harness:
                                                                  for j in jobs}
         run = results.new_run(s.device, asdict(s), self.peaks, catalogue)
         plan = [(w, p, layout) for w in workloads for p, layout in self._configs(w)]
-        e2e_providers = [p for p in s.providers if p in end_to_end.BACKENDS]
+        e2e_providers = [p for p in s.providers if p in end_to_end.PROVIDERS]
         self._total = sum(len(s.providers) * len(self._passes(w)) for w, _, _ in plan)
         self._total += len(jobs) * len(e2e_providers)
         with hardware.cudnn_benchmark(s.cudnn_benchmark and s.device == "cuda"):
