@@ -57,22 +57,23 @@ def test_every_kept_gemm_config_compiles_to_wgmma(odd_bf16):
         assert c["mma"] == "wgmma", c
 
 
-def forward_routes(data, operand):
-    return {c["operands"][operand]["route"] for c in gemm_compiles(data)
-            if c["kernel"] == "conv_fwd_kernel"}
+def routes(data, kernel, operand, layout):
+    return {c["operands"][operand]["route"] for c in gemm_compiles(data, layout)
+            if c["kernel"] == kernel}
 
 
-def test_operand_routes_read_from_the_ptx(odd_bf16, tmp_path):
-    # NCHW bf16: a tap shift moves the pixel tile by 2 bytes, so the input tile is loaded
-    # synchronously. channels_last with 24 channels: the column stride 24 is not a multiple of
-    # 16 for the JIT, so the 16-byte alignment cannot be proven either.
-    assert forward_routes(odd_bf16, 0) == {"ld.global 2B"}
-    # With 32 channels (W1-expand) channels_last reaches 16-byte cp.async for the input tile.
-    w1 = run_report(tmp_path, "--shape", "W1-expand", "--precision", "bf16", "--layout",
-                    "channels_last")
-    assert forward_routes(w1, 0) == {"cp.async 16B"}
-    # The per-sample weights (B, out, Cg, kh, kw) have no contiguous [c, o] dimension.
-    assert forward_routes(odd_bf16, 1) == forward_routes(w1, 1) == {"ld.global 2B"}
+def test_operand_routes_read_from_the_ptx(odd_bf16):
+    # NCHW bf16 at width 29: rows 58 bytes apart, which TMA cannot take, so the input tile is
+    # gathered by pointers (a tap shift moves it by 2 bytes: synchronous 2-byte loads).
+    assert {r["path"] for r in odd_bf16["rows"] if r["kernel"] == "conv_fwd_kernel"
+            and r["layout"] == "nchw"} == {"gather"}
+    assert routes(odd_bf16, "conv_fwd_kernel", 0, "nchw") == {"ld.global 2B"}
+    # channels_last: 24 channels = 48 bytes per pixel, a TMA box at every tap.
+    assert routes(odd_bf16, "conv_fwd_kernel", 0, "channels_last") == {"TMA"}
+    # The packed per-sample weights are contiguous along K with 16-element strides.
+    for kernel in ("conv_fwd_kernel", "conv_bwd_input_kernel"):
+        for layout in ("nchw", "channels_last"):
+            assert routes(odd_bf16, kernel, 1, layout) == {"cp.async 16B"}
 
 
 @pytest.mark.xfail(strict=True, reason="Hopper main loops not rewritten yet (issue 10, part 3): "

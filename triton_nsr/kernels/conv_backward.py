@@ -32,11 +32,23 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
-from triton_nsr.kernels.tiling import program_tile, sample_and_group
+from triton_nsr.kernels.operands import (
+    input_route,
+    pack_input_grad_weight,
+    set_descriptor_allocator,
+    tile_width,
+)
+from triton_nsr.kernels.tiling import (
+    program_blocks,
+    program_tile,
+    sample_and_group,
+    spatial_tile,
+    spatial_tiles,
+)
 
-# As CONV_KEY, with dy's column stride for the layout.
+# As CONV_KEY, with dy's column stride for the layout and dy's route.
 INPUT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
-                  "kernel_w", "grad_output_w_stride", "PRECISION"]
+                  "kernel_w", "grad_output_w_stride", "INPUT_ROUTE", "PRECISION"]
 WEIGHT_GRAD_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
@@ -67,42 +79,57 @@ MIN_PIXELS_PER_SPLIT = 4096
 @triton.jit
 def conv_bwd_input_kernel(
     grad_output_pointer, weight_pointer, grad_input_pointer,
-    groups, in_group_channels, out_group_channels, in_pixels, tuning_pixels,
+    groups, in_group_channels, out_group_channels, tuning_pixels, weight_channels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
     grad_output_w_stride,
-    weight_batch_stride, weight_out_stride, weight_in_stride, weight_h_stride, weight_w_stride,
+    weight_batch_stride, weight_group_stride, weight_out_stride, weight_in_stride,
+    weight_h_stride, weight_w_stride,
     grad_input_batch_stride, grad_input_channel_stride, grad_input_h_stride,
     grad_input_w_stride,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INDEX_DTYPE: tl.constexpr,
+    INPUT_ROUTE: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[b] = conv_transpose2d(dy[b], w[b]) for every sample b.
 
     Pointers:
-        grad_output (B, out, Ho, Wo), any strides.
-        weight (B, out, Cg, kh, kw), any strides.
+        grad_output (B, out, Ho, Wo), any strides; INPUT_ROUTE "tma_nchw" / "tma_channels_last"
+            reads it through a TMA descriptor (stride 1 only), "gather" by pointers.
+        weight: w[b, g*OG + o, c, r, t] at b*batch + g*group + o*out + c*in + r*h + t*w strides;
+            output channels o in [OG, weight_channels) must read as zeros
+            (operands.pack_input_grad_weight's layout keeps o contiguous).
         grad_input (B, C, H, W), any strides; every element is written.
     Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel); tuning_pixels (the key's
     size class of H*W) is not read by the body.
-    Grid: (B * groups * cdiv(H*W, BLOCK_M) * cdiv(Cg, BLOCK_N),); one flat loop over
-    (tap, output-channel block).
+    Grid: (B * groups * spatial_tiles(H, W, BLOCK_M, TILE_W) * cdiv(Cg, BLOCK_N),); one flat
+    loop over (tap, output-channel block).
     """
-    sample_group, _, offs_m, offs_n = program_tile(
-        tl.program_id(0), in_pixels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
+    num_m_blocks = tl.cdiv(in_h, BLOCK_M // TILE_W) * tl.cdiv(in_w, TILE_W)
+    sample_group, m_block, n_block = program_blocks(
+        tl.program_id(0), num_m_blocks, tl.cdiv(in_group_channels, BLOCK_N))
     sample, group = sample_and_group(sample_group, groups, INDEX_DTYPE)
-    mask_m = offs_m < in_pixels
+    row0, col0, in_row, in_col = spatial_tile(m_block, in_w, BLOCK_M, TILE_W, INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
+    mask_m = (in_row < in_h) & (in_col < in_w)
     mask_n = offs_n < in_group_channels
-    in_row = offs_m // in_w
-    in_col = offs_m % in_w
     row_origin = in_row + pad_h
     col_origin = in_col + pad_w
 
     grad_output_sample = (grad_output_pointer + sample * grad_output_batch_stride
                           + group * out_group_channels * grad_output_channel_stride)
-    weight_sample = (weight_pointer + sample * weight_batch_stride
-                     + group * out_group_channels * weight_out_stride
+    if INPUT_ROUTE == "tma_nchw":
+        grad_output_boxes = tl.make_tensor_descriptor(
+            grad_output_sample, shape=[out_group_channels, out_h, out_w],
+            strides=[grad_output_channel_stride, grad_output_h_stride, 1],
+            block_shape=[BLOCK_K, BLOCK_M // TILE_W, TILE_W])
+    elif INPUT_ROUTE == "tma_channels_last":
+        grad_output_boxes = tl.make_tensor_descriptor(
+            grad_output_sample, shape=[out_h, out_w, out_group_channels],
+            strides=[grad_output_h_stride, grad_output_w_stride, 1],
+            block_shape=[BLOCK_M // TILE_W, TILE_W, BLOCK_K])
+    weight_sample = (weight_pointer + sample * weight_batch_stride + group * weight_group_stride
                      + offs_n[None, :] * weight_in_stride)
 
     num_o_blocks = tl.cdiv(out_group_channels, BLOCK_K)
@@ -112,23 +139,35 @@ def conv_bwd_input_kernel(
         o_start = (step % num_o_blocks) * BLOCK_K
         r = tap // kernel_w
         t = tap % kernel_w
-        # The output pixel that tap (r, t) maps onto this input pixel exists only where the
-        # strided grid hits it exactly and lands inside the output.
-        row_span = row_origin - r * dilation_h
-        col_span = col_origin - t * dilation_w
-        out_row = row_span // stride_h
-        out_col = col_span // stride_w
-        pixel_ok = (mask_m & (row_span >= 0) & (row_span % stride_h == 0) & (out_row < out_h)
-                    & (col_span >= 0) & (col_span % stride_w == 0) & (out_col < out_w))
         offs_k = (o_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
-        mask_k = offs_k < out_group_channels
-        pixel = out_row * grad_output_h_stride + out_col * grad_output_w_stride
-        a = tl.load(grad_output_sample + pixel[:, None]
-                    + offs_k[None, :] * grad_output_channel_stride,
-                    mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+        if INPUT_ROUTE == "tma_nchw":
+            # Stride 1: tap (r, t) reads dy at (h + pad_h - r*dil_h, w + pad_w - t*dil_w); the
+            # box's zero fill covers the output's edges.
+            a = grad_output_boxes.load([o_start, row0 + pad_h - r * dilation_h,
+                                        col0 + pad_w - t * dilation_w])
+            a = tl.trans(tl.reshape(a, (BLOCK_K, BLOCK_M)))
+        elif INPUT_ROUTE == "tma_channels_last":
+            a = grad_output_boxes.load([row0 + pad_h - r * dilation_h,
+                                        col0 + pad_w - t * dilation_w, o_start])
+            a = tl.reshape(a, (BLOCK_M, BLOCK_K))
+        else:
+            # The output pixel that tap (r, t) maps onto this input pixel exists only where the
+            # strided grid hits it exactly and lands inside the output.
+            row_span = row_origin - r * dilation_h
+            col_span = col_origin - t * dilation_w
+            out_row = row_span // stride_h
+            out_col = col_span // stride_w
+            pixel_ok = (mask_m & (row_span >= 0) & (row_span % stride_h == 0)
+                        & (out_row < out_h) & (col_span >= 0) & (col_span % stride_w == 0)
+                        & (out_col < out_w))
+            pixel = out_row * grad_output_h_stride + out_col * grad_output_w_stride
+            a = tl.load(grad_output_sample + pixel[:, None]
+                        + offs_k[None, :] * grad_output_channel_stride,
+                        mask=pixel_ok[:, None] & (offs_k < out_group_channels)[None, :],
+                        other=0.0)
         w = tl.load(weight_sample + offs_k[:, None] * weight_out_stride
                     + (r * weight_h_stride + t * weight_w_stride),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                    mask=(offs_k < weight_channels)[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     in_channel = group * in_group_channels + offs_n
@@ -244,22 +283,28 @@ def conv_bwd_input(
     out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
     out_h, out_w = grad_output.shape[2:]
     out_group_channels = out_channels // groups
-    in_pixels = in_h * in_w
+    packed, weight_strides, weight_channels = pack_input_grad_weight(weight, groups)
+    route, _ = input_route(grad_output, out_group_channels, stride, pad, dilation,
+                           (kernel_h, kernel_w))
+    tile_w = tile_width(in_w)
+    set_descriptor_allocator(grad_output)
 
     def grid(meta):
-        return (batch * groups * triton.cdiv(in_pixels, meta["BLOCK_M"])
+        return (batch * groups * spatial_tiles(in_h, in_w, meta["BLOCK_M"], tile_w)
                 * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
 
     conv_bwd_input_kernel[grid](
-        grad_output, weight, grad_input,
-        groups, in_group_channels, out_group_channels, in_pixels, size_class(in_pixels),
+        grad_output, packed, grad_input,
+        groups, in_group_channels, out_group_channels, size_class(in_h * in_w), weight_channels,
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-        *grad_output.stride(), *weight.stride(), *grad_input.stride(),
+        *grad_output.stride(), *weight_strides, *grad_input.stride(),
         ACC_DTYPE=accumulator_dtype(grad_input.dtype),
         PRECISION=dot_precision(grad_input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((grad_output, weight, grad_input), pad, dilation,
+        INDEX_DTYPE=index_dtype((grad_output, packed, grad_input), pad, dilation,
                                 (kernel_h, kernel_w)),
+        INPUT_ROUTE=route,
+        TILE_W=tile_w,
     )
     return grad_input
 

@@ -74,6 +74,7 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
                                                  launch.batch)
                         rows.append({"shape": shape.name, "precision": precision,
                                      "layout": layout, "kernel": launch.kernel,
+                                     "path": launch.kwargs.get("INPUT_ROUTE"),
                                      "compile": keys[key], "traffic": traffic})
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
