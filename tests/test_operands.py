@@ -98,3 +98,26 @@ def test_tma_routes_match_conv2d(case):
     conv_bwd_weight(dy, x, (ks, ks), (1, 1), pads, (1, 1), groups, False, grad_weight, grad_bias)
     assert_close(grad_weight, w_ref.grad)
     assert_close(grad_bias, b_ref.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last):
+    # The all-taps kernel runs for 16-bit inputs on a GPU; here it runs in float32, several
+    # output- and input-channel tiles, rows split into bands, padding 2 on one side.
+    from triton_nsr.kernels import conv_backward
+
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 3)
+    x = torch.randn(2, 36, 7, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, 66, 36, 3, 3, requires_grad=True)
+    pad = (2, 2, 1, 1)
+    expected = torch.cat([F.conv2d(F.pad(x[i:i + 1], (1, 1, 2, 2)), weight[i])
+                          for i in range(2)])
+    dy = torch.randn_like(expected)
+    expected.backward(dy)
+    grad_weight, grad_bias = torch.empty_like(weight), torch.empty(2, 66)
+    conv_bwd_weight(dy, x, (3, 3), (1, 1), pad, (1, 1), 1, False, grad_weight, grad_bias)
+    assert_close(grad_weight, weight.grad, "grad_weight")
+    assert_close(grad_bias, dy.sum(dim=(2, 3)), "grad_bias")
