@@ -156,8 +156,8 @@ def test_table_lookup_is_keyed_by_source_configs_triton_and_device():
 def test_source_hash_follows_the_jitted_functions_a_kernel_calls(monkeypatch):
     before = tuned_configs.source_hash(conv.conv_fwd_kernel.fn)
     assert before == tuned_configs.source_hash(conv.conv_fwd_kernel.fn)
-    # program_tile lives in tiling.py; a kernel that calls another version hashes differently.
-    monkeypatch.setitem(conv.conv_fwd_kernel.fn.fn.__globals__, "program_tile",
+    # program_blocks lives in tiling.py; a kernel that calls another version hashes differently.
+    monkeypatch.setitem(conv.conv_fwd_kernel.fn.fn.__globals__, "program_blocks",
                         conv.conv_fwd_kernel.fn.fn.__globals__["sample_and_group"])
     assert tuned_configs.source_hash(conv.conv_fwd_kernel.fn) != before
 
