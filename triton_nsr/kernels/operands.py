@@ -28,8 +28,6 @@ from __future__ import annotations
 import torch
 import triton
 
-from triton_nsr.kernels.autotune import INTERPRETED
-
 # Strides of the packed weight copies are multiples of this many elements.
 PACK = 16
 # TMA needs 16-byte aligned base addresses and strides.
@@ -100,12 +98,13 @@ def input_route(input: torch.Tensor, group_channels: int, stride, pad, dilation,
         return "gather", f"strides {input.stride()}: not multiples of {TMA_ALIGN_BYTES} bytes"
     if input.data_ptr() % TMA_ALIGN_BYTES:
         return "gather", f"address {input.data_ptr():#x} not {TMA_ALIGN_BYTES}-byte aligned"
-    if INTERPRETED and route == "tma_nchw":
-        # The interpreter refuses boxes whose innermost coordinate is not 16-byte aligned; the
-        # compiled TMA has no such limit. Tap shifts move the column coordinate.
+    if route == "tma_nchw":
+        # A box whose innermost (column) coordinate is not 16-byte aligned is refused by the
+        # interpreter and, on an H200 with Triton 3.6, faults ("illegal instruction"): every
+        # NCHW launch with a tap-shifted column did. Tap shifts move the column coordinate.
         shifts = {(t * dilation[1] - pad[2]) * size for t in range(kernel_size[1])}
         if any(s % TMA_ALIGN_BYTES for s in shifts):
-            return "gather", "interpreter: tap-shifted columns are not 16-byte aligned"
+            return "gather", "tap-shifted columns are not 16-byte aligned for a TMA box"
     return route, ""
 
 
