@@ -101,10 +101,10 @@ def test_forward_and_input_gradient_tma_paths_meet_the_hopper_criteria(odd_bf16,
             assert meets_criteria(c), c
 
 
-@pytest.mark.xfail(strict=True, reason="the all-taps weight gradient waits for every wgmma "
-                   "(depth 0) and spills on some configs: docs/kernels.md")
+@pytest.mark.xfail(strict=True, reason="the weight gradient misses the criteria on some "
+                   "configs (docs/kernels.md)")
 def test_weight_gradient_meets_the_hopper_criteria(odd_bf16):
-    compiles = gemm_compiles(odd_bf16, "channels_last", "bf16", ("conv_bwd_weight_3x3_kernel",))
+    compiles = gemm_compiles(odd_bf16, "channels_last", "bf16", ("conv_bwd_weight_kernel",))
     assert compiles
     for c in compiles:
         assert meets_criteria(c), c
@@ -112,7 +112,11 @@ def test_weight_gradient_meets_the_hopper_criteria(odd_bf16):
 
 TRAFFIC = """
 import json
+import torch
+from triton_nsr.kernels import conv_backward
 from triton_nsr.kernels.capture import capture, kernels
+# The all-taps kernel is off on GPUs until it is fixed there; its traffic model still holds.
+conv_backward.ALL_TAPS_DTYPES = (torch.bfloat16,)
 from triton_nsr.kernels.report import SHAPES, kept_configs
 from triton_nsr.kernels.traffic import l2_to_sm_bytes
 ratios = {}
@@ -153,10 +157,10 @@ def test_capture_records_forward_and_backward_launches():
     assert names.count("mix_fwd_kernel") == 2  # weight and bias banks
     assert names.count("conv_fwd_kernel") == 1
     assert names.count("conv_bwd_input_kernel") == 1
-    # bf16 3x3 at stride 1: the all-taps weight gradient.
-    assert names.count("conv_bwd_weight_3x3_kernel") == 1
-    assert "conv_bwd_weight_kernel" not in names
-    weight_grad = launches[names.index("conv_bwd_weight_3x3_kernel")][1]
+    # The all-taps weight gradient is off (kernels/conv_backward.py ALL_TAPS_DTYPES): per tap.
+    assert names.count("conv_bwd_weight_kernel") == 1
+    assert "conv_bwd_weight_3x3_kernel" not in names
+    weight_grad = launches[names.index("conv_bwd_weight_kernel")][1]
     # Batch 1 at 512x512 splits the pixel sum for an H200's 132 SMs.
     assert weight_grad["num_splits"] > 1
     forward = launches[names.index("conv_fwd_kernel")][1]

@@ -76,9 +76,14 @@ REMOVED_WEIGHT_GRAD_3X3_CONFIGS = [
     (triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
      "9 accumulators and three carried dy tiles pass 255 registers on 4 warps: 16-80 B spilled"),
 ]
-# The all-taps kernel runs for 16-bit inputs. In float32 its operand tiles double and ptxas
-# spills 8-1672 B in every config (docs/kernels.md), so TF32 and IEEE keep the per-tap kernel.
-ALL_TAPS_DTYPES = (torch.bfloat16, torch.float16)
+# The dtypes the all-taps kernel runs for: none, for now. It was written for 16-bit inputs (in
+# float32 its operand tiles double and ptxas spills 8-1672 B in every config), and it matches
+# F.conv2d in the interpreter in float32 and float16, but on an H200 (Triton 3.6, the lease of
+# 2026-11-30) its bfloat16 and float16 kernel gradients were wrong (relative error 0.57-0.9)
+# while the per-tap kernel's float32 and TF32 ones were right. Until it is fixed and checked on a
+# GPU, every dtype takes the per-tap kernel. tests/test_operands.py still runs it in the
+# interpreter and the kernel report still compiles it, so it does not rot meanwhile.
+ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = ()
 # Layouts of both operands, precision, pixel class and the split count.
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
