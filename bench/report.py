@@ -70,6 +70,15 @@ def provenance(run: dict, source: Path) -> str:
         f"- source: `{source}`",
         f"- kernel check before measuring: {_kernel_check(run)}",
     ]
+    if env.get("git_commit_note"):
+        lines.append(f"- commit note: {env['git_commit_note']}")
+    failed = sorted({(r["precision"], r["layout"]) for r in run.get("smoke", [])
+                     if r["status"] == "failed"})
+    if failed:
+        cases = ", ".join(f"{precision} {layout}" for precision, layout in failed)
+        lines.append(f"- **the correctness smoke failed for {cases}** (see the GPU lease "
+                     "section): the `triton_nsr` timings in those settings measure kernels that "
+                     "computed a wrong result")
     return "\n".join(lines)
 
 
