@@ -2,7 +2,7 @@
 
 Without a subcommand: on a CUDA machine, check the kernels, run the full suite (W1-W4 in every
 precision and layout, the sweeps and the end-to-end jobs), store the JSON under bench/results/
-and render docs/performance.md. Without CUDA (in under two minutes on two cores): run the CPU
+and render docs/performance.md. Without CUDA (about 5 minutes on a 2-core CPU): run the CPU
 suite (the paper's layer, the default layer and a static conv timed side by side, and their
 peak memory; see `cpu`), store its JSON, check the kernels in the Triton interpreter on one
 tiny case (in a child process, so the timing saw what backend='auto' means to a user), print
@@ -49,18 +49,27 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _use_interpreter_without_cuda() -> None:
-    """Run Triton kernels in the CPU interpreter when there is no GPU.
+def _needs_interpreter_child() -> bool:
+    """Whether a command that launches Triton kernels must rerun itself in a child process.
 
-    Triton reads TRITON_INTERPRET when it is imported; nothing before this point imports it
-    (triton_nsr and bench import it lazily), so setting it here is early enough.
+    Without CUDA the kernels run in Triton's CPU interpreter, which Triton reads from
+    TRITON_INTERPRET when it is imported, and importing triton_nsr already imports triton
+    (through torch._dynamo). So unless the variable was set before this process started, the
+    command reruns in a child that has it (`python -m bench` itself keeps backend='auto'
+    meaning the torch backend for its CPU timing).
     """
-    if torch.cuda.is_available():
-        return
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        _progress("warning: triton was imported before TRITON_INTERPRET=1 could be set; "
-                  "kernel checks may fail")
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    return not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _run_in_interpreter(argv: list[str]) -> int:
+    """``python -m bench ARGV`` in a child process with TRITON_INTERPRET=1; its exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path = os.pathsep.join(p for p in (str(results.REPO_ROOT), os.environ.get("PYTHONPATH"))
+                           if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    return subprocess.run([sys.executable, "-m", "bench", *argv], env=env,
+                          check=False).returncode
 
 
 def _repo_relative(path: Path) -> Path:
@@ -68,6 +77,22 @@ def _repo_relative(path: Path) -> Path:
         return Path(path).resolve().relative_to(results.REPO_ROOT)
     except ValueError:
         return Path(path)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option and the value on failure)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "channels_last on cuda, nchw on cpu)")
     run.add_argument("--passes", nargs="+", default=[FORWARD, FORWARD_BACKWARD],
                      choices=[FORWARD, FORWARD_BACKWARD], help="what to time (default: both)")
-    run.add_argument("--repeats", type=int, default=None,
+    run.add_argument("--repeats", type=positive_int, default=None,
                      help="timed repeats per measurement (default: 30 on cuda, 3 on cpu)")
-    run.add_argument("--warmup", type=int, default=None,
+    run.add_argument("--warmup", type=non_negative_int, default=None,
                      help="untimed calls first, for compiling and autotuning "
                           "(default: 5 on cuda, 1 on cpu)")
     run.add_argument("--output", type=Path, default=None,
@@ -215,7 +240,7 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
             providers=args.providers or (list(providers.PROVIDERS) if on_cuda
                                          else CPU_PROVIDERS),
             passes=args.passes,
-            repeats=args.repeats or (30 if on_cuda else 3),
+            repeats=args.repeats if args.repeats is not None else (30 if on_cuda else 3),
             warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),
         )
         settings.check()
@@ -311,12 +336,13 @@ def command_lease(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command in ("lease", "check", "run") and _needs_interpreter_child():
+        return _run_in_interpreter(argv)
     if args.command == "lease":
-        _use_interpreter_without_cuda()
         return command_lease(args)
     if args.command == "check":
-        _use_interpreter_without_cuda()
         return command_check(args.device)
     if args.command == "costs":
         return command_costs()
@@ -333,7 +359,6 @@ def main(argv: list[str] | None = None) -> int:
                            report.DEFAULT_IMAGES)
         return 0
     if args.command == "run":
-        _use_interpreter_without_cuda()
         status, path = command_run(args)
         if args.report and args.device == "cuda":
             command_report(path, args.results_dir, report.DEFAULT_MARKDOWN,
@@ -343,10 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         return main(["--results-dir", str(args.results_dir), "run", "--report"])
     command_cpu(build_parser().parse_args(["--results-dir", str(args.results_dir), "cpu"]))
-    # The interpreter is set up in a child: here backend='auto' must keep meaning torch.
-    sys.stdout.flush()
-    status = subprocess.run([sys.executable, "-m", "bench", "check", "--device", "cpu"],
-                            cwd=results.REPO_ROOT, check=False).returncode
+    # The kernel check runs in a child, in the interpreter: here backend='auto' keeps meaning
+    # the torch backend, as it did for the timing above.
+    status = _run_in_interpreter(["check", "--device", "cpu"])
     command_costs()
     command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)
     return status

@@ -133,6 +133,11 @@ def section(record: dict, source: Path, markdown: Path, images: Path | None) -> 
         provenance(record, source),
         summary(record),
         "### Time",
+        "`rounds`: interleaved rounds timed; `paper ms`, `default ms`, `static ms`: median "
+        "milliseconds per call [20th-80th percentile]; `default/paper`, `default/static`, "
+        "`paper/static`: median per-round time ratios [20th-80th percentile]; "
+        f"`<= {GOAL_RATIO:.2f}`: whether the median default/paper ratio meets the goal of "
+        f"{GOAL_RATIO:.2f}.",
         timing_table(record),
     ]
     if record["memory"]:

@@ -31,6 +31,7 @@ class GraphCounter:
         return graph_module.forward
 
 
+@pytest.mark.slow
 def test_fullgraph_compile_recompiles_at_most_once_across_batch_sizes():
     torch._dynamo.reset()
     model = tiny()
@@ -52,6 +53,7 @@ def test_fullgraph_compile_recompiles_at_most_once_across_batch_sizes():
     assert counter.graphs <= 2
 
 
+@pytest.mark.slow
 def test_inductor_compiles_forward_and_backward_at_most_twice_across_batch_sizes():
     # One weight-normed layer keeps Inductor's C++ compilation short.
     torch._dynamo.reset()

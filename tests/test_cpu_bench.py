@@ -57,6 +57,7 @@ def test_training_models_differ_only_in_their_nsr_layers():
     assert sorted(paper.state_dict()) == sorted(default.state_dict())
 
 
+@pytest.mark.slow
 def test_tiny_run_follows_the_schema(tiny_run):
     env = tiny_run["environment"]
     assert env["torch_threads"] == 1 and env["triton_interpret"] is None
@@ -88,6 +89,7 @@ def test_peak_memory_sees_a_torch_allocation_freed_within_the_call():
     assert size * 0.95 < measured["extra_bytes"] < size * 1.5
 
 
+@pytest.mark.slow
 def test_validate_names_what_is_missing(tiny_run):
     broken = copy.deepcopy(tiny_run)
     del broken["timings"][0]["ratios"]["paper/static"]
@@ -121,6 +123,7 @@ def test_interleaved_rounds_rotate_the_order():
     assert all(len(times) == 3 for times in samples.values())
 
 
+@pytest.mark.slow
 def test_report_renders_the_stored_run_apart_from_gpu_numbers(tiny_run, tmp_path):
     path = cpu_suite.write(tiny_run, cpu_suite.default_path(tiny_run, tmp_path))
     assert "_cpu-suite_" in path.name

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+# Each test compiles kernels down to ptxas in child processes: tens of seconds on 2 cores.
+pytestmark = pytest.mark.slow
 
 GEMM_KERNELS = ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel",
                 "conv_bwd_weight_3x3_kernel")

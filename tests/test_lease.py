@@ -33,6 +33,7 @@ def stored_snapshots(monkeypatch):
     return snapshots
 
 
+@pytest.mark.slow
 def test_tiny_lease_stores_every_measurement_and_stops_before_its_budget(tmp_path,
                                                                          stored_snapshots):
     budget = 20.0

@@ -203,6 +203,7 @@ def run_mode(f, mode, x, weight, rest):
     return out, torch.func.grad(lambda w: f(x, w, *rest).square().sum())(weight)
 
 
+@pytest.mark.slow
 @settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(backend=st.sampled_from(["torch", "triton", "auto"]),
        dtype=st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]),
