@@ -1,7 +1,9 @@
 """Mixing of the k kernel banks into per-sample kernels, forward and backward.
 
 A *bank* is any tensor viewed as (k, d, F): the conv weight (k*out, Cg, kh, kw) is the bank
-(k, d, F = out/d * Cg * kh * kw) and the bias (k*out,) is the bank (k, d, F = out/d). The
+(k, d, F = out/d * Cg * kh * kw) and the bias (k*out,) is the bank (k, d, F = out/d). Each
+kernel takes a first bank and an optional second one (the weight and the bias), whose tiles
+follow the first bank's in the same grid: one launch mixes, or differentiates, both. The
 routing weights s have shape (B, k, d). Forward:
 
     mixed[b, c, f] = sum_j s[b, j, c] * bank[j, c, f]                   (B, d, F)
@@ -10,6 +12,10 @@ Backward, for the gradient g = d loss / d mixed (B, d, F):
 
     d bank[j, c, f] = sum_b s[b, j, c] * g[b, c, f]                      (k, d, F)
     d s[b, j, c]    = sum_f bank[j, c, f] * g[b, c, f]                   (B, k, d)
+
+summed over both banks for d s. The gradient may come as S partial sums (S, B, d, F) (the
+kernel gradient's pixel splits, ``conv_backward.conv_bwd_weight``): the backward kernels add
+the S parts as they read them, so no summed copy is made.
 """
 
 from __future__ import annotations
@@ -37,27 +43,20 @@ _BANK_GRAD_CONFIGS = [
 _ROUTING_GRAD_CONFIGS = _BANK_GRAD_CONFIGS
 
 
-@tuned(_MIX_CONFIGS, key=["num_groups", "features"])
 @triton.jit
-def mix_fwd_kernel(
-    routing_pointer, bank_pointer, output_pointer,
+def _mix_tile(
+    routing_pointer, bank_pointer, output_pointer, tile,
     batch, num_groups, num_cardinals, features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     output_batch_stride, output_cardinal_stride, output_feature_stride,
     ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f].
-
-    Pointers: routing (B, k, d), bank (k, d, F), output (B, d, F); any strides.
-    Grid: (cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B),). Each program owns a (BLOCK_B, BLOCK_F) tile
-    of one cardinal and reads each bank row of it once for all BLOCK_B samples.
-    """
-    pid = tl.program_id(0).to(tl.int64)
+    """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j]."""
     num_f_blocks = tl.cdiv(features, BLOCK_F)
-    f_block = pid % num_f_blocks
-    cardinal = (pid // num_f_blocks) % num_cardinals
-    b_block = pid // (num_f_blocks * num_cardinals)
+    f_block = tile % num_f_blocks
+    cardinal = (tile // num_f_blocks) % num_cardinals
+    b_block = tile // (num_f_blocks * num_cardinals)
 
     offs_b = b_block * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -83,27 +82,60 @@ def mix_fwd_kernel(
              mask=mask_b[:, None] & mask_f[None, :])
 
 
-@tuned(_BANK_GRAD_CONFIGS, key=["num_groups", "features"])
+@tuned(_MIX_CONFIGS, key=["num_groups", "features", "second_features"])
 @triton.jit
-def mix_bwd_bank_kernel(
-    routing_pointer, grad_pointer, grad_bank_pointer,
-    batch, num_groups, num_cardinals, features,
+def mix_fwd_kernel(
+    routing_pointer, bank_pointer, second_bank_pointer, output_pointer, second_output_pointer,
+    batch, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-    grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
+    output_batch_stride, output_cardinal_stride, output_feature_stride,
+    second_output_batch_stride, second_output_cardinal_stride, second_output_feature_stride,
+    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
+
+    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F); when HAS_SECOND,
+    second_bank (k, d, F2) and second_output (B, d, F2); any strides.
+    Grid: (T1 + T2,) with T = cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B) per bank (T2 = 0 without
+    a second bank). Each program owns a (BLOCK_B, BLOCK_F) tile of one cardinal and reads each
+    bank row of it once for all BLOCK_B samples.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    first_tiles = (tl.cdiv(features, BLOCK_F) * num_cardinals * tl.cdiv(batch, BLOCK_B))
+    if pid < first_tiles:
+        _mix_tile(routing_pointer, bank_pointer, output_pointer, pid,
+                  batch, num_groups, num_cardinals, features,
+                  routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                  bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                  output_batch_stride, output_cardinal_stride, output_feature_stride,
+                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+    elif HAS_SECOND:
+        _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
+                  batch, num_groups, num_cardinals, second_features,
+                  routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                  second_bank_group_stride, second_bank_cardinal_stride,
+                  second_bank_feature_stride,
+                  second_output_batch_stride, second_output_cardinal_stride,
+                  second_output_feature_stride,
+                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+
+
+@triton.jit
+def _bank_grad_tile(
+    routing_pointer, grad_pointer, grad_bank_pointer, tile,
+    batch, num_splits, num_groups, features,
+    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
     grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
     ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """grad_bank[j, c, f] = sum_b routing[b, j, c] * grad[b, c, f].
-
-    Pointers: routing (B, k, d), grad (B, d, F), grad_bank (k, d, F); any strides.
-    Grid: (cdiv(F, BLOCK_F) * d,). Each program owns all k groups of one F tile of one cardinal
-    (BLOCK_GROUPS >= k), so each gradient row is read once and summed in a fixed order
-    (deterministic, no atomics).
-    """
-    pid = tl.program_id(0).to(tl.int64)
+    """All k rows of one F tile of one cardinal of grad_bank = sum_b routing[b] * grad[b]."""
     num_f_blocks = tl.cdiv(features, BLOCK_F)
-    f_block = pid % num_f_blocks
-    cardinal = pid // num_f_blocks
+    f_block = tile % num_f_blocks
+    cardinal = tile // num_f_blocks
 
     offs_j = tl.arange(0, BLOCK_GROUPS)
     offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -118,8 +150,12 @@ def mix_bwd_bank_kernel(
         # int64 before it multiplies a stride: B * d * F passes 2**31 for large layers.
         sample = tl.cast(sample, tl.int64)
         weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j, other=0.0)
-        grads = tl.load(grad_row + sample * grad_batch_stride, mask=mask_f, other=0.0)
-        acc += weights.to(ACC_DTYPE)[:, None] * grads.to(ACC_DTYPE)[None, :]
+        grads = tl.zeros((BLOCK_F,), dtype=ACC_DTYPE)
+        for split in range(num_splits):
+            grads += tl.load(grad_row + sample * grad_batch_stride
+                             + tl.cast(split, tl.int64) * grad_split_stride,
+                             mask=mask_f, other=0.0).to(ACC_DTYPE)
+        acc += weights.to(ACC_DTYPE)[:, None] * grads[None, :]
 
     grad_bank = (
         grad_bank_pointer
@@ -131,39 +167,122 @@ def mix_bwd_bank_kernel(
              mask=mask_j[:, None] & mask_f[None, :])
 
 
-@tuned(_ROUTING_GRAD_CONFIGS, key=["num_groups", "features"])
+@tuned(_BANK_GRAD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
 @triton.jit
-def mix_bwd_routing_kernel(
-    bank_pointer, grad_pointer, grad_routing_pointer,
-    num_groups, num_cardinals, features,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
-    grad_routing_batch_stride, grad_routing_group_stride, grad_routing_cardinal_stride,
-    ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+def mix_bwd_bank_kernel(
+    routing_pointer, grad_pointer, second_grad_pointer,
+    grad_bank_pointer, second_grad_bank_pointer,
+    batch, num_splits, num_groups, num_cardinals, features, second_features,
+    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
+    second_grad_feature_stride,
+    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+    second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
+    second_grad_bank_feature_stride,
+    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """grad_routing[b, j, c] = sum_f bank[j, c, f] * grad[b, c, f].
+    """grad_bank[j, c, f] = sum_b routing[b, j, c] * sum_s grad[s, b, c, f], for 1 or 2 banks.
 
-    Pointers: bank (k, d, F), grad (B, d, F), grad_routing (B, k, d); any strides.
-    Grid: (B * d,). Each program reduces the whole F axis of one (sample, cardinal) for all k
-    groups, so the result is written once, with no atomics and no partial buffers.
+    Pointers: routing (B, k, d); grad (S, B, d, F) and grad_bank (k, d, F); when HAS_SECOND,
+    second_grad (S, B, d, F2) and second_grad_bank (k, d, F2); any strides.
+    Grid: (cdiv(F, BLOCK_F) * d + cdiv(F2, BLOCK_F) * d,). Each program owns all k groups of one
+    F tile of one cardinal (BLOCK_GROUPS >= k), so each gradient row is read once and summed in
+    a fixed order (deterministic, no atomics).
     """
     pid = tl.program_id(0).to(tl.int64)
-    cardinal = pid % num_cardinals
-    sample = pid // num_cardinals
+    first_tiles = tl.cdiv(features, BLOCK_F) * num_cardinals
+    if pid < first_tiles:
+        _bank_grad_tile(routing_pointer, grad_pointer, grad_bank_pointer, pid,
+                        batch, num_splits, num_groups, features,
+                        routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                        grad_split_stride, grad_batch_stride, grad_cardinal_stride,
+                        grad_feature_stride,
+                        grad_bank_group_stride, grad_bank_cardinal_stride,
+                        grad_bank_feature_stride,
+                        ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+    elif HAS_SECOND:
+        _bank_grad_tile(routing_pointer, second_grad_pointer, second_grad_bank_pointer,
+                        pid - first_tiles,
+                        batch, num_splits, num_groups, second_features,
+                        routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                        second_grad_split_stride, second_grad_batch_stride,
+                        second_grad_cardinal_stride, second_grad_feature_stride,
+                        second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
+                        second_grad_bank_feature_stride,
+                        ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
 
+
+@triton.jit
+def _routing_grad_sum(
+    bank_pointer, grad_pointer, acc, cardinal, sample,
+    num_splits, num_groups, features,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """acc (BLOCK_GROUPS, BLOCK_F) += bank[:, c, f] * sum_s grad[s, b, c, f] over every F tile."""
     offs_j = tl.arange(0, BLOCK_GROUPS)
     mask_j = offs_j < num_groups
     bank_rows = bank_pointer + offs_j[:, None] * bank_group_stride + cardinal * bank_cardinal_stride
     grad_row = grad_pointer + sample * grad_batch_stride + cardinal * grad_cardinal_stride
-    acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
     for f_start in range(0, features, BLOCK_F):
         offs_f = f_start + tl.arange(0, BLOCK_F)
         mask_f = offs_f < features
         values = tl.load(bank_rows + offs_f[None, :] * bank_feature_stride,
                          mask=mask_j[:, None] & mask_f[None, :], other=0.0)
-        grads = tl.load(grad_row + offs_f * grad_feature_stride, mask=mask_f, other=0.0)
-        acc += values.to(ACC_DTYPE) * grads.to(ACC_DTYPE)[None, :]
+        grads = tl.zeros((BLOCK_F,), dtype=ACC_DTYPE)
+        for split in range(num_splits):
+            grads += tl.load(grad_row + offs_f * grad_feature_stride
+                             + tl.cast(split, tl.int64) * grad_split_stride,
+                             mask=mask_f, other=0.0).to(ACC_DTYPE)
+        acc += values.to(ACC_DTYPE) * grads[None, :]
+    return acc
 
+
+@tuned(_ROUTING_GRAD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
+@triton.jit
+def mix_bwd_routing_kernel(
+    bank_pointer, second_bank_pointer, grad_pointer, second_grad_pointer, grad_routing_pointer,
+    num_splits, num_groups, num_cardinals, features, second_features,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
+    second_grad_feature_stride,
+    grad_routing_batch_stride, grad_routing_group_stride, grad_routing_cardinal_stride,
+    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """grad_routing[b, j, c] = sum_f bank[j, c, f] * sum_s grad[s, b, c, f], over both banks.
+
+    Pointers: bank (k, d, F), grad (S, B, d, F); when HAS_SECOND, second_bank (k, d, F2) and
+    second_grad (S, B, d, F2); grad_routing (B, k, d); any strides.
+    Grid: (B * d,). Each program reduces the whole F axis of both banks for one (sample,
+    cardinal) and all k groups, so the result is written once, with no atomics and no partial
+    buffers.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    cardinal = pid % num_cardinals
+    sample = pid // num_cardinals
+
+    acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
+    acc = _routing_grad_sum(bank_pointer, grad_pointer, acc, cardinal, sample,
+                            num_splits, num_groups, features,
+                            bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                            grad_split_stride, grad_batch_stride, grad_cardinal_stride,
+                            grad_feature_stride, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+    if HAS_SECOND:
+        acc = _routing_grad_sum(second_bank_pointer, second_grad_pointer, acc, cardinal, sample,
+                                num_splits, num_groups, second_features,
+                                second_bank_group_stride, second_bank_cardinal_stride,
+                                second_bank_feature_stride,
+                                second_grad_split_stride, second_grad_batch_stride,
+                                second_grad_cardinal_stride, second_grad_feature_stride,
+                                ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+
+    offs_j = tl.arange(0, BLOCK_GROUPS)
     total = tl.sum(acc, axis=1)
     grad_routing = (
         grad_routing_pointer
@@ -171,63 +290,122 @@ def mix_bwd_routing_kernel(
         + offs_j * grad_routing_group_stride
         + cardinal * grad_routing_cardinal_stride
     )
-    tl.store(grad_routing, total.to(grad_routing_pointer.dtype.element_ty), mask=mask_j)
+    tl.store(grad_routing, total.to(grad_routing_pointer.dtype.element_ty),
+             mask=offs_j < num_groups)
 
 
-def mix_fwd(routing: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Mix banks per sample. routing (B, k, d), bank (k, d, F) -> (B, d, F) in bank's dtype."""
-    check_launchable(routing, bank)
+def _strides(tensor: torch.Tensor | None, dims: int) -> tuple[int, ...]:
+    return tensor.stride() if tensor is not None else (0,) * dims
+
+
+def mix_fwd(
+    routing: torch.Tensor,
+    bank: torch.Tensor,
+    second_bank: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mix one or two banks per sample, in one launch.
+
+    Args:
+        routing: (B, k, d), any floating dtype (read as is: no cast).
+        bank: (k, d, F); second_bank: (k, d, F2) or None (the bias).
+        dtype: of the outputs (default: bank's), e.g. bfloat16 mixed kernels from float32
+            banks under autocast.
+
+    Returns:
+        (B, d, F) and (B, d, F2) or None, contiguous.
+    """
+    check_launchable(routing, bank, second_bank)
     batch, num_groups, num_cardinals = routing.shape
     features = bank.shape[2]
-    output = torch.empty((batch, num_cardinals, features), dtype=bank.dtype, device=bank.device)
-    if output.numel() == 0:
-        return output
+    second_features = second_bank.shape[2] if second_bank is not None else 0
+    dtype = dtype or bank.dtype
+    output = torch.empty((batch, num_cardinals, features), dtype=dtype, device=bank.device)
+    second_output = (torch.empty((batch, num_cardinals, second_features), dtype=dtype,
+                                 device=bank.device) if second_bank is not None else None)
+    if batch == 0:
+        return output, second_output
 
     def grid(meta):
-        return (triton.cdiv(features, meta["BLOCK_F"]) * num_cardinals
-                * triton.cdiv(batch, meta["BLOCK_B"]),)
+        tiles = num_cardinals * triton.cdiv(batch, meta["BLOCK_B"])
+        return ((triton.cdiv(features, meta["BLOCK_F"])
+                 + triton.cdiv(second_features, meta["BLOCK_F"])) * tiles,)
 
     mix_fwd_kernel[grid](
-        routing, bank, output,
-        batch, num_groups, num_cardinals, features,
-        *routing.stride(), *bank.stride(), *output.stride(),
-        ACC_DTYPE=accumulator_dtype(bank.dtype),
+        routing, bank, second_bank if second_bank is not None else bank,
+        output, second_output if second_output is not None else output,
+        batch, num_groups, num_cardinals, features, second_features,
+        *routing.stride(), *bank.stride(), *_strides(second_bank, 3),
+        *output.stride(), *_strides(second_output, 3),
+        HAS_SECOND=second_bank is not None,
+        ACC_DTYPE=accumulator_dtype(torch.promote_types(bank.dtype, dtype)),
     )
-    return output
+    return output, second_output
 
 
 def mix_bwd(
-    grad: torch.Tensor, routing: torch.Tensor, bank: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`mix_fwd`.
+    grad: torch.Tensor,
+    second_grad: torch.Tensor | None,
+    routing: torch.Tensor,
+    bank: torch.Tensor,
+    second_bank: torch.Tensor | None = None,
+    need_banks: bool = True,
+    need_routing: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`mix_fwd`: at most one launch for the banks, one for the routing.
 
     Args:
-        grad: (B, d, F), the gradient of the mixed output.
-        routing: (B, k, d). bank: (k, d, F).
+        grad: (S, B, d, F), the gradient of the first output as S partial sums (S = 1 when it
+            comes whole). second_grad: (S, B, d, F2) when there is a second bank, else None.
+        routing: (B, k, d). bank: (k, d, F). second_bank: (k, d, F2) or None.
+        need_banks, need_routing: which gradients to compute.
 
     Returns:
-        grad_routing (B, k, d) in routing's dtype and grad_bank (k, d, F) in bank's dtype.
+        grad_routing (B, k, d) in routing's dtype, grad_bank (k, d, F) and grad_second_bank
+        (k, d, F2) in the banks' dtypes; None for what was not asked for.
     """
-    check_launchable(grad, routing, bank)
-    batch, num_groups, num_cardinals = routing.shape
-    features = bank.shape[2]
-    grad_routing = torch.empty_like(routing, memory_format=torch.contiguous_format)
-    grad_bank = torch.empty_like(bank, memory_format=torch.contiguous_format)
-    if batch == 0 or features == 0:
-        return grad_routing.zero_(), grad_bank.zero_()
-    acc_dtype = accumulator_dtype(bank.dtype)
+    check_launchable(grad, second_grad, routing, bank, second_bank)
+    num_splits, batch = grad.shape[:2]
+    num_groups, num_cardinals, features = bank.shape
+    second_features = second_bank.shape[2] if second_bank is not None else 0
+    has_second = second_bank is not None
+    grad_routing = grad_bank = grad_second_bank = None
+    if need_routing:
+        grad_routing = torch.empty_like(routing, memory_format=torch.contiguous_format)
+    if need_banks:
+        grad_bank = torch.empty_like(bank, memory_format=torch.contiguous_format)
+        if has_second:
+            grad_second_bank = torch.empty_like(second_bank,
+                                                memory_format=torch.contiguous_format)
+    acc_dtype = accumulator_dtype(torch.promote_types(bank.dtype, grad.dtype))
     block_groups = triton.next_power_of_2(num_groups)
+    if batch == 0:
+        for tensor in (grad_routing, grad_bank, grad_second_bank):
+            if tensor is not None:
+                tensor.zero_()
+        return grad_routing, grad_bank, grad_second_bank
+    second_grad_strides = _strides(second_grad, 4)
 
-    mix_bwd_bank_kernel[lambda meta: (triton.cdiv(features, meta["BLOCK_F"]) * num_cardinals,)](
-        routing, grad, grad_bank,
-        batch, num_groups, num_cardinals, features,
-        *routing.stride(), *grad.stride(), *grad_bank.stride(),
-        ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-    )
-    mix_bwd_routing_kernel[(batch * num_cardinals,)](
-        bank, grad, grad_routing,
-        num_groups, num_cardinals, features,
-        *bank.stride(), *grad.stride(), *grad_routing.stride(),
-        ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-    )
-    return grad_routing, grad_bank
+    if need_banks:
+        def grid(meta):
+            return ((triton.cdiv(features, meta["BLOCK_F"])
+                     + triton.cdiv(second_features, meta["BLOCK_F"])) * num_cardinals,)
+
+        mix_bwd_bank_kernel[grid](
+            routing, grad, second_grad if has_second else grad,
+            grad_bank, grad_second_bank if has_second else grad_bank,
+            batch, num_splits, num_groups, num_cardinals, features, second_features,
+            *routing.stride(), *grad.stride(), *second_grad_strides,
+            *grad_bank.stride(), *_strides(grad_second_bank, 3),
+            HAS_SECOND=has_second, ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
+        )
+    if need_routing:
+        mix_bwd_routing_kernel[(batch * num_cardinals,)](
+            bank, second_bank if has_second else bank,
+            grad, second_grad if has_second else grad, grad_routing,
+            num_splits, num_groups, num_cardinals, features, second_features,
+            *bank.stride(), *_strides(second_bank, 3),
+            *grad.stride(), *second_grad_strides, *grad_routing.stride(),
+            HAS_SECOND=has_second, ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
+        )
+    return grad_routing, grad_bank, grad_second_bank
