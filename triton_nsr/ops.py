@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from triton_nsr.arguments import ConvGeometry, conv_output_size
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
@@ -306,9 +307,8 @@ def _zero_gradients(input, padded, weight, bias, mlp_weight, has_mlp_bias, outpu
     )
 
 
-def _input_gradients(ctx, grad_conv_input, mean_grad):
+def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     """(grad of input, grad of padded) from the convolution's input gradient and mean_grad."""
-    input = ctx.saved_tensors[0]
     if not ctx.has_padded:
         return grad_conv_input, None
     grad_input = None
@@ -352,7 +352,7 @@ class NSRLayerFunction(torch.autograd.Function):
         grad_conv_input, mean_grad, *param_grads = _layer_backward(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
             pooled, weight_b, *ctx.static, _output_mask(ctx))
-        return (*_input_gradients(ctx, grad_conv_input, mean_grad), *param_grads,
+        return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
                 *([None] * len(ctx.static)))
 
     @staticmethod
@@ -377,7 +377,7 @@ class _TracedLayerFunction(torch.autograd.Function):
             pooled, weight_b, *ctx.static, _output_mask(ctx))
         grad_conv_input, mean_grad, *param_grads = (
             g if needed else None for g, needed in zip(grads, _gradient_present(ctx)))
-        return (*_input_gradients(ctx, grad_conv_input, mean_grad), *param_grads,
+        return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
                 *([None] * len(ctx.static)))
 
 
@@ -406,17 +406,18 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
     Returns:
         (B, out, Ho, Wo) in input's dtype, channels_last when the convolution's input is.
     """
+    args = (input, padded, weight, bias, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+            geometry.num_sparsity_cardinals, temperature, list(geometry.stride), list(pad),
+            list(geometry.dilation), geometry.groups, bool(torch.backends.cudnn.allow_tf32))
     if torch.compiler.is_compiling():
-        function = _TracedLayerFunction
-    else:
-        if torch._C._are_functorch_transforms_active():
-            raise RuntimeError(UNSUPPORTED.format(
-                what="torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)"))
-        function = NSRLayerFunction
-    return function.apply(
-        input, padded, weight, bias, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
-        geometry.num_sparsity_cardinals, temperature, list(geometry.stride), list(pad),
-        list(geometry.dilation), geometry.groups, bool(torch.backends.cudnn.allow_tf32))
+        return _TracedLayerFunction.apply(*args)
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(UNSUPPORTED.format(
+            what="torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)"))
+    if torch.is_grad_enabled() or forward_ad._current_level >= 0:
+        return NSRLayerFunction.apply(*args)
+    # Inference (no_grad, inference_mode): nothing to save, so no Function around the launches.
+    return _layer_forward(*args)[0]
 
 
 @torch.library.custom_op("triton_nsr::nsr_layer", mutates_args=())

@@ -20,6 +20,8 @@ the S parts as they read them, so no summed copy is made.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -41,6 +43,16 @@ _BANK_GRAD_CONFIGS = [
     triton.Config({"BLOCK_F": 1024}, num_warps=8),
 ]
 _ROUTING_GRAD_CONFIGS = _BANK_GRAD_CONFIGS
+
+
+# Plain-integer versions of triton.cdiv and triton.next_power_of_2, which are constexpr
+# functions in Triton 3.x and cost microseconds of host time per call, per launch.
+def cdiv(size: int, block: int) -> int:
+    return -(-size // block)
+
+
+def power_of_2_at_least(size: int) -> int:
+    return 1 << max(size - 1, 0).bit_length()
 
 
 @triton.jit
@@ -294,8 +306,38 @@ def mix_bwd_routing_kernel(
              mask=offs_j < num_groups)
 
 
-def _strides(tensor: torch.Tensor | None, dims: int) -> tuple[int, ...]:
-    return tensor.stride() if tensor is not None else (0,) * dims
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty gives a tensor of this shape."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+                  second_shape, second_stride, dtype):
+    """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
+    constexprs)."""
+    batch, num_groups, num_cardinals = routing_shape
+    features = bank_shape[2]
+    second_features = second_shape[2] if second_shape is not None else 0
+    output_shape = (batch, num_cardinals, features)
+    second_output_shape = (batch, num_cardinals, second_features)
+
+    def grid(meta):
+        tiles = num_cardinals * cdiv(batch, meta["BLOCK_B"])
+        return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
+                * tiles,)
+
+    args = (batch, num_groups, num_cardinals, features, second_features,
+            *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)),
+            *contiguous_strides(output_shape),
+            *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)))
+    constexprs = {"HAS_SECOND": second_shape is not None,
+                  "ACC_DTYPE": accumulator_dtype(torch.promote_types(bank_dtype, dtype))}
+    return output_shape, second_output_shape, grid, args, constexprs
 
 
 def mix_fwd(
@@ -316,31 +358,49 @@ def mix_fwd(
         (B, d, F) and (B, d, F2) or None, contiguous.
     """
     check_launchable(routing, bank, second_bank)
-    batch, num_groups, num_cardinals = routing.shape
-    features = bank.shape[2]
-    second_features = second_bank.shape[2] if second_bank is not None else 0
     dtype = dtype or bank.dtype
-    output = torch.empty((batch, num_cardinals, features), dtype=dtype, device=bank.device)
-    second_output = (torch.empty((batch, num_cardinals, second_features), dtype=dtype,
-                                 device=bank.device) if second_bank is not None else None)
-    if batch == 0:
+    has_second = second_bank is not None
+    output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
+        routing.shape, routing.stride(), bank.shape, bank.stride(), bank.dtype,
+        second_bank.shape if has_second else None, second_bank.stride() if has_second else None,
+        dtype)
+    output = torch.empty(output_shape, dtype=dtype, device=bank.device)
+    second_output = (torch.empty(second_output_shape, dtype=dtype, device=bank.device)
+                     if has_second else None)
+    if output_shape[0] == 0:
         return output, second_output
-
-    def grid(meta):
-        tiles = num_cardinals * triton.cdiv(batch, meta["BLOCK_B"])
-        return ((triton.cdiv(features, meta["BLOCK_F"])
-                 + triton.cdiv(second_features, meta["BLOCK_F"])) * tiles,)
-
     mix_fwd_kernel[grid](
-        routing, bank, second_bank if second_bank is not None else bank,
-        output, second_output if second_output is not None else output,
-        batch, num_groups, num_cardinals, features, second_features,
-        *routing.stride(), *bank.stride(), *_strides(second_bank, 3),
-        *output.stride(), *_strides(second_output, 3),
-        HAS_SECOND=second_bank is not None,
-        ACC_DTYPE=accumulator_dtype(torch.promote_types(bank.dtype, dtype)),
-    )
+        routing, bank, second_bank if has_second else bank,
+        output, second_output if has_second else output, *args, **constexprs)
     return output, second_output
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
+                  routing_stride, bank_shape, bank_stride, bank_dtype, second_shape,
+                  second_stride):
+    """mix_bwd's decisions per shape class: (bank-gradient grid, its integer arguments,
+    routing-gradient grid, its integer arguments, constexprs)."""
+    num_splits, batch = grad_shape[:2]
+    num_groups, num_cardinals, features = bank_shape
+    second_features = second_shape[2] if second_shape is not None else 0
+    second_grad_stride = second_grad_stride or (0, 0, 0, 0)
+
+    def bank_grid(meta):
+        return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
+                * num_cardinals,)
+
+    bank_args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
+                 *routing_stride, *grad_stride, *second_grad_stride,
+                 *contiguous_strides(bank_shape),
+                 *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)))
+    routing_args = (num_splits, num_groups, num_cardinals, features, second_features,
+                    *bank_stride, *(second_stride or (0, 0, 0)),
+                    *grad_stride, *second_grad_stride, *contiguous_strides(routing_shape))
+    constexprs = {"HAS_SECOND": second_shape is not None,
+                  "ACC_DTYPE": accumulator_dtype(torch.promote_types(bank_dtype, grad_dtype)),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups)}
+    return bank_grid, bank_args, (batch * num_cardinals,), routing_args, constexprs
 
 
 def mix_bwd(
@@ -365,47 +425,33 @@ def mix_bwd(
         (k, d, F2) in the banks' dtypes; None for what was not asked for.
     """
     check_launchable(grad, second_grad, routing, bank, second_bank)
-    num_splits, batch = grad.shape[:2]
-    num_groups, num_cardinals, features = bank.shape
-    second_features = second_bank.shape[2] if second_bank is not None else 0
     has_second = second_bank is not None
     grad_routing = grad_bank = grad_second_bank = None
     if need_routing:
-        grad_routing = torch.empty_like(routing, memory_format=torch.contiguous_format)
+        grad_routing = torch.empty(routing.shape, dtype=routing.dtype, device=routing.device)
     if need_banks:
-        grad_bank = torch.empty_like(bank, memory_format=torch.contiguous_format)
+        grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
         if has_second:
-            grad_second_bank = torch.empty_like(second_bank,
-                                                memory_format=torch.contiguous_format)
-    acc_dtype = accumulator_dtype(torch.promote_types(bank.dtype, grad.dtype))
-    block_groups = triton.next_power_of_2(num_groups)
-    if batch == 0:
+            grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
+                                           device=second_bank.device)
+    if grad.shape[1] == 0:
         for tensor in (grad_routing, grad_bank, grad_second_bank):
             if tensor is not None:
                 tensor.zero_()
         return grad_routing, grad_bank, grad_second_bank
-    second_grad_strides = _strides(second_grad, 4)
-
+    bank_grid, bank_args, routing_grid, routing_args, constexprs = _mix_bwd_plan(
+        grad.shape, grad.stride(), grad.dtype,
+        second_grad.stride() if has_second else None, routing.shape, routing.stride(),
+        bank.shape, bank.stride(), bank.dtype, second_bank.shape if has_second else None,
+        second_bank.stride() if has_second else None)
     if need_banks:
-        def grid(meta):
-            return ((triton.cdiv(features, meta["BLOCK_F"])
-                     + triton.cdiv(second_features, meta["BLOCK_F"])) * num_cardinals,)
-
-        mix_bwd_bank_kernel[grid](
+        mix_bwd_bank_kernel[bank_grid](
             routing, grad, second_grad if has_second else grad,
             grad_bank, grad_second_bank if has_second else grad_bank,
-            batch, num_splits, num_groups, num_cardinals, features, second_features,
-            *routing.stride(), *grad.stride(), *second_grad_strides,
-            *grad_bank.stride(), *_strides(grad_second_bank, 3),
-            HAS_SECOND=has_second, ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-        )
+            *bank_args, **constexprs)
     if need_routing:
-        mix_bwd_routing_kernel[(batch * num_cardinals,)](
+        mix_bwd_routing_kernel[routing_grid](
             bank, second_bank if has_second else bank,
             grad, second_grad if has_second else grad, grad_routing,
-            num_splits, num_groups, num_cardinals, features, second_features,
-            *bank.stride(), *_strides(second_bank, 3),
-            *grad.stride(), *second_grad_strides, *grad_routing.stride(),
-            HAS_SECOND=has_second, ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-        )
+            *routing_args, **constexprs)
     return grad_routing, grad_bank, grad_second_bank

@@ -22,6 +22,7 @@ Everything runs in float32 whatever the input dtype (float64 for float64 input),
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import torch
@@ -29,6 +30,7 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, tuned
+from triton_nsr.kernels.mix import cdiv, contiguous_strides, power_of_2_at_least
 
 # The first config is the interpreter's.
 _ROUTER_FWD_CONFIGS = [
@@ -195,6 +197,26 @@ def _temperature_pair(temperature: float) -> tuple[float, float]:
     return hi, temperature - hi
 
 
+@functools.lru_cache(maxsize=1024)
+def _router_fwd_plan(input_shape, input_stride, input_dtype, mlp_weight_stride, mlp_bias_stride,
+                     num_groups, num_cardinals, temperature):
+    """Everything router_fwd decides from shapes, strides and dtypes, once per shape class:
+    (routing dtype, routing shape, pooled shape, grid, integer arguments, constexprs)."""
+    batch, channels, height, width = input_shape
+    dtype = torch.promote_types(input_dtype, torch.float32)
+    routing_shape = (batch, num_groups, num_cardinals)
+    pooled_shape = (batch, channels)
+    args = (channels, width, height * width, num_groups, num_cardinals,
+            *_temperature_pair(temperature), *input_stride, *mlp_weight_stride,
+            mlp_bias_stride if mlp_bias_stride is not None else 0,
+            *contiguous_strides(pooled_shape), *contiguous_strides(routing_shape))
+    constexprs = {"HAS_BIAS": mlp_bias_stride is not None,
+                  "ACC_DTYPE": accumulator_dtype(dtype),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
+                  "BLOCK_CARDINALS": power_of_2_at_least(num_cardinals)}
+    return dtype, routing_shape, pooled_shape, (batch,), args, constexprs
+
+
 def router_fwd(
     input: torch.Tensor,
     mlp_weight: torch.Tensor,
@@ -213,24 +235,39 @@ def router_fwd(
         routing (B, k, d) and pooled (B, C), float32 (float64 for float64 input).
     """
     check_launchable(input, mlp_weight, mlp_bias)
-    batch, channels, height, width = input.shape
-    dtype = torch.promote_types(input.dtype, torch.float32)
-    routing = torch.empty((batch, num_groups, num_cardinals), dtype=dtype, device=input.device)
-    pooled = torch.empty((batch, channels), dtype=dtype, device=input.device)
-    if batch == 0:
+    dtype, routing_shape, pooled_shape, grid, args, constexprs = _router_fwd_plan(
+        input.shape, input.stride(), input.dtype, mlp_weight.stride(),
+        None if mlp_bias is None else mlp_bias.stride(0), num_groups, num_cardinals,
+        temperature)
+    routing = torch.empty(routing_shape, dtype=dtype, device=input.device)
+    pooled = torch.empty(pooled_shape, dtype=dtype, device=input.device)
+    if grid[0] == 0:
         return routing, pooled
-    hi, lo = _temperature_pair(temperature)
-    router_fwd_kernel[(batch,)](
+    router_fwd_kernel[grid](
         input, mlp_weight, mlp_bias if mlp_bias is not None else mlp_weight, pooled, routing,
-        channels, width, height * width, num_groups, num_cardinals, hi, lo,
-        *input.stride(), *mlp_weight.stride(),
-        mlp_bias.stride(0) if mlp_bias is not None else 0,
-        *pooled.stride(), *routing.stride(),
-        HAS_BIAS=mlp_bias is not None, ACC_DTYPE=accumulator_dtype(dtype),
-        BLOCK_GROUPS=triton.next_power_of_2(num_groups),
-        BLOCK_CARDINALS=triton.next_power_of_2(num_cardinals),
-    )
+        *args, **constexprs)
     return routing, pooled
+
+
+@functools.lru_cache(maxsize=1024)
+def _router_bwd_plan(grad_routing_stride, routing_shape, routing_stride, routing_dtype,
+                     pooled_shape, pooled_stride, mlp_weight_shape, mlp_weight_stride,
+                     has_mlp_bias, temperature, pixels):
+    """router_bwd's decisions per shape class: (grid, integer arguments, constexprs)."""
+    batch, num_groups, num_cardinals = routing_shape
+    channels = pooled_shape[1]
+    args = (batch, channels, pixels, num_groups, num_cardinals, *_temperature_pair(temperature),
+            *grad_routing_stride, *routing_stride, *pooled_stride, *mlp_weight_stride,
+            *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
+            1 if has_mlp_bias else 0)
+    constexprs = {"HAS_BIAS": has_mlp_bias, "ACC_DTYPE": accumulator_dtype(routing_dtype),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
+                  "BLOCK_CARDINALS": power_of_2_at_least(num_cardinals)}
+
+    def grid(meta):
+        return (cdiv(channels, meta["BLOCK_C"]),)
+
+    return grid, args, constexprs
 
 
 def router_bwd(
@@ -254,24 +291,19 @@ def router_bwd(
         mlp_weight's dtype.
     """
     check_launchable(grad_routing, routing, pooled, mlp_weight)
-    batch, num_groups, num_cardinals = routing.shape
-    channels = pooled.shape[1]
-    mean_grad = torch.empty_like(pooled)
-    grad_mlp_weight = torch.empty_like(mlp_weight, memory_format=torch.contiguous_format)
+    mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
+    grad_mlp_weight = torch.empty(mlp_weight.shape, dtype=mlp_weight.dtype,
+                                  device=mlp_weight.device)
     grad_mlp_bias = mlp_weight.new_empty(mlp_weight.shape[0]) if has_mlp_bias else None
-    if batch == 0:
+    if routing.shape[0] == 0:
         grad_mlp_weight.zero_()
         return mean_grad, grad_mlp_weight, grad_mlp_bias.zero_() if has_mlp_bias else None
-    hi, lo = _temperature_pair(temperature)
-    router_bwd_kernel[lambda meta: (triton.cdiv(channels, meta["BLOCK_C"]),)](
+    grid, args, constexprs = _router_bwd_plan(
+        grad_routing.stride(), routing.shape, routing.stride(), routing.dtype, pooled.shape,
+        pooled.stride(), mlp_weight.shape, mlp_weight.stride(), has_mlp_bias, temperature,
+        pixels)
+    router_bwd_kernel[grid](
         grad_routing, routing, pooled, mlp_weight,
         mean_grad, grad_mlp_weight, grad_mlp_bias if has_mlp_bias else grad_mlp_weight,
-        batch, channels, pixels, num_groups, num_cardinals, hi, lo,
-        *grad_routing.stride(), *routing.stride(), *pooled.stride(), *mlp_weight.stride(),
-        *mean_grad.stride(), *grad_mlp_weight.stride(),
-        grad_mlp_bias.stride(0) if has_mlp_bias else 0,
-        HAS_BIAS=has_mlp_bias, ACC_DTYPE=accumulator_dtype(routing.dtype),
-        BLOCK_GROUPS=triton.next_power_of_2(num_groups),
-        BLOCK_CARDINALS=triton.next_power_of_2(num_cardinals),
-    )
+        *args, **constexprs)
     return mean_grad, grad_mlp_weight, grad_mlp_bias
