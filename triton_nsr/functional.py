@@ -120,14 +120,20 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
     from triton_nsr import ops  # imports triton: only when this path runs
 
     checked = input
-    if autocast_enabled(input.device.type):
+    autocasting = autocast_enabled(input.device.type)
+    if autocasting:
         input = autocast_inputs([input], input.device.type)[0]
         checked = _autocast_stand_in(input, weight)
     geometry = check_nsr_conv2d(
         checked, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    padded, pad = pad_input(input, geometry, padding_mode)
+    if autocasting and padding_mode != "zeros":
+        # CPU autocast runs the pads in float32; the convolution reads the autocast dtype.
+        with torch.autocast(input.device.type, enabled=False):
+            padded, pad = pad_input(input, geometry, padding_mode)
+    else:
+        padded, pad = pad_input(input, geometry, padding_mode)
     return ops.nsr_layer(input, None if padded is input else padded, weight, bias,
                          mlp_weight, mlp_bias, geometry, temperature, pad)
 

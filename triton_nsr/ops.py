@@ -29,7 +29,7 @@ from triton_nsr.arguments import ConvGeometry, conv_output_size
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd
-from triton_nsr.kernels.router import router_bwd, router_fwd
+from triton_nsr.kernels.router import router_bwd, router_fwd, routing_dtype
 
 # ----------------------------------------------------------------------------- mixing
 
@@ -298,8 +298,7 @@ def _zero_gradients(input, padded, weight, bias, mlp_weight, has_mlp_bias, outpu
     conv_input = input if padded is None else padded
     return (
         torch.zeros_like(conv_input) if need_input or need_padded else None,
-        input.new_zeros(input.shape[:2], dtype=torch.promote_types(input.dtype,
-                                                                    torch.float32)),
+        input.new_zeros(input.shape[:2], dtype=routing_dtype(input.dtype)),
         torch.zeros_like(weight) if need_weight else None,
         torch.zeros_like(bias) if need_bias else None,
         torch.zeros_like(mlp_weight) if need_mlp_weight else None,
@@ -446,10 +445,10 @@ def _nsr_layer_fake(input, padded, weight, bias, mlp_weight, mlp_bias, num_group
     out_channels = weight.shape[0] // num_groups
     out_size = conv_output_size(tuple(conv_input.shape[2:]), tuple(weight.shape[2:]), stride,
                                 pad, dilation)
-    routing_dtype = torch.promote_types(input.dtype, torch.float32)
+    dtype = routing_dtype(input.dtype)
     return (empty_like_layout(conv_input, (batch, out_channels, *out_size)),
-            input.new_empty((batch, num_groups, num_cardinals), dtype=routing_dtype),
-            input.new_empty((batch, channels), dtype=routing_dtype),
+            input.new_empty((batch, num_groups, num_cardinals), dtype=dtype),
+            input.new_empty((batch, channels), dtype=dtype),
             input.new_empty((batch, out_channels, *weight.shape[1:])),
             input.new_empty((batch, out_channels) if bias is not None else (0,)))
 

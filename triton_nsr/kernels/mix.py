@@ -315,6 +315,11 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def _accumulator(*dtypes: torch.dtype):
+    """float64 accumulation if any operand is float64, else float32."""
+    return accumulator_dtype(torch.float64 if torch.float64 in dtypes else torch.float32)
+
+
 @functools.lru_cache(maxsize=1024)
 def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
                   second_shape, second_stride, dtype):
@@ -336,7 +341,7 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
             *contiguous_strides(output_shape),
             *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)))
     constexprs = {"HAS_SECOND": second_shape is not None,
-                  "ACC_DTYPE": accumulator_dtype(torch.promote_types(bank_dtype, dtype))}
+                  "ACC_DTYPE": _accumulator(bank_dtype, dtype)}
     return output_shape, second_output_shape, grid, args, constexprs
 
 
@@ -398,7 +403,7 @@ def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routi
                     *bank_stride, *(second_stride or (0, 0, 0)),
                     *grad_stride, *second_grad_stride, *contiguous_strides(routing_shape))
     constexprs = {"HAS_SECOND": second_shape is not None,
-                  "ACC_DTYPE": accumulator_dtype(torch.promote_types(bank_dtype, grad_dtype)),
+                  "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype),
                   "BLOCK_GROUPS": power_of_2_at_least(num_groups)}
     return bank_grid, bank_args, (batch * num_cardinals,), routing_args, constexprs
 

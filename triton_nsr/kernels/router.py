@@ -191,6 +191,12 @@ def router_bwd_kernel(
                      grad_bias.to(grad_mlp_bias_pointer.dtype.element_ty), mask=mask_jd)
 
 
+def routing_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 input, float32 for the rest (as triton_nsr.router, without
+    torch.promote_types, which dispatches an aten op per call)."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
 def _temperature_pair(temperature: float) -> tuple[float, float]:
     """(hi, lo): float32 values whose float64 sum is ``temperature`` to about 2**-48."""
     hi = struct.unpack("f", struct.pack("f", temperature))[0]
@@ -203,7 +209,7 @@ def _router_fwd_plan(input_shape, input_stride, input_dtype, mlp_weight_stride, 
     """Everything router_fwd decides from shapes, strides and dtypes, once per shape class:
     (routing dtype, routing shape, pooled shape, grid, integer arguments, constexprs)."""
     batch, channels, height, width = input_shape
-    dtype = torch.promote_types(input_dtype, torch.float32)
+    dtype = routing_dtype(input_dtype)
     routing_shape = (batch, num_groups, num_cardinals)
     pooled_shape = (batch, channels)
     args = (channels, width, height * width, num_groups, num_cardinals,
