@@ -51,8 +51,10 @@ def test_router_forward_and_backward_match_torch(case, dtype):
 
     grad_routing = torch.randn_like(expected)
     expected.backward(grad_routing)
+    # The routing gradient as the mixing backward hands it over: in parts, to be added.
+    parts = torch.stack([grad_routing * 0.25, grad_routing * 0.75])
     mean_grad, grad_mlp_weight, grad_mlp_bias = router_kernels.router_bwd(
-        grad_routing, routing, pooled, mlp_weight, mlp_bias is not None, temperature,
+        parts, routing, pooled, mlp_weight, mlp_bias is not None, temperature,
         x.shape[2] * x.shape[3])
     # The mean's gradient is the same at every pixel: mean_grad is that value.
     assert_close(mean_grad[:, :, None, None].expand_as(x), leaves[0].grad, "mean_grad")
@@ -131,14 +133,16 @@ def test_mixing_writes_the_requested_dtype_from_float32_banks():
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_mixing_backward_adds_split_partial_sums_as_it_reads(num_splits):
     """The kernel gradient may come as S pixel-split partial sums; the mixing backward's bank
-    and routing gradients equal those of their sum, for both banks."""
+    and routing gradients (the latter in per-tile parts) equal those of their sum, for both
+    banks; F = 600 spans several tiles."""
     dtype = torch.float64
     routing = torch.softmax(torch.randn(3, 4, 5, dtype=dtype), dim=1)
-    bank, second = torch.randn(4, 5, 27, dtype=dtype), torch.randn(4, 5, 3, dtype=dtype)
-    grad_parts = torch.randn(num_splits, 3, 5, 27, dtype=dtype)
+    bank, second = torch.randn(4, 5, 600, dtype=dtype), torch.randn(4, 5, 3, dtype=dtype)
+    grad_parts = torch.randn(num_splits, 3, 5, 600, dtype=dtype)
     second_parts = torch.randn(num_splits, 3, 5, 3, dtype=dtype)
-    grad_routing, grad_bank, grad_second = mix.mix_bwd(grad_parts, second_parts, routing, bank,
-                                                       second)
+    routing_parts, grad_bank, grad_second = mix.mix_bwd(grad_parts, second_parts, routing,
+                                                        bank, second)
+    grad_routing = routing_parts.sum(0)
     grad, grad2 = grad_parts.sum(0), second_parts.sum(0)
     assert_close(grad_bank, torch.einsum("bjc,bcf->jcf", routing, grad))
     assert_close(grad_second, torch.einsum("bjc,bcf->jcf", routing, grad2))
@@ -147,4 +151,9 @@ def test_mixing_backward_adds_split_partial_sums_as_it_reads(num_splits):
     only_routing = mix.mix_bwd(grad_parts, second_parts, routing, bank, second,
                                need_banks=False)
     assert only_routing[1] is None and only_routing[2] is None
-    assert_close(only_routing[0], grad_routing)
+    assert_close(only_routing[0].sum(0), grad_routing)
+    only_banks = mix.mix_bwd(grad_parts, second_parts, routing, bank, second,
+                             need_routing=False)
+    assert only_banks[0] is None
+    assert_close(only_banks[1], grad_bank)
+    assert_close(only_banks[2], grad_second)

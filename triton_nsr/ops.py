@@ -4,10 +4,10 @@ The layer (:func:`nsr_layer`, what ``nsr_conv2d(backend='triton')`` runs) is one
 ``autograd.Function`` whose forward and backward call the kernel launchers directly:
 
     forward:  router_fwd (mean, MLP, softmax) -> mix_fwd (weight and bias) -> conv_fwd
-    backward: conv_bwd_weight -> mix_bwd (banks; routing) -> router_bwd -> conv_bwd_input,
+    backward: conv_bwd_weight -> mix_bwd (banks and routing) -> router_bwd -> conv_bwd_input,
               the router's gradient through the mean added in conv_bwd_input's epilogue
 
-3 launches forward, at most 5 backward, and no torch op between them but views and
+3 launches forward, at most 4 backward, and no torch op between them but views and
 allocations. Under ``torch.compile`` the same two halves run as the custom ops
 ``triton_nsr::nsr_layer`` and ``triton_nsr::nsr_layer_backward``, whose fake implementations
 compute shapes only, so the compiler traces the layer with a symbolic batch; in eager mode the
@@ -51,8 +51,8 @@ def _mix_fake(routing: Tensor, bank: Tensor) -> Tensor:
 @torch.library.custom_op("triton_nsr::mix_backward", mutates_args=())
 def mix_backward(grad: Tensor, routing: Tensor, bank: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`mix` for routing (B, k, d) and bank (k, d, F), given grad (B, d, F)."""
-    grad_routing, grad_bank, _ = mix_bwd(grad.unsqueeze(0), None, routing, bank)
-    return grad_routing, grad_bank
+    routing_parts, grad_bank, _ = mix_bwd(grad.unsqueeze(0), None, routing, bank)
+    return routing_parts.sum(0), grad_bank
 
 
 @mix_backward.register_fake
@@ -243,7 +243,7 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
 def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
                     routing, pooled, weight_b, num_groups, num_cardinals, temperature, stride,
                     pad, dilation, groups, allow_tf32, output_mask):
-    """At most five launches, in the order each one's inputs become ready.
+    """At most four launches, in the order each one's inputs become ready.
 
     ``output_mask`` says which of (input, padded, weight, bias, mlp_weight, mlp_bias) need a
     gradient. Returns (grad of the convolution's input, mean_grad (B, C), grad_weight,
@@ -270,7 +270,7 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
             None if bias is None else weight_b.new_empty((batch, out_channels)),
             sum_splits=False)
         splits = weight_parts.shape[0]
-        grad_routing, grad_weight, grad_bias = mix_bwd(
+        routing_parts, grad_weight, grad_bias = mix_bwd(
             weight_parts.view(splits, batch, num_cardinals, -1),
             None if bias is None else bias_parts.view(splits, batch, num_cardinals, -1),
             routing, weight.reshape(num_groups, num_cardinals, -1),
@@ -279,7 +279,7 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
         if need_routing:
             pixels = input.shape[2] * input.shape[3]
             mean_grad, grad_mlp_weight, grad_mlp_bias = router_bwd(
-                grad_routing, routing, pooled, mlp_weight, has_mlp_bias, temperature, pixels)
+                routing_parts, routing, pooled, mlp_weight, has_mlp_bias, temperature, pixels)
     grad_conv_input = None
     if (need_input and padded is None) or need_padded:
         grad_conv_input = conv_bwd_input(

@@ -13,9 +13,10 @@ Backward, for the gradient g = d loss / d mixed (B, d, F):
     d bank[j, c, f] = sum_b s[b, j, c] * g[b, c, f]                      (k, d, F)
     d s[b, j, c]    = sum_f bank[j, c, f] * g[b, c, f]                   (B, k, d)
 
-summed over both banks for d s. The gradient may come as S partial sums (S, B, d, F) (the
-kernel gradient's pixel splits, ``conv_backward.conv_bwd_weight``): the backward kernels add
-the S parts as they read them, so no summed copy is made.
+summed over both banks for d s. One backward kernel computes both, reading the gradient once.
+The gradient may come as S partial sums (S, B, d, F) (the kernel gradient's pixel splits,
+``conv_backward.conv_bwd_weight``): the kernel adds the S parts as it reads them, so no summed
+copy is made.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 64, "BLOCK_F": 128}, num_warps=8),
     triton.Config({"BLOCK_B": 8, "BLOCK_F": 512}, num_warps=4),
 ]
-_BANK_GRAD_CONFIGS = [
-    triton.Config({"BLOCK_F": 256}, num_warps=4),
-    triton.Config({"BLOCK_F": 128}, num_warps=4),
-    triton.Config({"BLOCK_F": 512}, num_warps=8),
-    triton.Config({"BLOCK_F": 1024}, num_warps=8),
+# BLOCK_F of the backward is the launcher's (MIX_BWD_BLOCK_F): it decides how many parts the
+# routing gradient comes in, which must be known to allocate them.
+_MIX_BWD_CONFIGS = [
+    triton.Config({}, num_warps=4),
+    triton.Config({}, num_warps=8),
+    triton.Config({}, num_warps=2),
 ]
-_ROUTING_GRAD_CONFIGS = _BANK_GRAD_CONFIGS
+MIX_BWD_BLOCK_F = 256
 
 
 # Plain-integer versions of triton.cdiv and triton.next_power_of_2, which are constexpr
@@ -136,15 +138,19 @@ def mix_fwd_kernel(
 
 
 @triton.jit
-def _bank_grad_tile(
-    routing_pointer, grad_pointer, grad_bank_pointer, tile,
-    batch, num_splits, num_groups, features,
+def _grad_tile(
+    routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer, routing_parts_pointer,
+    tile, part_offset, batch, num_splits, num_groups, features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
-    ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+    parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
+    NEED_BANK: tl.constexpr, NEED_ROUTING: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """All k rows of one F tile of one cardinal of grad_bank = sum_b routing[b] * grad[b]."""
+    """One F tile of one cardinal: its bank gradient (all k rows) and, per sample, its share
+    of the routing gradient (written as part ``part_offset + f_block``)."""
     num_f_blocks = tl.cdiv(features, BLOCK_F)
     f_block = tile % num_f_blocks
     cardinal = tile // num_f_blocks
@@ -153,157 +159,104 @@ def _bank_grad_tile(
     offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_j = offs_j < num_groups
     mask_f = offs_f < features
+    mask_jf = mask_j[:, None] & mask_f[None, :]
 
     routing_col = (routing_pointer + offs_j * routing_group_stride
                    + cardinal * routing_cardinal_stride)
     grad_row = grad_pointer + cardinal * grad_cardinal_stride + offs_f * grad_feature_stride
+    bank = tl.load(bank_pointer + offs_j[:, None] * bank_group_stride
+                   + cardinal * bank_cardinal_stride + offs_f[None, :] * bank_feature_stride,
+                   mask=mask_jf, other=0.0).to(ACC_DTYPE)
+    parts = (routing_parts_pointer + (part_offset + f_block) * parts_part_stride
+             + offs_j * parts_group_stride + cardinal * parts_cardinal_stride)
     acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
     for sample in range(batch):
         # int64 before it multiplies a stride: B * d * F passes 2**31 for large layers.
         sample = tl.cast(sample, tl.int64)
-        weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j, other=0.0)
         grads = tl.zeros((BLOCK_F,), dtype=ACC_DTYPE)
         for split in range(num_splits):
             grads += tl.load(grad_row + sample * grad_batch_stride
                              + tl.cast(split, tl.int64) * grad_split_stride,
                              mask=mask_f, other=0.0).to(ACC_DTYPE)
-        acc += weights.to(ACC_DTYPE)[:, None] * grads[None, :]
+        if NEED_BANK:
+            weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j,
+                              other=0.0)
+            acc += weights.to(ACC_DTYPE)[:, None] * grads[None, :]
+        if NEED_ROUTING:
+            share = tl.sum(bank * grads[None, :], axis=1)
+            tl.store(parts + sample * parts_batch_stride,
+                     share.to(routing_parts_pointer.dtype.element_ty), mask=mask_j)
 
-    grad_bank = (
-        grad_bank_pointer
-        + offs_j[:, None] * grad_bank_group_stride
-        + cardinal * grad_bank_cardinal_stride
-        + offs_f[None, :] * grad_bank_feature_stride
-    )
-    tl.store(grad_bank, acc.to(grad_bank_pointer.dtype.element_ty),
-             mask=mask_j[:, None] & mask_f[None, :])
+    if NEED_BANK:
+        grad_bank = (grad_bank_pointer + offs_j[:, None] * grad_bank_group_stride
+                     + cardinal * grad_bank_cardinal_stride
+                     + offs_f[None, :] * grad_bank_feature_stride)
+        tl.store(grad_bank, acc.to(grad_bank_pointer.dtype.element_ty), mask=mask_jf)
 
 
-@tuned(_BANK_GRAD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
+@tuned(_MIX_BWD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
 @triton.jit
-def mix_bwd_bank_kernel(
-    routing_pointer, grad_pointer, second_grad_pointer,
-    grad_bank_pointer, second_grad_bank_pointer,
+def mix_bwd_kernel(
+    routing_pointer, grad_pointer, second_grad_pointer, bank_pointer, second_bank_pointer,
+    grad_bank_pointer, second_grad_bank_pointer, routing_parts_pointer,
     batch, num_splits, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
     second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
     second_grad_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
     grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
     second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
     second_grad_bank_feature_stride,
-    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    """grad_bank[j, c, f] = sum_b routing[b, j, c] * sum_s grad[s, b, c, f], for 1 or 2 banks.
-
-    Pointers: routing (B, k, d); grad (S, B, d, F) and grad_bank (k, d, F); when HAS_SECOND,
-    second_grad (S, B, d, F2) and second_grad_bank (k, d, F2); any strides.
-    Grid: (cdiv(F, BLOCK_F) * d + cdiv(F2, BLOCK_F) * d,). Each program owns all k groups of one
-    F tile of one cardinal (BLOCK_GROUPS >= k), so each gradient row is read once and summed in
-    a fixed order (deterministic, no atomics).
-    """
-    pid = tl.program_id(0).to(tl.int64)
-    first_tiles = tl.cdiv(features, BLOCK_F) * num_cardinals
-    if pid < first_tiles:
-        _bank_grad_tile(routing_pointer, grad_pointer, grad_bank_pointer, pid,
-                        batch, num_splits, num_groups, features,
-                        routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-                        grad_split_stride, grad_batch_stride, grad_cardinal_stride,
-                        grad_feature_stride,
-                        grad_bank_group_stride, grad_bank_cardinal_stride,
-                        grad_bank_feature_stride,
-                        ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
-    elif HAS_SECOND:
-        _bank_grad_tile(routing_pointer, second_grad_pointer, second_grad_bank_pointer,
-                        pid - first_tiles,
-                        batch, num_splits, num_groups, second_features,
-                        routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-                        second_grad_split_stride, second_grad_batch_stride,
-                        second_grad_cardinal_stride, second_grad_feature_stride,
-                        second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
-                        second_grad_bank_feature_stride,
-                        ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
-
-
-@triton.jit
-def _routing_grad_sum(
-    bank_pointer, grad_pointer, acc, cardinal, sample,
-    num_splits, num_groups, features,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
+    HAS_SECOND: tl.constexpr, NEED_BANK: tl.constexpr, NEED_ROUTING: tl.constexpr,
     ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """acc (BLOCK_GROUPS, BLOCK_F) += bank[:, c, f] * sum_s grad[s, b, c, f] over every F tile."""
-    offs_j = tl.arange(0, BLOCK_GROUPS)
-    mask_j = offs_j < num_groups
-    bank_rows = bank_pointer + offs_j[:, None] * bank_group_stride + cardinal * bank_cardinal_stride
-    grad_row = grad_pointer + sample * grad_batch_stride + cardinal * grad_cardinal_stride
-    for f_start in range(0, features, BLOCK_F):
-        offs_f = f_start + tl.arange(0, BLOCK_F)
-        mask_f = offs_f < features
-        values = tl.load(bank_rows + offs_f[None, :] * bank_feature_stride,
-                         mask=mask_j[:, None] & mask_f[None, :], other=0.0)
-        grads = tl.zeros((BLOCK_F,), dtype=ACC_DTYPE)
-        for split in range(num_splits):
-            grads += tl.load(grad_row + offs_f * grad_feature_stride
-                             + tl.cast(split, tl.int64) * grad_split_stride,
-                             mask=mask_f, other=0.0).to(ACC_DTYPE)
-        acc += values.to(ACC_DTYPE) * grads[None, :]
-    return acc
+    """Both gradients of the mixing, reading the kernel gradient once:
 
+        grad_bank[j, c, f]          = sum_b routing[b, j, c] * g[b, c, f]
+        routing_parts[t, b, j, c]   = sum_{f in tile t} bank[j, c, f] * g[b, c, f]
 
-@tuned(_ROUTING_GRAD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
-@triton.jit
-def mix_bwd_routing_kernel(
-    bank_pointer, second_bank_pointer, grad_pointer, second_grad_pointer, grad_routing_pointer,
-    num_splits, num_groups, num_cardinals, features, second_features,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
-    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
-    second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
-    second_grad_feature_stride,
-    grad_routing_batch_stride, grad_routing_group_stride, grad_routing_cardinal_stride,
-    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    """grad_routing[b, j, c] = sum_f bank[j, c, f] * sum_s grad[s, b, c, f], over both banks.
+    with g = sum_s grad[s] (the pixel splits' partial sums, added as they are read), for one
+    bank or two (the second's tiles follow the first's). The T = cdiv(F, BLOCK_F) +
+    cdiv(F2, BLOCK_F) parts of the routing gradient are added by the router's backward, which
+    reads them anyway: no atomics, no extra pass, deterministic.
 
-    Pointers: bank (k, d, F), grad (S, B, d, F); when HAS_SECOND, second_bank (k, d, F2) and
-    second_grad (S, B, d, F2); grad_routing (B, k, d); any strides.
-    Grid: (B * d,). Each program reduces the whole F axis of both banks for one (sample,
-    cardinal) and all k groups, so the result is written once, with no atomics and no partial
-    buffers.
+    Pointers: routing (B, k, d); grad (S, B, d, F), bank and grad_bank (k, d, F); when
+    HAS_SECOND, second_grad (S, B, d, F2), second_bank and second_grad_bank (k, d, F2);
+    routing_parts (T, B, k, d); any strides. BLOCK_F is set by the launcher (it fixes T).
+    Grid: (T * d,). Each program owns all k groups of one F tile of one cardinal
+    (BLOCK_GROUPS >= k) and walks the samples in order.
     """
     pid = tl.program_id(0).to(tl.int64)
-    cardinal = pid % num_cardinals
-    sample = pid // num_cardinals
-
-    acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
-    acc = _routing_grad_sum(bank_pointer, grad_pointer, acc, cardinal, sample,
-                            num_splits, num_groups, features,
-                            bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-                            grad_split_stride, grad_batch_stride, grad_cardinal_stride,
-                            grad_feature_stride, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
-    if HAS_SECOND:
-        acc = _routing_grad_sum(second_bank_pointer, second_grad_pointer, acc, cardinal, sample,
-                                num_splits, num_groups, second_features,
-                                second_bank_group_stride, second_bank_cardinal_stride,
-                                second_bank_feature_stride,
-                                second_grad_split_stride, second_grad_batch_stride,
-                                second_grad_cardinal_stride, second_grad_feature_stride,
-                                ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
-
-    offs_j = tl.arange(0, BLOCK_GROUPS)
-    total = tl.sum(acc, axis=1)
-    grad_routing = (
-        grad_routing_pointer
-        + sample * grad_routing_batch_stride
-        + offs_j * grad_routing_group_stride
-        + cardinal * grad_routing_cardinal_stride
-    )
-    tl.store(grad_routing, total.to(grad_routing_pointer.dtype.element_ty),
-             mask=offs_j < num_groups)
+    first_parts = tl.cdiv(features, BLOCK_F)
+    first_tiles = first_parts * num_cardinals
+    if pid < first_tiles:
+        _grad_tile(routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer,
+                   routing_parts_pointer, pid, 0, batch, num_splits, num_groups, features,
+                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                   grad_split_stride, grad_batch_stride, grad_cardinal_stride,
+                   grad_feature_stride,
+                   bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                   grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+                   parts_part_stride, parts_batch_stride, parts_group_stride,
+                   parts_cardinal_stride,
+                   NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+    elif HAS_SECOND:
+        _grad_tile(routing_pointer, second_grad_pointer, second_bank_pointer,
+                   second_grad_bank_pointer, routing_parts_pointer, pid - first_tiles,
+                   first_parts, batch, num_splits, num_groups, second_features,
+                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                   second_grad_split_stride, second_grad_batch_stride,
+                   second_grad_cardinal_stride, second_grad_feature_stride,
+                   second_bank_group_stride, second_bank_cardinal_stride,
+                   second_bank_feature_stride,
+                   second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
+                   second_grad_bank_feature_stride,
+                   parts_part_stride, parts_batch_stride, parts_group_stride,
+                   parts_cardinal_stride,
+                   NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -382,30 +335,27 @@ def mix_fwd(
 
 @functools.lru_cache(maxsize=1024)
 def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
-                  routing_stride, bank_shape, bank_stride, bank_dtype, second_shape,
-                  second_stride):
-    """mix_bwd's decisions per shape class: (bank-gradient grid, its integer arguments,
-    routing-gradient grid, its integer arguments, constexprs)."""
+                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
+                  second_shape, second_stride, need_banks, need_routing):
+    """mix_bwd's decisions per shape class: (routing parts shape, grid, integer arguments,
+    constexprs)."""
     num_splits, batch = grad_shape[:2]
     num_groups, num_cardinals, features = bank_shape
     second_features = second_shape[2] if second_shape is not None else 0
-    second_grad_stride = second_grad_stride or (0, 0, 0, 0)
-
-    def bank_grid(meta):
-        return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
-                * num_cardinals,)
-
-    bank_args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
-                 *routing_stride, *grad_stride, *second_grad_stride,
-                 *contiguous_strides(bank_shape),
-                 *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)))
-    routing_args = (num_splits, num_groups, num_cardinals, features, second_features,
-                    *bank_stride, *(second_stride or (0, 0, 0)),
-                    *grad_stride, *second_grad_stride, *contiguous_strides(routing_shape))
-    constexprs = {"HAS_SECOND": second_shape is not None,
-                  "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype),
-                  "BLOCK_GROUPS": power_of_2_at_least(num_groups)}
-    return bank_grid, bank_args, (batch * num_cardinals,), routing_args, constexprs
+    parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
+    parts_shape = (parts, batch, num_groups, num_cardinals)
+    args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
+            *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
+            *bank_stride, *(second_stride or (0, 0, 0)),
+            *contiguous_strides(bank_shape),
+            *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)),
+            *contiguous_strides(parts_shape))
+    constexprs = {"HAS_SECOND": second_shape is not None, "NEED_BANK": need_banks,
+                  "NEED_ROUTING": need_routing,
+                  "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype, routing_dtype),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
+                  "BLOCK_F": MIX_BWD_BLOCK_F}
+    return parts_shape, (parts * num_cardinals,), args, constexprs
 
 
 def mix_bwd(
@@ -417,7 +367,7 @@ def mix_bwd(
     need_banks: bool = True,
     need_routing: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of :func:`mix_fwd`: at most one launch for the banks, one for the routing.
+    """Gradients of :func:`mix_fwd`, in one launch that reads the kernel gradient once.
 
     Args:
         grad: (S, B, d, F), the gradient of the first output as S partial sums (S = 1 when it
@@ -426,37 +376,36 @@ def mix_bwd(
         need_banks, need_routing: which gradients to compute.
 
     Returns:
-        grad_routing (B, k, d) in routing's dtype, grad_bank (k, d, F) and grad_second_bank
-        (k, d, F2) in the banks' dtypes; None for what was not asked for.
+        routing_parts (T, B, k, d) in routing's dtype, whose sum over T is the routing
+        gradient (router_bwd adds them; ``.sum(0)`` elsewhere), grad_bank (k, d, F) and
+        grad_second_bank (k, d, F2) in the banks' dtypes; None for what was not asked for.
     """
     check_launchable(grad, second_grad, routing, bank, second_bank)
     has_second = second_bank is not None
-    grad_routing = grad_bank = grad_second_bank = None
+    parts_shape, grid, args, constexprs = _mix_bwd_plan(
+        grad.shape, grad.stride(), grad.dtype, second_grad.stride() if has_second else None,
+        routing.shape, routing.stride(), routing.dtype, bank.shape, bank.stride(), bank.dtype,
+        second_bank.shape if has_second else None,
+        second_bank.stride() if has_second else None, need_banks, need_routing)
+    routing_parts = grad_bank = grad_second_bank = None
     if need_routing:
-        grad_routing = torch.empty(routing.shape, dtype=routing.dtype, device=routing.device)
+        routing_parts = torch.empty(parts_shape, dtype=routing.dtype, device=routing.device)
     if need_banks:
         grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
         if has_second:
             grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
                                            device=second_bank.device)
     if grad.shape[1] == 0:
-        for tensor in (grad_routing, grad_bank, grad_second_bank):
+        for tensor in (routing_parts, grad_bank, grad_second_bank):
             if tensor is not None:
                 tensor.zero_()
-        return grad_routing, grad_bank, grad_second_bank
-    bank_grid, bank_args, routing_grid, routing_args, constexprs = _mix_bwd_plan(
-        grad.shape, grad.stride(), grad.dtype,
-        second_grad.stride() if has_second else None, routing.shape, routing.stride(),
-        bank.shape, bank.stride(), bank.dtype, second_bank.shape if has_second else None,
-        second_bank.stride() if has_second else None)
-    if need_banks:
-        mix_bwd_bank_kernel[bank_grid](
+        return routing_parts, grad_bank, grad_second_bank
+    if need_banks or need_routing:
+        mix_bwd_kernel[grid](
             routing, grad, second_grad if has_second else grad,
-            grad_bank, grad_second_bank if has_second else grad_bank,
-            *bank_args, **constexprs)
-    if need_routing:
-        mix_bwd_routing_kernel[routing_grid](
             bank, second_bank if has_second else bank,
-            grad, second_grad if has_second else grad, grad_routing,
-            *routing_args, **constexprs)
-    return grad_routing, grad_bank, grad_second_bank
+            grad_bank if need_banks else bank,
+            grad_second_bank if need_banks and has_second else bank,
+            routing_parts if need_routing else routing,
+            *args, **constexprs)
+    return routing_parts, grad_bank, grad_second_bank

@@ -125,8 +125,10 @@ def router_fwd_kernel(
 def router_bwd_kernel(
     grad_routing_pointer, routing_pointer, pooled_pointer, mlp_weight_pointer,
     mean_grad_pointer, grad_mlp_weight_pointer, grad_mlp_bias_pointer,
-    batch, channels, pixels, num_groups, num_cardinals, temperature_hi, temperature_lo,
-    grad_routing_batch_stride, grad_routing_group_stride, grad_routing_cardinal_stride,
+    batch, num_parts, channels, pixels, num_groups, num_cardinals, temperature_hi,
+    temperature_lo,
+    grad_routing_part_stride, grad_routing_batch_stride, grad_routing_group_stride,
+    grad_routing_cardinal_stride,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     pooled_batch_stride, pooled_channel_stride,
     mlp_weight_row_stride, mlp_weight_col_stride,
@@ -138,7 +140,9 @@ def router_bwd_kernel(
     """The router's backward: mean_grad (B, C), grad_mlp_weight (k*d, C), grad_mlp_bias (k*d,).
 
     Pointers:
-        grad_routing, routing (B, k, d); pooled (B, C); mlp_weight (k*d, C): any strides.
+        grad_routing (P, B, k, d): the routing gradient in P parts, added here (the mixing
+        backward's per-tile sums); routing (B, k, d); pooled (B, C); mlp_weight (k*d, C): any
+        strides.
         mean_grad (B, C): d loss / d x for every pixel of (b, c), i.e. already divided by H*W.
         grad_mlp_weight (k*d, C), grad_mlp_bias (k*d,) when HAS_BIAS.
     Grid: (cdiv(C, BLOCK_C),). A program owns a block of channels and walks the samples in
@@ -163,10 +167,13 @@ def router_bwd_kernel(
     grad_bias = tl.zeros((BLOCK_GROUPS, BLOCK_CARDINALS), dtype=ACC_DTYPE)
     for sample in range(batch):
         sample = tl.cast(sample, tl.int64)
-        grads = tl.load(grad_routing_pointer + sample * grad_routing_batch_stride
-                        + offs_j[:, None] * grad_routing_group_stride
-                        + offs_d[None, :] * grad_routing_cardinal_stride,
-                        mask=mask_jd, other=0.0).to(ACC_DTYPE)
+        grad_rows = (grad_routing_pointer + sample * grad_routing_batch_stride
+                     + offs_j[:, None] * grad_routing_group_stride
+                     + offs_d[None, :] * grad_routing_cardinal_stride)
+        grads = tl.zeros((BLOCK_GROUPS, BLOCK_CARDINALS), dtype=ACC_DTYPE)
+        for part in range(num_parts):
+            grads += tl.load(grad_rows + part * grad_routing_part_stride, mask=mask_jd,
+                             other=0.0).to(ACC_DTYPE)
         routing = tl.load(routing_pointer + sample * routing_batch_stride
                           + offs_j[:, None] * routing_group_stride
                           + offs_d[None, :] * routing_cardinal_stride,
@@ -256,13 +263,15 @@ def router_fwd(
 
 
 @functools.lru_cache(maxsize=1024)
-def _router_bwd_plan(grad_routing_stride, routing_shape, routing_stride, routing_dtype,
+def _router_bwd_plan(grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
+                     routing_dtype,
                      pooled_shape, pooled_stride, mlp_weight_shape, mlp_weight_stride,
                      has_mlp_bias, temperature, pixels):
     """router_bwd's decisions per shape class: (grid, integer arguments, constexprs)."""
     batch, num_groups, num_cardinals = routing_shape
     channels = pooled_shape[1]
-    args = (batch, channels, pixels, num_groups, num_cardinals, *_temperature_pair(temperature),
+    args = (batch, grad_routing_shape[0], channels, pixels, num_groups, num_cardinals,
+            *_temperature_pair(temperature),
             *grad_routing_stride, *routing_stride, *pooled_stride, *mlp_weight_stride,
             *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
             1 if has_mlp_bias else 0)
@@ -288,7 +297,8 @@ def router_bwd(
     """Gradients of :func:`router_fwd`, in one launch.
 
     Args:
-        grad_routing, routing: (B, k, d). pooled: (B, C). mlp_weight: (k*d, C).
+        grad_routing: (P, B, k, d), the routing gradient as P parts to add (P = 1: whole).
+        routing: (B, k, d). pooled: (B, C). mlp_weight: (k*d, C).
         pixels: H*W of the input the router averaged.
 
     Returns:
@@ -305,9 +315,9 @@ def router_bwd(
         grad_mlp_weight.zero_()
         return mean_grad, grad_mlp_weight, grad_mlp_bias.zero_() if has_mlp_bias else None
     grid, args, constexprs = _router_bwd_plan(
-        grad_routing.stride(), routing.shape, routing.stride(), routing.dtype, pooled.shape,
-        pooled.stride(), mlp_weight.shape, mlp_weight.stride(), has_mlp_bias, temperature,
-        pixels)
+        grad_routing.shape, grad_routing.stride(), routing.shape, routing.stride(),
+        routing.dtype, pooled.shape, pooled.stride(), mlp_weight.shape, mlp_weight.stride(),
+        has_mlp_bias, temperature, pixels)
     router_bwd_kernel[grid](
         grad_routing, routing, pooled, mlp_weight,
         mean_grad, grad_mlp_weight, grad_mlp_bias if has_mlp_bias else grad_mlp_weight,
