@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench import checks, hardware, harness, plots, providers, report, results
-from bench.costs import cost_table
+from bench.costs import bytes_table, cost_table, kernel_bytes_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
 FULL_SUITE = ["main", "sweeps", "e2e"]
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compare the Triton kernels with the reference "
                                               "on one tiny case (interpreter without CUDA)")
     check.add_argument("--device", choices=["cuda", "cpu"], default=_default_device())
-    commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4")
+    commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4 and "
+                                      "the HBM bytes model of the triton path")
     return parser
 
 
@@ -161,6 +162,15 @@ def command_check(device: str) -> int:
 def command_costs() -> int:
     print("analytic cost per layer (triton_nsr.flops; forward, float32):")
     print(cost_table(main_workloads()))
+    print()
+    print("HBM bytes the triton path moves per layer and pass (bfloat16 activations, float32 "
+          "parameters; each tensor once per kernel that reads or writes it, no L2 credit), "
+          "against the floor (forward x + y + bank; backward dy + x + dx + bank + bank "
+          "gradient):")
+    print(bytes_table(main_workloads()))
+    print()
+    print("MB per kernel (forward+backward; W3 forward only):")
+    print(kernel_bytes_table(main_workloads()))
     return 0
 
 

@@ -206,7 +206,7 @@ def bytes_rows(workloads: list[Workload]) -> list[list[str]]:
             verdict = "" if target is None else (
                 f"<= {target} {'met' if ratio <= target else 'MISSED'}")
             rows.append([w.name, name, str(launches), f"{moved / 1e6:.1f}",
-                         f"{floor / 1e6:.1f}", f"{ratio:.2f}x", verdict])
+                         f"{floor / 1e6:.1f}", f"{ratio:.3f}x", verdict])
     return rows
 
 
