@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compare the Triton kernels with the reference "
                                               "on one tiny case (interpreter without CUDA)")
     check.add_argument("--device", choices=["cuda", "cpu"], default=_default_device())
+    host = commands.add_parser(
+        "host-time", help="host microseconds per layer call with every kernel launch stubbed",
+        description="Median host time of NSRConv2d on the triton path, forward and "
+                    "forward+backward, with Triton launches replaced by no-ops.")
+    host.add_argument("--repeats", type=int, default=2000, help="timed calls (default: 2000)")
     commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4 and "
                                       "the HBM bytes model of the triton path")
     return parser
@@ -255,6 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         return command_check(args.device)
     if args.command == "costs":
         return command_costs()
+    if args.command == "host-time":
+        from bench.host_time import host_time_table, host_time_us
+
+        for layout in ("nchw", "channels_last"):
+            print(f"host time per layer call, {layout}, launches stubbed "
+                  f"({args.repeats} repeats):")
+            print(host_time_table(host_time_us(args.repeats,
+                                               channels_last=layout == "channels_last")))
+        return 0
     if args.command == "report":
         try:
             return command_report(args.input, args.results_dir, args.markdown,

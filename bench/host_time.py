@@ -4,7 +4,8 @@ What the Python side costs per call (argument checks, autograd, launch decisions
 when the GPU work itself takes no time: on the training shapes the kernels need only a few
 microseconds on an H200, so this is the floor of the layer's latency. Each Triton launch
 (``kernel[grid](...)``) is replaced by a no-op at the kernel call, so the launchers still build
-every argument; tensors live on the CPU, where allocating is as cheap as the caching allocator.
+every argument. Tensors live on the GPU when there is one (its caching allocator), else on the
+CPU under the Triton interpreter's flag (launches stubbed, nothing is interpreted).
 
     python -m bench host-time        # medians over many repeats, forward and forward+backward
 """
@@ -46,9 +47,11 @@ def _layer_and_input(channels_last: bool):
     from triton_nsr import NSRConv2d
 
     s = HOST_SHAPE
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     layer = NSRConv2d(s["in_channels"], s["out_channels"], 3, s["k"], s["d"], padding=1,
-                      backend="triton")
-    x = torch.randn(s["batch"], s["in_channels"], s["size"], s["size"], requires_grad=True)
+                      backend="triton", device=device)
+    x = torch.randn(s["batch"], s["in_channels"], s["size"], s["size"], device=device,
+                    requires_grad=True)
     if channels_last:
         x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     return layer, x

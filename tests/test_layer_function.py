@@ -183,3 +183,10 @@ def test_host_time_benchmark_stubs_launches_and_reports_medians():
     with stubbed_launches():
         assert mix.mix_fwd_kernel[(1,)]("not a tensor") is None
     assert TunedKernel.__getitem__ is real
+
+
+def test_host_time_command(capsys):
+    from bench import cli
+
+    assert cli.main(["host-time", "--repeats", "10"]) == 0
+    assert capsys.readouterr().out.count("| forward_backward |") == 2
