@@ -55,6 +55,19 @@ def test_torch_func_is_refused_naming_the_torch_backend(transform):
         call(x)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_inference_runs_the_launches_without_a_function(mode):
+    layer = _layer(padding_mode="replicate")
+    ref_layer = reference.NSRConv2d(4, 8, 3, 2, 4, padding=1, padding_mode="replicate",
+                                    dtype=torch.float64)
+    ref_layer.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+    with mode():
+        out = layer(x)
+        assert out.grad_fn is None
+        assert_close(out, ref_layer(x))
+
+
 # ----------------------------------------------------------------------------- torch.compile
 
 

@@ -382,9 +382,11 @@ class _TracedLayerFunction(torch.autograd.Function):
 
 def _gradient_present(ctx) -> list[bool]:
     """Which of the backward op's six results hold a gradient (the others have 0 elements)."""
-    need_input, need_padded, *params = _output_mask(ctx)
-    conv_input = (need_input and not ctx.has_padded) or need_padded
-    return [conv_input, True, *params[:3], params[3] and ctx.has_mlp_bias]
+    need_input, need_padded, need_weight, need_bias, need_mlp_weight, need_mlp_bias = \
+        _output_mask(ctx)
+    return [(need_input and not ctx.has_padded) or need_padded,
+            need_input or need_mlp_weight or need_mlp_bias,
+            need_weight, need_bias, need_mlp_weight, need_mlp_bias and ctx.has_mlp_bias]
 
 
 def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
