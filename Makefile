@@ -1,13 +1,14 @@
 # One venv for everything. If python3 already imports torch (a CUDA build, say, system-wide or in
 # an active virtualenv), the venv sees that torch through a .pth file naming its site-packages,
-# and pip, finding the requirement met, leaves it alone. Otherwise torch==2.13.0 is installed
-# (on the project's CPU machines that is the local CPU build).
+# and pip, finding the requirement met, leaves it alone. Otherwise pip installs torch==2.13.0 from
+# the indexes it is configured with: from PyPI on Linux x86_64 that is the CUDA build; for a CPU
+# build, install torch from https://download.pytorch.org/whl/cpu first (see README, Install).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.triton_nsr-installed
 HOST_TORCH_SITE := $(shell python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))" 2>/dev/null)
 
-.PHONY: setup test bench report lint clean gpu gpu-plan
+.PHONY: setup test test-quick bench report lint clean gpu gpu-plan
 
 setup: $(STAMP)
 
@@ -22,13 +23,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,bench,dev]"
 	@touch $(STAMP)
 
+# The whole suite, as CI runs it; pytest prints the 15 slowest tests (addopts in pyproject.toml).
 test: setup
 	$(PY) -m pytest -n 2 -q
+
+# The edit loop: the suite without the tests marked slow.
+test-quick: setup
+	$(PY) -m pytest -n 2 -q -m "not slow"
 
 bench: setup
 	$(PY) -m bench
 
-# Re-render docs/performance.md and docs/images/ from the newest stored GPU run (no measuring).
+# Re-render docs/performance.md and docs/images/ from the newest stored GPU and CPU runs
+# (no measuring).
 report: setup
 	$(PY) -m bench report
 

@@ -2,22 +2,36 @@
 
 Without a subcommand: on a CUDA machine, check the kernels, run the full suite (W1-W4 in every
 precision and layout, the sweeps and the end-to-end jobs), store the JSON under bench/results/
-and render docs/performance.md. Without CUDA (in well under two minutes): check the kernels in
-the Triton interpreter on one tiny case, print the analytic cost table, and render the report
-from the newest stored GPU run, or say there is none.
+and render docs/performance.md. Without CUDA (about 5 minutes on a 2-core CPU): run the CPU
+suite (the paper's layer, the default layer and a static conv timed side by side, and their
+peak memory; see `cpu`), store its JSON, check the kernels in the Triton interpreter on one
+tiny case (in a child process, so the timing saw what backend='auto' means to a user), print
+the analytic cost table, and render the report from the newest stored GPU and CPU runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench import checks, hardware, harness, plots, providers, report, results
+from bench import (
+    checks,
+    cpu_cases,
+    cpu_report,
+    cpu_suite,
+    hardware,
+    harness,
+    plots,
+    providers,
+    report,
+    results,
+)
 from bench.costs import bytes_table, cost_table, kernel_bytes_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
@@ -35,18 +49,27 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _use_interpreter_without_cuda() -> None:
-    """Run Triton kernels in the CPU interpreter when there is no GPU.
+def _needs_interpreter_child() -> bool:
+    """Whether a command that launches Triton kernels must rerun itself in a child process.
 
-    Triton reads TRITON_INTERPRET when it is imported; nothing before this point imports it
-    (triton_nsr and bench import it lazily), so setting it here is early enough.
+    Without CUDA the kernels run in Triton's CPU interpreter, which Triton reads from
+    TRITON_INTERPRET when it is imported, and importing triton_nsr already imports triton
+    (through torch._dynamo). So unless the variable was set before this process started, the
+    command reruns in a child that has it (`python -m bench` itself keeps backend='auto'
+    meaning the torch backend for its CPU timing).
     """
-    if torch.cuda.is_available():
-        return
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        _progress("warning: triton was imported before TRITON_INTERPRET=1 could be set; "
-                  "kernel checks may fail")
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    return not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _run_in_interpreter(argv: list[str]) -> int:
+    """``python -m bench ARGV`` in a child process with TRITON_INTERPRET=1; its exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path = os.pathsep.join(p for p in (str(results.REPO_ROOT), os.environ.get("PYTHONPATH"))
+                           if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    return subprocess.run([sys.executable, "-m", "bench", *argv], env=env,
+                          check=False).returncode
 
 
 def _repo_relative(path: Path) -> Path:
@@ -54,6 +77,22 @@ def _repo_relative(path: Path) -> Path:
         return Path(path).resolve().relative_to(results.REPO_ROOT)
     except ValueError:
         return Path(path)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option and the value on failure)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "channels_last on cuda, nchw on cpu)")
     run.add_argument("--passes", nargs="+", default=[FORWARD, FORWARD_BACKWARD],
                      choices=[FORWARD, FORWARD_BACKWARD], help="what to time (default: both)")
-    run.add_argument("--repeats", type=int, default=None,
+    run.add_argument("--repeats", type=positive_int, default=None,
                      help="timed repeats per measurement (default: 30 on cuda, 3 on cpu)")
-    run.add_argument("--warmup", type=int, default=None,
+    run.add_argument("--warmup", type=non_negative_int, default=None,
                      help="untimed calls first, for compiling and autotuning "
                           "(default: 5 on cuda, 1 on cpu)")
     run.add_argument("--output", type=Path, default=None,
@@ -141,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--repeats", type=int, default=2000, help="timed calls (default: 2000)")
     commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4 and "
                                       "the HBM bytes model of the triton path")
+
+    cpu = commands.add_parser(
+        "cpu", help="time the paper's layer, the default layer and a static conv on this CPU",
+        description="The CPU suite: W1-expand, W1-reduce, W2 (forward, forward+backward) and "
+                    "a WDSR-NSR training step, three providers timed in interleaved rounds, "
+                    "with peak memory; stores one JSON file and re-renders the report.")
+    cpu.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                     help="torch threads for the whole run (default: torch's default, "
+                          f"{torch.get_num_threads()} here)")
+    cpu.add_argument("--budget", type=float, default=cpu_suite.CpuSettings.budget_s,
+                     help="seconds of timed rounds per layer measurement (default: "
+                          "%(default)s)")
+    cpu.add_argument("--train-budget", type=float,
+                     default=cpu_suite.CpuSettings.train_budget_s,
+                     help="seconds of timed rounds for the training step (default: "
+                          "%(default)s)")
+    cpu.add_argument("--min-rounds", type=int, default=cpu_suite.CpuSettings.min_rounds,
+                     help="rounds timed even past the budget (default: %(default)s)")
+    cpu.add_argument("--no-memory", action="store_true", help="skip the peak-memory child")
+    cpu.add_argument("--output", type=Path, default=None,
+                     help="JSON path (default: <results-dir>/<date>_cpu-suite_<commit>.json)")
+    cpu.add_argument("--no-report", action="store_true",
+                     help="do not re-render docs/performance.md afterwards")
     return parser
 
 
@@ -193,7 +255,7 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
             providers=args.providers or (list(providers.PROVIDERS) if on_cuda
                                          else CPU_PROVIDERS),
             passes=args.passes,
-            repeats=args.repeats or (30 if on_cuda else 3),
+            repeats=args.repeats if args.repeats is not None else (30 if on_cuda else 3),
             warmup=args.warmup if args.warmup is not None else (5 if on_cuda else 1),
         )
         settings.check()
@@ -207,20 +269,57 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
     return _failed(outcome), path
 
 
+def command_cpu(args: argparse.Namespace) -> Path:
+    """Run the CPU suite, print its tables, store its JSON; the path written."""
+    settings = cpu_suite.CpuSettings(
+        threads=args.threads, min_rounds=args.min_rounds, budget_s=args.budget,
+        train_budget_s=args.train_budget, measure_memory=not args.no_memory)
+    try:
+        settings.check()
+        record = cpu_suite.run(cpu_cases.default_cases(), settings, _progress)
+    except (ValueError, RuntimeError) as error:
+        raise SystemExit(f"python -m bench cpu: {error}") from None
+    path = cpu_suite.write(record, args.output or cpu_suite.default_path(record,
+                                                                          args.results_dir))
+    print(f"CPU suite ({record['environment']['cpu_model']}, "
+          f"{record['environment']['torch_threads']} threads):")
+    print(cpu_report.timing_table(record))
+    if record["memory"]:
+        print("peak memory above the idle process (MiB):")
+        print(cpu_report.memory_table(record))
+    print(cpu_report.summary(record))
+    _progress(f"wrote {path}")
+    return path
+
+
+def _cpu_section(results_dir: Path, markdown: Path, images: Path | None) -> str | None:
+    """The report's CPU section from the newest stored CPU-suite run (without its chart when
+    ``images`` is None), or None."""
+    found = cpu_suite.newest(results_dir)
+    if found is None:
+        return None
+    path, record = found
+    print(f"report: CPU section from {_repo_relative(path)} "
+          f"({record['environment']['cpu_model']}, {record['created_utc']})")
+    return cpu_report.section(record, _repo_relative(path), markdown, images)
+
+
 def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
                    images: Path | None) -> int:
     if input_path is not None:
         found = (input_path, results.load(input_path))
     else:
         found = results.newest(results_dir, "cuda")
+    cpu_section = _cpu_section(results_dir, markdown, images)
     if found is None:
-        page = report.render_without_results(_repo_relative(results_dir), markdown)
+        page = report.render_without_results(_repo_relative(results_dir), markdown,
+                                             cpu_section)
         print(f"report: no GPU results stored in {_repo_relative(results_dir)}; wrote {page} "
-              "with the analytic costs only")
+              "without GPU measurements")
         return 0
     path, run = found
     env = run["environment"]
-    page = report.render(run, _repo_relative(path), markdown, images)
+    page = report.render(run, _repo_relative(path), markdown, images, cpu_section)
     print(f"report: rendered {page} from {_repo_relative(path)} "
           f"({env['device_name']}, {run['created_utc']}, commit {env['git_commit'][:12]})")
     return 0
@@ -252,8 +351,10 @@ def command_lease(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    _use_interpreter_without_cuda()
+    if args.command in ("lease", "check", "run", "host-time") and _needs_interpreter_child():
+        return _run_in_interpreter(argv)
     if args.command == "lease":
         return command_lease(args)
     if args.command == "check":
@@ -275,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
                                   None if args.no_charts else args.images)
         except plots.MissingMatplotlibError as error:
             raise SystemExit(f"python -m bench report: {error}") from None
+    if args.command == "cpu":
+        command_cpu(args)
+        if not args.no_report:
+            command_report(None, args.results_dir, report.DEFAULT_MARKDOWN,
+                           report.DEFAULT_IMAGES)
+        return 0
     if args.command == "run":
         status, path = command_run(args)
         if args.report and args.device == "cuda":
@@ -284,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     # No subcommand: the main job (`make bench`).
     if torch.cuda.is_available():
         return main(["--results-dir", str(args.results_dir), "run", "--report"])
-    status = command_check("cpu")
+    command_cpu(build_parser().parse_args(["--results-dir", str(args.results_dir), "cpu"]))
+    # The kernel check runs in a child, in the interpreter: here backend='auto' keeps meaning
+    # the torch backend, as it did for the timing above.
+    status = _run_in_interpreter(["check", "--device", "cpu"])
     command_costs()
     command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)
     return status

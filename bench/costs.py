@@ -137,11 +137,15 @@ def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
         "mix_fwd_kernel": t.routing + t.bank + t.mixed,
         "conv_fwd_kernel": t.x + t.mixed + t.y,
         "conv_bwd_weight_kernel": t.y + t.x + grad_parts,
+        # The all-taps 3x3 variant (off while ALL_TAPS_DTYPES is empty) moves the same tensors.
+        "conv_bwd_weight_3x3_kernel": t.y + t.x + grad_parts,
         # Reads the kernel gradient once for both gradients; writes the routing gradient in
         # one part per F tile, which the router's backward reads and adds.
         "mix_bwd_kernel": t.routing + t.bank + grad_parts + t.bank + t.routing_parts,
         "router_bwd_kernel": t.routing_parts + t.routing + 2 * t.per_sample + 2 * t.mlp,
-        "conv_bwd_input_kernel": t.y + t.mixed + t.x + t.per_sample,
+        # Its launcher first copies the mixed kernels into the input gradient's packed layout
+        # (operands.pack_input_grad_weight, one aten copy: a read and a write of them).
+        "conv_bwd_input_kernel": t.y + t.mixed + t.x + t.per_sample + 2 * t.mixed,
     }
     if kernel not in moved:
         raise KeyError(f"the bytes model has no entry for {kernel}: add one to bench/costs.py")
@@ -164,7 +168,7 @@ def recorded_launches(w: Workload) -> tuple[list, list]:
     geometry = check_nsr_conv2d(torch.empty(x.shape, device="meta"), *params, w.k, w.d, 1,
                                 w.padding, 1, 1)
     with recording(w.batch) as launches:
-        y = ops.nsr_layer(x, None, *params, geometry, 1.0, geometry.pad)
+        y = ops.nsr_layer(x, None, *params, geometry, 1.0, geometry.pad, False)
         forward = list(launches)
         torch.autograd.grad(y, [x, *params], torch.empty_like(y))
     return forward, launches[len(forward):]

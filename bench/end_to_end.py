@@ -1,8 +1,9 @@
 """Whole-model jobs on WDSR-NSR: one training step, and the patch-based eval of one image.
 
 The model comes from ``triton_nsr.models`` (imported here, lazily: the harness reports the job
-as skipped when it is missing). Every NSR layer in it is a ``triton_nsr.NSRConv2d``, so one
-model runs either formulation by setting each layer's ``backend``.
+as skipped when it is missing). For 'triton_nsr' every NSR layer runs on the triton backend; for
+'paper' every NSR layer is replaced by the paper's layer (``triton_nsr.reference.NSRConv2d``)
+with the same parameters and weight normalisation.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from bench.cpu_cases import paper_layer, replace_nsr_layers
 from bench.workloads import EVAL_PADDING, EVAL_STRIDE, EndToEnd
 
-# Provider name -> the backend every NSR layer of the model is set to.
-BACKENDS = {"paper": "torch", "triton_nsr": "triton"}
+PROVIDERS = ("paper", "triton_nsr")
 SCALE = 2
 
 
@@ -24,13 +25,16 @@ def build(job: EndToEnd, provider: str, device: str) -> Callable[[], object]:
 
     Raises ImportError when triton_nsr.models is missing, ValueError for an unknown provider.
     """
-    if provider not in BACKENDS:
-        raise ValueError(f"end-to-end jobs run {sorted(BACKENDS)}, not {provider!r}")
+    if provider not in PROVIDERS:
+        raise ValueError(f"end-to-end jobs run {sorted(PROVIDERS)}, not {provider!r}")
     from triton_nsr import convert
     from triton_nsr.models import WDSRNSR, evaluate_patches
 
-    model = convert(WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device),
-                    backend=BACKENDS[provider])
+    model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device)
+    if provider == "paper":
+        model = replace_nsr_layers(model, paper_layer)
+    else:
+        model = convert(model, backend="triton")
 
     if job.kind == "train":
         model.train()

@@ -128,7 +128,7 @@ class Harness:
                                                                  for j in jobs}
         run = results.new_run(s.device, asdict(s), self.peaks, catalogue)
         plan = [(w, p, layout) for w in workloads for p, layout in self._configs(w)]
-        e2e_providers = [p for p in s.providers if p in end_to_end.BACKENDS]
+        e2e_providers = [p for p in s.providers if p in end_to_end.PROVIDERS]
         self._total = sum(len(s.providers) * len(self._passes(w)) for w, _, _ in plan)
         self._total += len(jobs) * len(e2e_providers)
         with hardware.cudnn_benchmark(s.cudnn_benchmark and s.device == "cuda"):
@@ -176,7 +176,7 @@ class Harness:
             return rows
         for name in s.providers:
             provider = providers.get(name)
-            reason = providers.unavailable_reason(provider, s.device)
+            reason = providers.unavailable_reason(provider, s.device, inputs.x.dtype)
             for pass_ in self._passes(workload):
                 row = _row(workload.name, name, provider.part, precision, layout, pass_)
                 if reason is not None:
@@ -234,6 +234,11 @@ class Harness:
         row = _row(job.name, provider, "model", precision, layout,
                    FORWARD_BACKWARD if job.kind == "train" else FORWARD)
         dtype, tf32 = hardware.PRECISIONS[precision]
+        if provider in providers.PROVIDERS:
+            reason = providers.unavailable_reason(providers.get(provider), s.device, dtype)
+            if reason is not None:
+                row.update(status="skipped", message=reason)
+                return self._report(row)
         # Whole models run with float32 weights; bfloat16 means autocast, as people train.
         autocast = (torch.autocast(s.device, dtype=dtype) if dtype != torch.float32
                     else contextlib.nullcontext())

@@ -196,3 +196,49 @@ def render_all(run: dict, directory: Path) -> dict[str, Path]:
     for group, (slug, _) in SWEEPS.items():
         charts[f"sweep_{slug}"] = sweep_chart(run, group, directory)
     return {name: path for name, path in charts.items() if path is not None}
+
+
+def _ratio_points(axis, labels: list[str], summaries: list[dict], offset: float,
+                  label: str) -> None:
+    median = np.array([s["median"] for s in summaries])
+    low = median - np.array([s["p20"] for s in summaries])
+    high = np.array([s["p80"] for s in summaries]) - median
+    axis.errorbar(np.arange(len(labels)) + offset, median, yerr=[low, high], fmt="o",
+                  capsize=4, label=label)
+
+
+def cpu_ratio_chart(record: dict, directory: Path,
+                    memory_ratios: dict[str, list[float | None]]) -> Path | None:
+    """A CPU-suite run's ratios: time to the paper's layer, time to a static conv (medians with
+    p20-p80 bars) and, when ``memory_ratios`` ({label: one ratio or None per timing row}) has
+    any, peak memory; one point per case and pass. CPU runs only."""
+    timings = record["timings"]
+    if not timings:
+        return None
+    labels = [f"{row['case']}\n{row['pass'].replace('_', ' ')}" for row in timings]
+    panels = 3 if memory_ratios else 2
+    figure, axes = _pyplot().subplots(1, panels, figsize=(5.5 * panels, 4.8), squeeze=False)
+    axes = axes[0]
+    _ratio_points(axes[0], labels, [r["ratios"]["default/paper"] for r in timings], 0.0,
+                  "default / paper")
+    axes[0].set(ylabel="time ratio (x)", title="default layer / paper's layer")
+    for offset, key in ((-0.1, "default/static"), (0.1, "paper/static")):
+        _ratio_points(axes[1], labels, [r["ratios"][key] for r in timings], offset,
+                      key.replace("/", " / "))
+    axes[1].set(ylabel="time ratio (x)", title="NSR layer / static nn.Conv2d")
+    if memory_ratios:
+        width = 0.8 / len(memory_ratios)
+        for index, (label, values) in enumerate(memory_ratios.items()):
+            offset = (index - (len(memory_ratios) - 1) / 2) * width
+            axes[2].bar(np.arange(len(labels)) + offset,
+                        [np.nan if v is None else v for v in values], width, label=label)
+        axes[2].set(ylabel="peak memory ratio (x)", title="extra memory of one call")
+    for axis in axes:
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.axhline(1.1, color="grey", linewidth=0.8, linestyle="--", label="goal 1.10")
+        axis.set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        axis.legend(fontsize=7)
+        axis.grid(True, axis="y", alpha=0.3)
+    figure.suptitle(f"CPU: {record['environment']['cpu_model']}, "
+                    f"{record['environment']['torch_threads']} threads")
+    return _save(figure, directory / "cpu_ratios.png")

@@ -128,13 +128,16 @@ def get(name: str) -> Provider:
     return PROVIDERS[name]
 
 
-def unavailable_reason(provider: Provider, device: str) -> str | None:
-    """Why ``provider`` cannot run on ``device`` here, or None when it can."""
+def unavailable_reason(provider: Provider, device: str,
+                       dtype: torch.dtype | None = None) -> str | None:
+    """Why ``provider`` cannot run on ``device`` in ``dtype`` here, or None when it can."""
     if provider.needs_triton and device != "cuda":
         from triton_nsr.functional import interpreter_enabled
 
         if not interpreter_enabled():
             return "needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)"
+        if dtype == torch.bfloat16:
+            return "Triton's CPU interpreter has no bfloat16 arithmetic"
     if provider.requires is not None:
         try:
             importlib.import_module(provider.requires)

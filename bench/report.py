@@ -21,6 +21,40 @@ DEFAULT_MARKDOWN = REPO_ROOT / "docs" / "performance.md"
 DEFAULT_IMAGES = REPO_ROOT / "docs" / "images"
 
 
+# What each column of the analytic cost table (bench.costs.COST_HEADERS) means.
+COST_COLUMNS = {
+    "workload": "the layer shape (above)",
+    "input": "batch x height x width of the layer's input",
+    "C_in->C_out": "input and output channels",
+    "static params": "parameters of an `nn.Conv2d` of the same shape (weight and bias)",
+    "NSR params": "parameters of the NSR layer: k weight and bias banks plus the router's "
+                  "`Linear(C_in, k*d)`",
+    "static GFLOP": "forward FLOPs of that static convolution over the whole batch, 10^9 "
+                    "(a multiply-add counts as two; bias adds included)",
+    "NSR GFLOP": "forward FLOPs of the NSR layer: the convolution plus the spatial mean, the "
+                 "router's matmul, the softmax and mixing every sample's kernel from the k banks",
+    "extra FLOPs": "(NSR - static) / static: the overhead the supplementary calls negligible",
+    "paper bound (c=C_in)": "the supplementary's (section 2) estimate of that overhead, "
+                            "(p^2 c + k c d + k q^2 c^2) / (p^2 q^2 c^2) with image side p, "
+                            "kernel side q and c = C_in channels; it assumes C_out = C_in and "
+                            "no bias",
+    "min MB fp32": "the least memory traffic of the NSR layer's forward in float32, in MB "
+                   "(10^6 bytes): input, output and every parameter moved once; the mixed "
+                   "per-sample kernels, which an implementation may keep on chip, are not "
+                   "counted",
+}
+
+
+def cost_legend(workloads: list[Workload]) -> str:
+    """The cost table's workloads (from their descriptions) and columns, as markdown."""
+    lines = ["Each workload is one NSR layer as WDSR-NSR runs it (3x3 kernel, padding 1, "
+             "k = 4 sparsity groups of d = 16 cardinals, bias):", ""]
+    lines += [f"- **{w.name}**: {w.description}" for w in workloads]
+    lines += ["", "Columns:", ""]
+    lines += [f"- `{name}`: {meaning}" for name, meaning in COST_COLUMNS.items()]
+    return "\n".join(lines)
+
+
 def _layer_workloads(run: dict, headline_only: bool = False) -> dict[str, Workload]:
     """The run's layer workloads (not the end-to-end jobs); without sweeps if headline_only."""
     return {name: Workload(**{**w, "passes": tuple(w["passes"])})
@@ -70,6 +104,15 @@ def provenance(run: dict, source: Path) -> str:
         f"- source: `{source}`",
         f"- kernel check before measuring: {_kernel_check(run)}",
     ]
+    if env.get("git_commit_note"):
+        lines.append(f"- commit note: {env['git_commit_note']}")
+    failed = sorted({(r["precision"], r["layout"]) for r in run.get("smoke", [])
+                     if r["status"] == "failed"})
+    if failed:
+        cases = ", ".join(f"{precision} {layout}" for precision, layout in failed)
+        lines.append(f"- **the correctness smoke failed for {cases}** (see the GPU lease "
+                     "section): the `triton_nsr` timings in those settings measure kernels that "
+                     "computed a wrong result")
     return "\n".join(lines)
 
 
@@ -219,9 +262,9 @@ def end_to_end_table(run: dict) -> str | None:
 
 
 def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
-           images: Path | None = DEFAULT_IMAGES) -> Path:
+           images: Path | None = DEFAULT_IMAGES, cpu_section: str | None = None) -> Path:
     """Write the charts under ``images`` (none when it is None) and the page at ``markdown``;
-    return its path."""
+    return its path. ``cpu_section`` (bench.cpu_report.section), when given, ends the page."""
     charts = plots.render_all(run, images) if images is not None else {}
     precision, layout = plots.headline(run)
     parts = [
@@ -233,11 +276,14 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
         peaks_table(run),
         "## Analytic cost (float32, forward)",
         cost_table(list(_layer_workloads(run, headline_only=True).values())),
+        cost_legend(list(_layer_workloads(run, headline_only=True).values())),
         "## Is the extra cost negligible?",
         cost_paragraph(run),
         f"## Headline: {precision}, {layout}",
         "Median latency in ms with the p20-p80 range; `x paper` is the speed-up over the "
-        "paper's formulation measured in the same run.",
+        "paper's formulation measured in the same run; `% roofline` is the achieved TFLOP/s as "
+        "a share of the roofline at the layer's arithmetic intensity (analytic FLOPs over "
+        "minimum bytes), from the peaks measured above.",
         headline_table(run),
     ]
     e2e = end_to_end_table(run)
@@ -257,6 +303,8 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
     parts.append("## Every configuration")
     for name, workload in _layer_workloads(run).items():
         parts += [f"### {name}: {workload.description}", full_table(run, name)]
+    if cpu_section:
+        parts.append(cpu_section)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n\n".join(parts) + "\n")
     return markdown
@@ -323,16 +371,21 @@ def ratio_table(run: dict) -> str:
                            "paper / triton_nsr", "triton_nsr / static", "peak MiB"], table)
 
 
-def render_without_results(directory: Path, markdown: Path = DEFAULT_MARKDOWN) -> Path:
-    """The page when no GPU run is stored: it says so and shows the analytic costs only."""
+def render_without_results(directory: Path, markdown: Path = DEFAULT_MARKDOWN,
+                           cpu_section: str | None = None) -> Path:
+    """The page when no GPU run is stored: it says so and shows the analytic costs, then
+    ``cpu_section`` (bench.cpu_report.section) when given."""
     parts = [
         "# Performance",
-        f"**No GPU results are stored** in `{directory}`: this page has no measurements. "
+        f"**No GPU results are stored** in `{directory}`: this page has no GPU measurements. "
         "Run `python -m bench` (or `make bench`) on a machine with a CUDA GPU to measure and "
         "render them here.",
         "## Analytic cost (float32, forward)",
         cost_table(main_workloads()),
+        cost_legend(main_workloads()),
     ]
+    if cpu_section:
+        parts.append(cpu_section)
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n\n".join(parts) + "\n")
     return markdown

@@ -10,6 +10,10 @@ shows the progress bar, measures PSNR on the held-out images and writes the chec
 GPU the forward pass runs under bf16 autocast. Checkpoints use the authors' trainer layout
 ({'model_state_dict', 'optimizer_state_dict', ...}), so their checkpoints resume here and the
 other way round. Reading images needs Pillow; synthetic data needs nothing beyond torch.
+
+Checkpoints go to OUT/latest.pth. An existing one is never replaced silently: --resume continues
+it (it must hold the same network: --scale, --small, --num-blocks, --units, --width, --groups,
+--cardinals), --overwrite starts again from step 0.
 """
 
 from __future__ import annotations
@@ -26,49 +30,112 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from triton_nsr import NSRConv2d, reference
 from triton_nsr.models import WDSRNSR
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's line breaks and shows every option's default."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+# The options that decide the network's parameters: a checkpoint only resumes under the same.
+MODEL_OPTIONS = ("scale", "small", "num_blocks", "units", "width", "groups", "cardinals")
+# What --small fixes (WDSRNSR.small), so those options do not count against a --small run.
+SMALL_FIXES = ("num_blocks", "units", "width", "groups", "cardinals")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, help="folder of high-resolution images (needs Pillow)")
     data.add_argument("--synthetic", action="store_true", help="train on generated images")
-    data.add_argument("--synthetic-images", type=int, default=32,
+    data.add_argument("--synthetic-images", type=positive_int, default=32,
                       help="number of synthetic images, validation ones included")
-    data.add_argument("--synthetic-size", type=int, default=128, help="side of synthetic images")
-    data.add_argument("--val-images", type=int, default=4, help="images held out for PSNR")
+    data.add_argument("--synthetic-size", type=positive_int, default=128,
+                      help="side of synthetic images")
+    data.add_argument("--val-images", type=positive_int, default=4,
+                      help="images held out for PSNR")
     net = parser.add_argument_group("network")
-    net.add_argument("--scale", type=int, default=2)
+    net.add_argument("--scale", type=positive_int, default=2, help="upscaling factor")
     net.add_argument("--small", action="store_true",
                      help="the authors' released small model (64 units, width 1); overrides "
                           "--num-blocks, --units, --width, --groups, --cardinals")
-    net.add_argument("--num-blocks", type=int, default=16)
-    net.add_argument("--units", type=int, default=32, help="residual units R")
+    net.add_argument("--num-blocks", type=positive_int, default=16, help="residual blocks")
+    net.add_argument("--units", type=positive_int, default=32, help="residual units R")
     net.add_argument("--width", type=float, default=4, help="width multiplier")
-    net.add_argument("--groups", type=int, default=4, help="sparsity groups k")
-    net.add_argument("--cardinals", type=int, default=16, help="sparsity cardinals d")
-    net.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    net.add_argument("--groups", type=positive_int, default=4, help="sparsity groups k")
+    net.add_argument("--cardinals", type=positive_int, default=16, help="sparsity cardinals d")
+    net.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
+                     help="triton_nsr backend of every NSR layer")
+    net.add_argument("--layer", choices=("triton_nsr", "paper"), default="triton_nsr",
+                     help="'paper': every NSR layer on the paper's formulation "
+                          "(triton_nsr.reference.NSRConv2d, ignores --backend), a baseline for "
+                          "speed and memory")
     net.add_argument("--compile", action="store_true", help="torch.compile the model")
     train = parser.add_argument_group("training")
-    train.add_argument("--steps", type=int, default=1000)
-    train.add_argument("--batch-size", type=int, default=16, help="per process")
-    train.add_argument("--patch-size", type=int, default=48, help="low-resolution patch side")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=positive_int, default=1000,
+                       help="total optimizer steps, those of a resumed run included")
+    train.add_argument("--batch-size", type=positive_int, default=16, help="per process")
+    train.add_argument("--patch-size", type=positive_int, default=48,
+                       help="low-resolution patch side")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                       help="torch device: cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights and crops")
     train.add_argument("--out", type=Path, default=Path("runs/train_sr"),
                        help="checkpoint folder")
-    train.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    train.add_argument("--val-every", type=int, default=500, help="steps between PSNR runs")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/latest.pth")
+    train.add_argument("--save-every", type=positive_int, default=500,
+                       help="steps between checkpoints")
+    train.add_argument("--val-every", type=positive_int, default=500,
+                       help="steps between PSNR runs")
+    existing = train.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue from OUT/latest.pth (from step 0 if there is none)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="start from step 0 and replace an existing OUT/latest.pth")
     args = parser.parse_args(argv)
     if (args.data is None) == (not args.synthetic):
         parser.error("give exactly one of --data DIR and --synthetic")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = ("this torch is a CPU-only build" if torch.version.cuda is None else
+                 f"this torch is built for CUDA {torch.version.cuda} but sees no GPU")
+        parser.error(f"--device {args.device}: no CUDA device is available ({build}); "
+                     "use --device cpu")
     return args
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The options that decide the network's parameters, as stored in a checkpoint."""
+    return {name: getattr(args, name) for name in MODEL_OPTIONS
+            if not (args.small and name in SMALL_FIXES)}
+
+
+def config_mismatch(checkpoint: Path, stored: dict, wanted: dict) -> str | None:
+    """A one-paragraph error naming every option where ``stored`` and ``wanted`` differ, or
+    None when the checkpoint's network is this run's."""
+    differing = [f"--{name.replace('_', '-')} {wanted.get(name, 'unset')} "
+                 f"(checkpoint: {stored.get(name, 'unset')})"
+                 for name in MODEL_OPTIONS if stored.get(name) != wanted.get(name)]
+    if not differing:
+        return None
+    return (f"cannot resume from {checkpoint}: it holds a network of another configuration. "
+            f"This run asks for {', '.join(differing)}. Rerun with the checkpoint's options to "
+            "resume it, or give another --out (or --overwrite) to start a new run.")
 
 
 def load_folder(folder: Path) -> list[torch.Tensor]:
@@ -146,8 +213,15 @@ def validate(model, images, scale, device) -> float:
     return sum(scores) / len(scores)
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as H:MM:SS (or M:SS under an hour)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class ProgressBar:
-    """A one-line text progress bar on stderr: steps done, loss, speed."""
+    """A one-line text progress bar on stderr: steps done, loss, speed and time left."""
 
     def __init__(self, total: int, first_step: int = 0, width: int = 30):
         self.total, self.first_step, self.width = total, first_step, width
@@ -156,8 +230,10 @@ class ProgressBar:
     def update(self, step: int, loss: float) -> None:
         done = int(self.width * step / self.total)
         rate = (step - self.first_step) / max(time.perf_counter() - self.start, 1e-9)
+        # The rate of this run's steps so far, validation and checkpoints included.
+        eta = format_duration((self.total - step) / rate) if rate > 0 else "?"
         sys.stderr.write(f"\r[{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
-                         f"loss {loss:.4f} {rate:.2f} it/s")
+                         f"loss {loss:.4f} {rate:.2f} it/s ETA {eta}")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -178,27 +254,86 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, torch.device(device)
 
 
+def use_paper_layers(model: torch.nn.Module) -> None:
+    """Put every NSR layer of ``model`` on the paper's formulation, in place.
+
+    The two layer classes have the same constructor, parameters and state and differ only in
+    the function computing the layer, so changing the class keeps the parameters, their values
+    and the weight norm.
+    """
+    for module in model.modules():
+        if isinstance(module, NSRConv2d):
+            module.__class__ = reference.NSRConv2d
+
+
 def build_model(args, device) -> WDSRNSR:
     options = {"backend": args.backend, "device": device, "lr_patch_size": args.patch_size}
     if args.small:
-        return WDSRNSR.small(scale=args.scale, **options)
-    return WDSRNSR(scale=args.scale, num_blocks=args.num_blocks, num_residual_units=args.units,
-                   width_multiplier=args.width, num_sparsity_groups=args.groups,
-                   num_sparsity_cardinals=args.cardinals, **options)
+        model = WDSRNSR.small(scale=args.scale, **options)
+    else:
+        model = WDSRNSR(scale=args.scale, num_blocks=args.num_blocks,
+                        num_residual_units=args.units, width_multiplier=args.width,
+                        num_sparsity_groups=args.groups, num_sparsity_cardinals=args.cardinals,
+                        **options)
+    if args.layer == "paper":
+        use_paper_layers(model)
+    return model
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, args) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-             "step": step,
+             "step": step, "config": model_config(args),
              # Plain values only, so torch.load's default weights_only mode can read it back.
              "args": {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()}}
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)  # never leave a half-written latest.pth behind
 
 
+def shape_mismatch(checkpoint: Path, stored: dict, wanted: dict) -> str | None:
+    """For checkpoints without a stored configuration: one paragraph counting the parameters
+    that do not fit (other shape, missing, unexpected), or None when all fit."""
+    reshaped = [key for key in stored.keys() & wanted.keys()
+                if stored[key].shape != wanted[key].shape]
+    missing, unexpected = wanted.keys() - stored.keys(), stored.keys() - wanted.keys()
+    if not (reshaped or missing or unexpected):
+        return None
+    options = ", ".join("--" + name.replace("_", "-") for name in MODEL_OPTIONS)
+    return (f"cannot resume from {checkpoint}: its network is not this run's ({len(reshaped)} "
+            f"tensors of another shape, {len(missing)} missing, {len(unexpected)} unexpected). "
+            f"It records no configuration, so rerun with the options that wrote it ({options}), "
+            "or give another --out (or --overwrite) to start a new run.")
+
+
+def resume(checkpoint: Path, model, optimizer, args, device) -> int:
+    """Load ``checkpoint`` into model and optimizer and say so; the step to continue from.
+
+    Exits with one paragraph naming the differing options when the checkpoint holds another
+    network. Checkpoints without a stored configuration (the authors' trainer writes none) are
+    compared by their parameter shapes instead.
+    """
+    if not checkpoint.exists():
+        print(f"--resume: no checkpoint at {checkpoint}; starting from step 0", flush=True)
+        return 0
+    state = torch.load(checkpoint, map_location=device)
+    problem = (config_mismatch(checkpoint, state["config"], model_config(args))
+               if "config" in state else
+               shape_mismatch(checkpoint, state["model_state_dict"], model.state_dict()))
+    if problem:
+        sys.exit(problem)
+    model.load_state_dict(state["model_state_dict"])
+    optimizer.load_state_dict(state["optimizer_state_dict"])
+    step = state.get("step", 0)
+    print(f"resumed from {checkpoint} at step {step} (of --steps {args.steps})", flush=True)
+    return step
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    checkpoint = args.out / "latest.pth"
+    if checkpoint.exists() and not (args.resume or args.overwrite):
+        sys.exit(f"{checkpoint} exists: give --resume to continue it, --overwrite to replace it, "
+                 "or another --out")
     rank, world_size, device = setup_distributed(args.device)
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     images = (load_folder(args.data) if args.data else
@@ -212,13 +347,7 @@ def main(argv=None) -> None:
 
     model = build_model(args, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    checkpoint = args.out / "latest.pth"
-    step = 0
-    if args.resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device)
-        model.load_state_dict(state["model_state_dict"])
-        optimizer.load_state_dict(state["optimizer_state_dict"])
-        step = state.get("step", 0)
+    step = resume(checkpoint, model, optimizer, args, device) if args.resume else 0
     trained = DistributedDataParallel(model) if world_size > 1 else model
     if args.compile:
         trained = torch.compile(trained)

@@ -14,6 +14,11 @@ if not _HAS_CUDA:
 
 import pytest  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # xdist runs one worker per core: a second intra-op thread per worker only oversubscribes
+    # the cores, and OpenMP's spinning barriers then make small ops ~10-100x slower.
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if _HAS_CUDA:

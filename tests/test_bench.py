@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
 import types
 
@@ -31,7 +34,7 @@ from bench.workloads import (
     sweep_workloads,
     tiny_workloads,
 )
-from triton_nsr import NSRConv2d
+from triton_nsr import NSRConv2d, reference
 from triton_nsr.models import evaluate_patches
 
 
@@ -240,6 +243,25 @@ def test_report_without_gpu_results_says_so(tmp_path):
     assert "W3" in text and not (tmp_path / "images").exists()
 
 
+def test_the_cost_table_defines_its_workloads_and_every_column(tmp_path):
+    from bench.costs import COST_HEADERS
+
+    assert list(report.COST_COLUMNS) == list(COST_HEADERS)
+    page = report.render_without_results(tmp_path, tmp_path / "performance.md")
+    text = page.read_text()
+    for header in COST_HEADERS:
+        assert f"- `{header}`: " in text
+    for workload in main_workloads():
+        assert f"- **{workload.name}**: {workload.description}" in text
+
+
+def test_help_and_readme_agree_on_how_long_a_run_without_a_gpu_takes():
+    pattern = re.compile(r"about (\d+) minutes on a 2-core CPU")
+    readme = " ".join((results.REPO_ROOT / "README.md").read_text().split())
+    in_help = pattern.findall(" ".join(cli.__doc__.split()))
+    assert in_help and set(pattern.findall(readme)) == set(in_help)
+
+
 def test_cli_help_documents_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
@@ -269,7 +291,7 @@ def test_report_module_paths_point_into_the_repository():
     assert report.DEFAULT_MARKDOWN.parent.parent == results.REPO_ROOT
 
 
-def test_end_to_end_jobs_switch_every_nsr_layer_to_the_provider_backend(monkeypatch):
+def test_end_to_end_jobs_put_every_nsr_layer_on_the_provider(monkeypatch):
     built = []
 
     def wdsr_stand_in(scale, lr_patch_size):
@@ -294,7 +316,8 @@ def test_end_to_end_jobs_switch_every_nsr_layer_to_the_provider_backend(monkeypa
         ("E2E-train", "paper", "forward_backward", "ok"),
         ("E2E-eval", "paper", "forward", "ok"),
     ]
-    assert {model[0].backend for model in built} == {"torch"}
+    # 'paper' means the paper's layer itself, not a backend of ours.
+    assert {type(model[0]) for model in built} == {reference.NSRConv2d}
     results.validate(run)
 
 
@@ -314,7 +337,7 @@ def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
         return output * (1 + conv_error)
 
     def layer_stand_in(input, padded, weight, bias, mlp_weight, mlp_bias, geometry,
-                       temperature, pad):
+                       temperature, pad, allow_tf32):
         routing = reference.routing_weights(input, mlp_weight, mlp_bias,
                                             geometry.num_sparsity_groups,
                                             geometry.num_sparsity_cardinals, temperature)
@@ -348,6 +371,30 @@ def test_cli_run_rejects_unknown_workloads_before_measuring(tmp_path):
         cli.main(["run", "--device", "cpu", "--workloads", "W9",
                   "--output", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--repeats", "0"), ("--repeats", "-2"),
+                                           ("--repeats", "three"), ("--warmup", "-1")])
+def test_cli_run_refuses_a_count_it_cannot_honour(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--device", "cpu", "--no-check", flag, value,
+                  "--output", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2  # argparse's usage error, before anything is measured
+    error = capsys.readouterr().err
+    assert f"argument {flag}" in error and value in error
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter child is for CPU machines")
+def test_bench_check_sets_up_the_interpreter_itself():
+    # As a user runs it: TRITON_INTERPRET unset, so the command must rerun itself with it set
+    # before triton is imported (importing triton_nsr imports triton).
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "bench", "check"], cwd=results.REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == 3 and "failed" not in result.stdout
 
 
 def test_report_renders_a_run_without_the_main_workloads(tmp_path):

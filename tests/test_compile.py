@@ -31,6 +31,7 @@ class GraphCounter:
         return graph_module.forward
 
 
+@pytest.mark.slow
 def test_fullgraph_compile_recompiles_at_most_once_across_batch_sizes():
     torch._dynamo.reset()
     model = tiny()
@@ -52,18 +53,27 @@ def test_fullgraph_compile_recompiles_at_most_once_across_batch_sizes():
     assert counter.graphs <= 2
 
 
-def test_inductor_compiles_on_cpu_once_for_several_batch_sizes():
-    # One weight-normed layer keeps Inductor's C++ compilation short (about 35 s, cold cache).
+@pytest.mark.slow
+def test_inductor_compiles_forward_and_backward_at_most_twice_across_batch_sizes():
+    # One weight-normed layer keeps Inductor's C++ compilation short.
     torch._dynamo.reset()
     counters.clear()
     layer = nn.utils.parametrizations.weight_norm(
         NSRConv2d(3, 4, 3, 2, 2, padding=1, backend="torch"))
     compiled = torch.compile(layer, fullgraph=True)
-    for batch in BATCH_SIZES[:3]:
-        x = torch.rand(batch, 3, 7, 9)
-        with torch.no_grad():
-            assert_close(compiled(x), layer(x))
+    for batch in BATCH_SIZES:
+        x = torch.rand(batch, 3, 7, 9, requires_grad=True)
+        out = compiled(x)
+        leaves = [x, *layer.parameters()]
+        grads = torch.autograd.grad(out.square().sum(), leaves)
+        expected = layer(x)
+        expected_grads = torch.autograd.grad(expected.square().sum(), leaves)
+        assert_close(out, expected)
+        for grad, expected_grad in zip(grads, expected_grads):
+            assert_close(grad, expected_grad)
     assert counters["stats"]["unique_graphs"] <= 2
+    # Had the batch not stayed symbolic, Dynamo would have recompiled until its limit.
+    assert counters["stats"]["unique_graphs"] >= 1
 
 
 @pytest.fixture

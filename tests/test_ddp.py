@@ -42,6 +42,7 @@ def train_step_on_rank(rank, port, state, inputs, targets, result_path, backend)
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path, backend):
     """Each rank runs ``backend`` (triton: the kernels in the interpreter, inherited from the

@@ -33,6 +33,7 @@ def stored_snapshots(monkeypatch):
     return snapshots
 
 
+@pytest.mark.slow
 def test_tiny_lease_stores_every_measurement_and_stops_before_its_budget(tmp_path,
                                                                          stored_snapshots):
     budget = 20.0
@@ -59,7 +60,8 @@ def test_tiny_lease_stores_every_measurement_and_stops_before_its_budget(tmp_pat
     assert any(row["status"] == "passed" for row in run["smoke"])
     assert not any(row["status"] == "failed" for row in run["smoke"])
     # The tiny plan is larger than the budget: what was cut says so, with the reason.
-    cut = [row for row in run["measurements"] if row["status"] == "skipped"]
+    cut = [row for row in run["measurements"] if row["status"] == "skipped"
+           and "no bfloat16 arithmetic" not in row["message"]]
     cut += [row for row in run["smoke"] if row["status"] == "not reached"]
     assert cut and all(row["message"].startswith(("not reached: ", "stopped: "))
                        for row in cut)
@@ -155,8 +157,8 @@ def test_table_lookup_is_keyed_by_source_configs_triton_and_device():
 def test_source_hash_follows_the_jitted_functions_a_kernel_calls(monkeypatch):
     before = tuned_configs.source_hash(conv.conv_fwd_kernel.fn)
     assert before == tuned_configs.source_hash(conv.conv_fwd_kernel.fn)
-    # program_tile lives in tiling.py; a kernel that calls another version hashes differently.
-    monkeypatch.setitem(conv.conv_fwd_kernel.fn.fn.__globals__, "program_tile",
+    # program_blocks lives in tiling.py; a kernel that calls another version hashes differently.
+    monkeypatch.setitem(conv.conv_fwd_kernel.fn.fn.__globals__, "program_blocks",
                         conv.conv_fwd_kernel.fn.fn.__globals__["sample_and_group"])
     assert tuned_configs.source_hash(conv.conv_fwd_kernel.fn) != before
 

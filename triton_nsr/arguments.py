@@ -93,12 +93,21 @@ def check_positive_int(value, name: str) -> int:
 
 
 def check_temperature(temperature) -> float:
-    """Return the softmax temperature as a float, rejecting non-positive or non-finite values."""
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise TypeError(f"temperature must be a positive number, got {temperature!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    """Return the softmax temperature as a float, rejecting non-positive or non-finite values.
+
+    Under ``torch.compile`` a temperature that changes between calls becomes a symbolic float;
+    it is checked with comparisons (which Dynamo turns into guards), not converted.
+    """
+    if isinstance(temperature, torch.SymFloat):
+        value = temperature
+    else:
+        try:
+            value = float(temperature)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"temperature must be a positive number, got {temperature!r}") from None
+    # Written so that NaN fails too: every comparison with NaN is False.
+    if not (0 < value < math.inf):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     return value
 

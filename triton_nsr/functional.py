@@ -33,11 +33,17 @@ def interpreter_enabled() -> bool:
 
 
 def resolve_backend(backend: str, input: torch.Tensor) -> str:
-    """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'."""
+    """Map 'auto' to 'triton' for CUDA tensors or under the interpreter, else to 'torch'.
+
+    Triton's interpreter has no bfloat16 arithmetic (its dot multiplies the raw 16 bits), so
+    there 'auto' takes the torch backend for bfloat16 (and an explicit 'triton' is refused at
+    the first kernel launch, see kernels/tuned_configs.py).
+    """
     backend = check_backend(backend)
     triton_runs = input.is_cuda or interpreter_enabled()
     if backend == "auto":
-        return "triton" if triton_runs else "torch"
+        interpreted_bfloat16 = not input.is_cuda and input.dtype == torch.bfloat16
+        return "triton" if triton_runs and not interpreted_bfloat16 else "torch"
     if backend == "triton" and not triton_runs:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (got a tensor on {input.device}) or the Triton "
@@ -97,6 +103,27 @@ def _torch_backend(geometry: ConvGeometry):
     return mixing.mix_kernels, convolve
 
 
+# Dynamo does not trace torch.backends' precision objects: a compiled graph takes the setting of
+# its compile time, as it does for the legacy flag.
+@torch.compiler.assume_constant_result
+def conv_allows_tf32() -> bool:
+    """Whether float32 convolutions may use TF32, as cuDNN's convolutions decide it.
+
+    Reads the precision API (``torch.backends.cudnn.conv.fp32_precision``, where 'none' defers
+    to ``torch.backends.cudnn.fp32_precision`` and then ``torch.backends.fp32_precision``); the
+    legacy ``allow_tf32`` flag only where that API is missing or says nothing, since reading the
+    legacy flag raises once the two APIs have been mixed.
+    """
+    backends = torch.backends
+    conv = getattr(backends.cudnn, "conv", None)
+    for precision in (getattr(conv, "fp32_precision", None),
+                      getattr(backends.cudnn, "fp32_precision", None),
+                      getattr(backends, "fp32_precision", None)):
+        if precision in ("tf32", "ieee"):
+            return precision == "tf32"
+    return bool(backends.cudnn.allow_tf32)
+
+
 BACKEND_IMPLEMENTATIONS = {"torch": _torch_backend}
 
 
@@ -110,20 +137,17 @@ def _autocast_stand_in(input: torch.Tensor, weight) -> torch.Tensor:
 
 def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
                     num_sparsity_cardinals, stride, padding, dilation, groups, temperature,
-                    padding_mode) -> torch.Tensor:
+                    padding_mode, autocasting) -> torch.Tensor:
     """The whole layer on the Triton kernels (triton_nsr.ops.nsr_layer).
 
-    Under autocast only the input is cast, as the static convolution's input is; the kernels
-    read the parameters in their own dtype (float32 weights mix straight into bfloat16 kernels),
-    so no cast kernel runs per call.
+    Under autocast only the input is cast (the caller has cast it), as the static convolution's
+    input is; the kernels read the parameters in their own dtype (float32 weights mix straight
+    into bfloat16 kernels), so no cast kernel runs per call. Forward-mode AD, double backward
+    and torch.func are refused by the layer's Function (ops.nsr_layer) at the first call.
     """
     from triton_nsr import ops  # imports triton: only when this path runs
 
-    checked = input
-    autocasting = autocast_enabled(input.device.type)
-    if autocasting:
-        input = autocast_inputs([input], input.device.type)[0]
-        checked = _autocast_stand_in(input, weight)
+    checked = _autocast_stand_in(input, weight) if autocasting else input
     geometry = check_nsr_conv2d(
         checked, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
@@ -134,8 +158,9 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
             padded, pad = pad_input(input, geometry, padding_mode)
     else:
         padded, pad = pad_input(input, geometry, padding_mode)
+    # Read per call, as nn.Conv2d follows the setting at call time.
     return ops.nsr_layer(input, None if padded is input else padded, weight, bias,
-                         mlp_weight, mlp_bias, geometry, temperature, pad)
+                         mlp_weight, mlp_bias, geometry, temperature, pad, conv_allows_tf32())
 
 
 def nsr_conv2d(
@@ -190,15 +215,18 @@ def nsr_conv2d(
     input, unbatched = as_batched(input)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    autocasting = autocast_enabled(input.device.type)
+    if autocasting:
+        # Cast before the backend is resolved: bfloat16 under the interpreter takes 'torch'.
+        input = autocast_inputs([input], input.device.type)[0]
     backend = resolve_backend(backend, input)
     if backend == "triton":
         output = _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
                                  num_sparsity_cardinals, stride, padding, dilation, groups,
-                                 temperature, padding_mode)
+                                 temperature, padding_mode, autocasting)
         return output.squeeze(0) if unbatched else output
-    input, weight, bias, mlp_weight, mlp_bias = autocast_inputs(
-        [input, weight, bias, mlp_weight, mlp_bias], input.device.type
-    )
+    weight, bias, mlp_weight, mlp_bias = autocast_inputs(
+        [weight, bias, mlp_weight, mlp_bias], input.device.type)
     geometry = check_nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,

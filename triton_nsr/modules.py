@@ -122,4 +122,6 @@ class NSRConv2d(NSRConv2dBase):
         return nsr_conv2d(*args, **kwargs)
 
 
+# The name the authors' module gives its NSR layer, so swapping their import for
+# `from triton_nsr import Conv2d` keeps the rest of their code unchanged.
 Conv2d = NSRConv2d

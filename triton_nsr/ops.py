@@ -21,6 +21,8 @@ The parts, for benchmarks and tests, registered with ``torch.library.custom_op``
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
@@ -29,6 +31,7 @@ from triton_nsr.arguments import ConvGeometry, conv_output_size
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd
+from triton_nsr.kernels.operands import empty_packed_forward_weight
 from triton_nsr.kernels.router import router_bwd, router_fwd, routing_dtype
 
 # ----------------------------------------------------------------------------- mixing
@@ -65,7 +68,25 @@ def _mix_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
+UNSUPPORTED = ("nsr_conv2d(backend='triton') supports reverse-mode autograd only (one "
+               "backward); {what} is not implemented on the Triton path: use backend='torch', "
+               "which supports it")
+
+
+def refuse(what: str) -> NoReturn:
+    """Raise NotImplementedError naming what the Triton path cannot do, and what can."""
+    raise NotImplementedError(UNSUPPORTED.format(what=what))
+
+
+def refuse_double_backward() -> None:
+    """The backward kernels have no autograd of their own: refuse create_graph=True at the first
+    backward, rather than fail at the second one."""
+    if torch.is_grad_enabled():
+        refuse("double backward (create_graph=True)")
+
+
 def _mix_grad(ctx, grad: Tensor):
+    refuse_double_backward()
     routing, bank = ctx.saved_tensors
     return mix_backward(grad, routing, bank)
 
@@ -194,6 +215,7 @@ def _conv_setup(ctx, inputs, output) -> None:
 
 
 def _conv_grad(ctx, grad_output: Tensor):
+    refuse_double_backward()
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     mask = [need_input, need_weight, need_bias and ctx.has_bias]
@@ -213,11 +235,6 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 
 # ----------------------------------------------------------------------------- the layer
 
-UNSUPPORTED = ("nsr_conv2d(backend='triton') supports reverse-mode autograd only (one "
-               "backward); {what} is not implemented on the Triton path: use backend='torch', "
-               "which supports it")
-
-
 def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
                    num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32):
     """Three launches: route, mix weight and bias, convolve.
@@ -229,10 +246,11 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
     out_channels = weight.shape[0] // num_groups
     routing, pooled = router_fwd(input, mlp_weight, mlp_bias, num_groups, num_cardinals,
                                  temperature)
+    # weight_b comes in the convolution's packed layout: conv_fwd reads it without a copy.
     weight_b, bias_b = mix_fwd(
         routing, weight.reshape(num_groups, num_cardinals, -1),
-        None if bias is None else bias.reshape(num_groups, num_cardinals, -1), input.dtype)
-    weight_b = weight_b.view(batch, out_channels, *weight.shape[1:])
+        None if bias is None else bias.reshape(num_groups, num_cardinals, -1), input.dtype,
+        (out_channels, *weight.shape[1:]))
     if bias_b is not None:
         bias_b = bias_b.view(batch, out_channels)
     output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
@@ -266,7 +284,7 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
         # the mixing backward adds them as it reads them.
         weight_parts, bias_parts = conv_bwd_weight(
             grad_output, conv_input, tuple(weight_b.shape[3:]), stride, pad, dilation, groups,
-            allow_tf32, torch.empty_like(weight_b),
+            allow_tf32, weight_b.new_empty(weight_b.shape),
             None if bias is None else weight_b.new_empty((batch, out_channels)),
             sum_splits=False)
         splits = weight_parts.shape[0]
@@ -345,8 +363,7 @@ class NSRLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if torch.is_grad_enabled():
-            raise RuntimeError(UNSUPPORTED.format(what="double backward (create_graph=True)"))
+        refuse_double_backward()
         input, padded, weight, bias, mlp_weight, routing, pooled, weight_b = ctx.saved_tensors
         grad_conv_input, mean_grad, *param_grads = _layer_backward(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
@@ -356,7 +373,7 @@ class NSRLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(UNSUPPORTED.format(what="forward-mode AD (jvp)"))
+        refuse("forward-mode AD (jvp)")
 
 
 class _TracedLayerFunction(torch.autograd.Function):
@@ -391,7 +408,7 @@ def _gradient_present(ctx) -> list[bool]:
 
 def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
               mlp_weight: Tensor, mlp_bias: Tensor | None, geometry: ConvGeometry,
-              temperature: float, pad: tuple[int, int, int, int]) -> Tensor:
+              temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool) -> Tensor:
     """The NSR layer on the Triton kernels, differentiable once (reverse mode).
 
     Args:
@@ -403,18 +420,18 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
             autocast: no cast kernels).
         geometry: the checked geometry (triton_nsr.arguments.check_nsr_conv2d).
         pad: the zero padding (top, bottom, left, right) the convolution applies.
+        allow_tf32: let float32 products use TF32 (functional.conv_allows_tf32()).
 
     Returns:
         (B, out, Ho, Wo) in input's dtype, channels_last when the convolution's input is.
     """
     args = (input, padded, weight, bias, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
             geometry.num_sparsity_cardinals, temperature, list(geometry.stride), list(pad),
-            list(geometry.dilation), geometry.groups, bool(torch.backends.cudnn.allow_tf32))
+            list(geometry.dilation), geometry.groups, allow_tf32)
     if torch.compiler.is_compiling():
         return _TracedLayerFunction.apply(*args)
     if torch._C._are_functorch_transforms_active():
-        raise RuntimeError(UNSUPPORTED.format(
-            what="torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)"))
+        refuse("torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)")
     if torch.is_grad_enabled() or forward_ad._current_level >= 0:
         return NSRLayerFunction.apply(*args)
     # Inference (no_grad, inference_mode): nothing to save, so no Function around the launches.
@@ -451,7 +468,8 @@ def _nsr_layer_fake(input, padded, weight, bias, mlp_weight, mlp_bias, num_group
     return (empty_like_layout(conv_input, (batch, out_channels, *out_size)),
             input.new_empty((batch, num_groups, num_cardinals), dtype=dtype),
             input.new_empty((batch, channels), dtype=dtype),
-            input.new_empty((batch, out_channels, *weight.shape[1:])),
+            empty_packed_forward_weight((batch, out_channels, *weight.shape[1:]), input.dtype,
+                                        input.device),
             input.new_empty((batch, out_channels) if bias is not None else (0,)))
 
 

@@ -48,6 +48,9 @@ def mix_kernels(
     """
     batch, k, d = routing.shape
     out_channels = weight.shape[0] // k
+    # A no-op but under autocast, where the MLP ran in the autocast dtype and einsum, not
+    # autocast itself, would refuse the mixed dtypes.
+    routing = routing.to(weight.dtype)
     banks = weight.reshape(k, d, out_channels // d, *weight.shape[1:])
     mixed = torch.einsum("abc,bcdefg->acdefg", routing, banks)
     mixed = mixed.reshape(batch, out_channels, *weight.shape[1:])

@@ -155,13 +155,8 @@ def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
     # Checked as autocast would see it: the parameters' dtype, the input's shape.
     geometry = check_nsr_conv2d(torch.empty(()).expand(x.shape), weight, bias, mlp_weight,
                                 mlp_bias, k, d, 1, 1, 1, 1)
-    saved_tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    try:
-        with recording(b) as launches:
-            y = ops.nsr_layer(x, None, weight, bias, mlp_weight, mlp_bias, geometry, 1.0,
-                              geometry.pad)
-            y.backward(torch.zeros_like(y))
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved_tf32
+    with recording(b) as launches:
+        y = ops.nsr_layer(x, None, weight, bias, mlp_weight, mlp_bias, geometry, 1.0,
+                          geometry.pad, allow_tf32)
+        y.backward(torch.zeros_like(y))
     return launches

@@ -25,11 +25,13 @@ import tempfile
 import textwrap
 from dataclasses import asdict, dataclass, field
 
-# The dot operands of each GEMM kernel: (A variable, B variable) as named in the kernel source.
+# The dot operands of each GEMM kernel: (A, B) as (name, the kernel source's variables), where
+# "x0|x1|x2" is one operand loaded into three variables (the column taps).
 DOT_OPERANDS = {
-    "conv_fwd_kernel": ("a", "w"),
-    "conv_bwd_input_kernel": ("a", "w"),
-    "conv_bwd_weight_kernel": ("dy", "x"),
+    "conv_fwd_kernel": (("a", "a"), ("w", "w")),
+    "conv_bwd_input_kernel": (("a", "a"), ("w", "w")),
+    "conv_bwd_weight_kernel": (("dy", "dy"), ("x", "x")),
+    "conv_bwd_weight_3x3_kernel": (("dy", "dy_new"), ("x", "x0|x1|x2")),
 }
 # Hopper (H100/H200): 227 KiB of shared memory per block at most.
 HOPPER_SHARED_MEMORY = 232448
@@ -125,18 +127,22 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return (int(match[1]), int(match[2])) if match else (-1, -1)
 
 
-def load_lines(fn, variable: str) -> range:
-    """Source lines (file numbering) of the ``variable = tl.load(...)`` statements in ``fn``."""
+def load_lines(fn, variable: str) -> list[int]:
+    """Source lines (file numbering) of the ``variable = tl.load(...)`` statements in ``fn``.
+
+    ``variable`` may name several variables, "x0|x1": the lines of all of them.
+    """
+    names = variable.split("|")
     source, first = inspect.getsourcelines(fn.fn)
     tree = ast.parse(textwrap.dedent("".join(source)))
     lines: list[int] = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                and any(isinstance(t, ast.Name) and t.id == variable for t in node.targets)):
+                and any(isinstance(t, ast.Name) and t.id in names for t in node.targets)):
             lines += range(node.lineno + first - 1, node.end_lineno + first)
     if not lines:
         raise ValueError(f"{fn.__name__} has no '{variable} = tl.load(...)' statement")
-    return range(min(lines), max(lines) + 1)
+    return lines
 
 
 _GLOBAL_LOAD = re.compile(
@@ -210,9 +216,9 @@ def inspect_compiled(kernel, fn, label: str) -> Compiled:
     if fn.__name__ in DOT_OPERANDS:
         loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn))
         homes = _dot_operand_homes(ttgir)
-        for variable, home in zip(DOT_OPERANDS[fn.__name__], homes):
-            kinds = set().union(*(loads.get(line, set()) for line in load_lines(fn, variable)))
-            result.operands.append(Operand(variable, route_of(kinds), home))
+        for (name, variables), home in zip(DOT_OPERANDS[fn.__name__], homes):
+            kinds = set().union(*(loads.get(line, set()) for line in load_lines(fn, variables)))
+            result.operands.append(Operand(name, route_of(kinds), home))
     if result.shared_memory > HOPPER_SHARED_MEMORY:
         result.error = f"needs {result.shared_memory} bytes of shared memory"
     return result

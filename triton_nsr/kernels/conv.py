@@ -25,28 +25,40 @@ from triton_nsr.kernels.autotune import (
     size_class,
     tuned,
 )
-from triton_nsr.kernels.tiling import program_tile, sample_and_group
+from triton_nsr.kernels.operands import (
+    input_route,
+    pack_forward_weight,
+    set_descriptor_allocator,
+    tile_width,
+)
+from triton_nsr.kernels.tiling import program_blocks, sample_and_group, spatial_tile, spatial_tiles
 
 # The first config is the interpreter's; the rest are searched on the GPU.
 CONV_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
 ]
 # Taken out of CONV_CONFIGS, with the compiler's reason (docs/kernels.md lists them).
+_SMALL_K = ("a bf16 weight tile of BLOCK_K=16 gives each thread 8 bytes: cp.async 8B, and "
+            "wgmma waited at depth 0; replaced by the same tile with BLOCK_K=32")
 REMOVED_CONV_CONFIGS = [
     (triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=2, num_stages=4),
      "2 warps cannot form a warpgroup: compiles to mma.sync, never wgmma"),
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+     _SMALL_K),
+    (triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=8, num_stages=3),
+     _SMALL_K),
 ]
 # The shape class that changes the best tile: channels, kernel size, the pixel count's power of
-# two, the layout (the input's column stride: 1 for NCHW, C for channels_last) and the dot
-# precision; Triton adds the tensors' dtypes.
+# two, the layout (the input's column stride: 1 for NCHW, C for channels_last), the input's route
+# (TMA or gather) and the dot precision; Triton adds the tensors' dtypes.
 CONV_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h", "kernel_w",
-            "input_w_stride", "PRECISION"]
+            "input_w_stride", "INPUT_ROUTE", "PRECISION"]
 
 
 @tuned(CONV_CONFIGS, key=CONV_KEY,
@@ -54,44 +66,61 @@ CONV_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_
 @triton.jit
 def conv_fwd_kernel(
     input_pointer, weight_pointer, bias_pointer, output_pointer,
-    groups, in_group_channels, out_group_channels, out_pixels, tuning_pixels,
+    groups, in_group_channels, out_group_channels, tuning_pixels, weight_channels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
     input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
-    weight_batch_stride, weight_out_stride, weight_in_stride, weight_h_stride, weight_w_stride,
+    weight_batch_stride, weight_group_stride, weight_out_stride, weight_in_stride,
+    weight_h_stride, weight_w_stride,
     bias_batch_stride, bias_channel_stride,
     output_batch_stride, output_channel_stride, output_h_stride, output_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    INDEX_DTYPE: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr, INPUT_ROUTE: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = conv2d(x[b], w[b]) + bias[b] for every sample b.
 
     Pointers:
-        input (B, C, H, W), any strides (NCHW, channels_last, sliced).
-        weight (B, out, Cg, kh, kw): per-sample kernels, any strides.
+        input (B, C, H, W), any strides (NCHW, channels_last, sliced). INPUT_ROUTE "tma_nchw" /
+            "tma_channels_last" reads it through a TMA descriptor (operands.input_route says
+            when it may), "gather" by pointers.
+        weight: per-sample kernels w[b, g*OG + o, c, r, t] at b*batch + g*group + o*out + c*in
+            + r*h + t*w strides; channels c in [Cg, weight_channels) must read as zeros
+            (operands.pack_forward_weight's layout keeps c contiguous).
         bias (B, out) when HAS_BIAS.
         output (B, out, Ho, Wo), any strides.
     tuning_pixels: size_class(Ho*Wo), read by the autotuner's key only.
     Offsets: the sample's base offset is int64; offsets inside a sample use INDEX_DTYPE (int32
     when every tensor's per-sample extent fits, which halves the index registers).
-    Grid: (B * groups * cdiv(Ho*Wo, BLOCK_M) * cdiv(OG, BLOCK_N),), ordered as in tiling.py.
+    Grid: (B * groups * spatial_tiles(Ho, Wo, BLOCK_M, TILE_W) * cdiv(OG, BLOCK_N),): each
+    program owns (BLOCK_M // TILE_W) x TILE_W output pixels and BLOCK_N output channels.
     """
-    sample_group, _, offs_m, offs_n = program_tile(
-        tl.program_id(0), out_pixels, out_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
+    num_m_blocks = tl.cdiv(out_h, BLOCK_M // TILE_W) * tl.cdiv(out_w, TILE_W)
+    sample_group, m_block, n_block = program_blocks(
+        tl.program_id(0), num_m_blocks, tl.cdiv(out_group_channels, BLOCK_N))
     sample, group = sample_and_group(sample_group, groups, INDEX_DTYPE)
-    mask_m = offs_m < out_pixels
+    row0, col0, out_row, out_col = spatial_tile(m_block, out_w, BLOCK_M, TILE_W, INDEX_DTYPE)
+    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
+    mask_m = (out_row < out_h) & (out_col < out_w)
     mask_n = offs_n < out_group_channels
-    out_row = offs_m // out_w
-    out_col = offs_m % out_w
     out_channel = group * out_group_channels + offs_n
     row_origin = out_row * stride_h - pad_h
     col_origin = out_col * stride_w - pad_w
 
     input_sample = (input_pointer + sample * input_batch_stride
                     + group * in_group_channels * input_channel_stride)
-    weight_sample = (weight_pointer + sample * weight_batch_stride
-                     + out_channel[None, :] * weight_out_stride)
+    if INPUT_ROUTE == "tma_nchw":
+        input_boxes = tl.make_tensor_descriptor(
+            input_sample, shape=[in_group_channels, in_h, in_w],
+            strides=[input_channel_stride, input_h_stride, 1],
+            block_shape=[BLOCK_K, BLOCK_M // TILE_W, TILE_W])
+    elif INPUT_ROUTE == "tma_channels_last":
+        input_boxes = tl.make_tensor_descriptor(
+            input_sample, shape=[in_h, in_w, in_group_channels],
+            strides=[input_h_stride, input_w_stride, 1],
+            block_shape=[BLOCK_M // TILE_W, TILE_W, BLOCK_K])
+    weight_sample = (weight_pointer + sample * weight_batch_stride + group * weight_group_stride
+                     + offs_n[None, :] * weight_out_stride)
 
     # One flat loop over (tap, channel block) so that Triton pipelines all of K, not just the
     # channel blocks of one tap.
@@ -102,17 +131,28 @@ def conv_fwd_kernel(
         c_start = (step % num_c_blocks) * BLOCK_K
         r = tap // kernel_w
         t = tap % kernel_w
-        in_row = row_origin + r * dilation_h
-        in_col = col_origin + t * dilation_w
-        pixel_ok = mask_m & (in_row >= 0) & (in_row < in_h) & (in_col >= 0) & (in_col < in_w)
         offs_k = (c_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
-        mask_k = offs_k < in_group_channels
-        pixel = in_row * input_h_stride + in_col * input_w_stride
-        a = tl.load(input_sample + pixel[:, None] + offs_k[None, :] * input_channel_stride,
-                    mask=pixel_ok[:, None] & mask_k[None, :], other=0.0)
+        if INPUT_ROUTE == "tma_nchw":
+            # The box's out-of-bounds zero fill is the padding (and the channels past Cg).
+            a = input_boxes.load([c_start, row0 - pad_h + r * dilation_h,
+                                  col0 - pad_w + t * dilation_w])
+            a = tl.trans(tl.reshape(a, (BLOCK_K, BLOCK_M)))
+        elif INPUT_ROUTE == "tma_channels_last":
+            a = input_boxes.load([row0 - pad_h + r * dilation_h, col0 - pad_w + t * dilation_w,
+                                  c_start])
+            a = tl.reshape(a, (BLOCK_M, BLOCK_K))
+        else:
+            in_row = row_origin + r * dilation_h
+            in_col = col_origin + t * dilation_w
+            pixel_ok = (mask_m & (in_row >= 0) & (in_row < in_h) & (in_col >= 0)
+                        & (in_col < in_w))
+            pixel = in_row * input_h_stride + in_col * input_w_stride
+            a = tl.load(input_sample + pixel[:, None] + offs_k[None, :] * input_channel_stride,
+                        mask=pixel_ok[:, None] & (offs_k < in_group_channels)[None, :],
+                        other=0.0)
         w = tl.load(weight_sample + offs_k[:, None] * weight_in_stride
                     + (r * weight_h_stride + t * weight_w_stride),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                    mask=(offs_k < weight_channels)[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     if HAS_BIAS:
@@ -161,6 +201,33 @@ def conv_fwd(
     output = empty_like_layout(input, (batch, out_channels, out_h, out_w))
     if output.numel() == 0:
         return output
+    out_group_channels = out_channels // groups
+    packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
+    route, _ = input_route(input, in_group_channels, stride, pad, dilation, (kernel_h, kernel_w))
+    tile_w = tile_width(out_w)
+    set_descriptor_allocator(input)
+
+    def grid(meta):
+        return (batch * groups * spatial_tiles(out_h, out_w, meta["BLOCK_M"], tile_w)
+                * triton.cdiv(out_group_channels, meta["BLOCK_N"]),)
+
+    conv_fwd_kernel[grid](
+        input, packed, bias if bias is not None else packed, output,
+        groups, in_group_channels, out_group_channels, size_class(out_h * out_w),
+        weight_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+        *input.stride(), *weight_strides,
+        *(bias.stride() if bias is not None else (0, 0)),
+        *output.stride(),
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=accumulator_dtype(input.dtype),
+        PRECISION=dot_precision(input.dtype, allow_tf32),
+        INDEX_DTYPE=index_dtype((input, packed, bias, output), pad, dilation,
+                                (kernel_h, kernel_w)),
+        INPUT_ROUTE=route,
+        TILE_W=tile_w,
+    )
+    return output
     out_group_channels = out_channels // groups
     out_pixels = out_h * out_w
 

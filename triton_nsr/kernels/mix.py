@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, tuned
+from triton_nsr.kernels.operands import empty_packed_forward_weight, packed_channels
 
 _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 16, "BLOCK_F": 128}, num_warps=4),
@@ -63,10 +64,16 @@ def _mix_tile(
     batch, num_groups, num_cardinals, features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    output_batch_stride, output_cardinal_stride, output_feature_stride,
+    output_batch_stride, output_cardinal_stride,
+    channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j]."""
+    """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j].
+
+    Feature f is stored at (f // (channels*taps)) * row + (f // taps % channels) * channel +
+    (f % taps) * tap strides: a conv weight's (o, c, tap) order written in any layout (the
+    forward convolution's packed one), or a flat row with channels = taps = 1.
+    """
     num_f_blocks = tl.cdiv(features, BLOCK_F)
     f_block = tile % num_f_blocks
     cardinal = (tile // num_f_blocks) % num_cardinals
@@ -86,11 +93,14 @@ def _mix_tile(
         values = tl.load(bank_row + group * bank_group_stride, mask=mask_f, other=0.0)
         acc += weights.to(ACC_DTYPE)[:, None] * values.to(ACC_DTYPE)[None, :]
 
+    feature_offset = ((offs_f // (channels * taps)) * output_row_stride
+                      + (offs_f // taps % channels) * output_channel_stride
+                      + (offs_f % taps) * output_tap_stride)
     output = (
         output_pointer
         + offs_b[:, None] * output_batch_stride
         + cardinal * output_cardinal_stride
-        + offs_f[None, :] * output_feature_stride
+        + feature_offset[None, :]
     )
     tl.store(output, acc.to(output_pointer.dtype.element_ty),
              mask=mask_b[:, None] & mask_f[None, :])
@@ -104,14 +114,16 @@ def mix_fwd_kernel(
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
-    output_batch_stride, output_cardinal_stride, output_feature_stride,
+    output_batch_stride, output_cardinal_stride,
+    channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     second_output_batch_stride, second_output_cardinal_stride, second_output_feature_stride,
     HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
-    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F); when HAS_SECOND,
+    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F), its feature dimension
+    laid out as _mix_tile says; when HAS_SECOND,
     second_bank (k, d, F2) and second_output (B, d, F2); any strides.
     Grid: (T1 + T2,) with T = cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B) per bank (T2 = 0 without
     a second bank). Each program owns a (BLOCK_B, BLOCK_F) tile of one cardinal and reads each
@@ -124,7 +136,8 @@ def mix_fwd_kernel(
                   batch, num_groups, num_cardinals, features,
                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
                   bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-                  output_batch_stride, output_cardinal_stride, output_feature_stride,
+                  output_batch_stride, output_cardinal_stride,
+                  channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
                   ACC_DTYPE, BLOCK_B, BLOCK_F)
     elif HAS_SECOND:
         _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
@@ -133,7 +146,7 @@ def mix_fwd_kernel(
                   second_bank_group_stride, second_bank_cardinal_stride,
                   second_bank_feature_stride,
                   second_output_batch_stride, second_output_cardinal_stride,
-                  second_output_feature_stride,
+                  1, 1, second_output_feature_stride, 0, 0,
                   ACC_DTYPE, BLOCK_B, BLOCK_F)
 
 
@@ -275,7 +288,7 @@ def _accumulator(*dtypes: torch.dtype):
 
 @functools.lru_cache(maxsize=1024)
 def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
-                  second_shape, second_stride, dtype):
+                  second_shape, second_stride, dtype, kernel_shape):
     """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
     constexprs)."""
     batch, num_groups, num_cardinals = routing_shape
@@ -289,9 +302,19 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
         return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
                 * tiles,)
 
+    if kernel_shape is None:
+        batch_stride, cardinal_stride, feature_stride = contiguous_strides(output_shape)
+        layout = (batch_stride, cardinal_stride, 1, 1, feature_stride, 0, 0)
+    else:
+        # The forward convolution's packed (B, out, kh, kw, Cp) layout.
+        out, in_channels, kernel_h, kernel_w = kernel_shape
+        padded = packed_channels(in_channels)
+        row_stride = kernel_h * kernel_w * padded
+        layout = (out * row_stride, out // num_cardinals * row_stride,
+                  in_channels, kernel_h * kernel_w, row_stride, 1, padded)
+        output_shape = (batch, *kernel_shape)
     args = (batch, num_groups, num_cardinals, features, second_features,
-            *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)),
-            *contiguous_strides(output_shape),
+            *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
             *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)))
     constexprs = {"HAS_SECOND": second_shape is not None,
                   "ACC_DTYPE": _accumulator(bank_dtype, dtype)}
@@ -303,6 +326,7 @@ def mix_fwd(
     bank: torch.Tensor,
     second_bank: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    kernel_shape: tuple[int, int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mix one or two banks per sample, in one launch.
 
@@ -311,9 +335,13 @@ def mix_fwd(
         bank: (k, d, F); second_bank: (k, d, F2) or None (the bias).
         dtype: of the outputs (default: bank's), e.g. bfloat16 mixed kernels from float32
             banks under autocast.
+        kernel_shape: (out, Cg, kh, kw) when bank is a conv weight: the mixed kernels are then
+            written straight into the forward convolution's packed layout
+            (operands.empty_packed_forward_weight), so conv_fwd reads them without a copy.
 
     Returns:
-        (B, d, F) and (B, d, F2) or None, contiguous.
+        (B, d, F), contiguous, or (B, out, Cg, kh, kw) packed with kernel_shape; and
+        (B, d, F2) or None, contiguous.
     """
     check_launchable(routing, bank, second_bank)
     dtype = dtype or bank.dtype
@@ -321,8 +349,11 @@ def mix_fwd(
     output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
         routing.shape, routing.stride(), bank.shape, bank.stride(), bank.dtype,
         second_bank.shape if has_second else None, second_bank.stride() if has_second else None,
-        dtype)
-    output = torch.empty(output_shape, dtype=dtype, device=bank.device)
+        dtype, kernel_shape)
+    if kernel_shape is None:
+        output = torch.empty(output_shape, dtype=dtype, device=bank.device)
+    else:
+        output = empty_packed_forward_weight(output_shape, dtype, bank.device)
     second_output = (torch.empty(second_output_shape, dtype=dtype, device=bank.device)
                      if has_second else None)
     if output_shape[0] == 0:

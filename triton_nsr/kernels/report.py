@@ -29,7 +29,7 @@ from triton_nsr.kernels.compiled import (
     hopper_shortfalls,
     specialisation_key,
 )
-from triton_nsr.kernels.traffic import l2_to_sm_bytes
+from triton_nsr.kernels.traffic import l2_to_sm_bytes, weight_layout_costs
 
 # W1 and W4 as bench/workloads.py defines them (tests check they agree), and an odd shape.
 SHAPES = [
@@ -40,7 +40,8 @@ SHAPES = [
 ]
 PRECISION_NAMES = ("bf16", "tf32", "fp32")
 LAYOUT_NAMES = ("nchw", "channels_last")
-GEMM_KERNELS = ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel")
+GEMM_KERNELS = ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel",
+                "conv_bwd_weight_3x3_kernel")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -74,6 +75,7 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
                                                  launch.batch)
                         rows.append({"shape": shape.name, "precision": precision,
                                      "layout": layout, "kernel": launch.kernel,
+                                     "path": launch.kwargs.get("INPUT_ROUTE"),
                                      "compile": keys[key], "traffic": traffic})
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -101,6 +103,8 @@ def removed_configs() -> list[dict]:
                for entry in conv.REMOVED_CONV_CONFIGS]
     removed += [("conv_bwd_weight_kernel", entry)
                 for entry in conv_backward.REMOVED_WEIGHT_GRAD_CONFIGS]
+    removed += [("conv_bwd_weight_3x3_kernel", entry)
+                for entry in conv_backward.REMOVED_WEIGHT_GRAD_3X3_CONFIGS]
     return [{"kernel": kernel, "config": config_label(config), "reason": reason}
             for kernel, (config, reason) in removed]
 
@@ -160,14 +164,16 @@ def render_version(data: dict) -> list[str]:
     out += ["", "### Every compile of the GEMM kernels", "",
             "One row per distinct compile; `shapes` lists the layer shapes whose launches "
             "specialise to it. Operands: route from global memory -> where the MMA reads it.", "",
-            "| kernel | precision | layout | config | shapes | MMA | A | B | wait | regs | spill B "
-            "| smem B |", "| --- " * 12 + "|"]
+            "| kernel | precision | layout | path | config | shapes | MMA | A | B | wait | regs "
+            "| spill B | smem B |", "| --- " * 13 + "|"]
     for kernel in GEMM_KERNELS:
         for precision in PRECISION_NAMES:
             for layout in LAYOUT_NAMES:
                 shapes_of: dict[int, list[str]] = {}
+                paths: dict[int, str] = {}
                 for r in data["rows"]:
                     if (r["kernel"], r["precision"], r["layout"]) == (kernel, precision, layout):
+                        paths[r["compile"]] = r.get("path") or "-"
                         shapes_of.setdefault(r["compile"], [])
                         if r["shape"] not in shapes_of[r["compile"]]:
                             shapes_of[r["compile"]].append(r["shape"])
@@ -175,7 +181,7 @@ def render_version(data: dict) -> list[str]:
                     c = compiles[str(index)]
                     ops = [_operand_cell(o) for o in c["operands"]] or ["-", "-"]
                     out.append(
-                        f"| `{kernel}` | {precision} | {layout} | {c['config']} | "
+                        f"| `{kernel}` | {precision} | {layout} | {paths[index]} | {c['config']} | "
                         f"{', '.join(shapes)} | {c['mma']} | {ops[0]} | {ops[1]} | "
                         f"{c['wait_depth']} | {c['registers']} | {c['spill_bytes']} | "
                         f"{c['shared_memory']} |" + (f" error: {c['error']}" if c["error"] else ""))
@@ -219,6 +225,33 @@ def render_traffic(data: dict) -> list[str]:
     return out
 
 
+def render_weight_layouts() -> list[str]:
+    """The packed-copy vs mix-in-the-conv comparison (kernels/traffic.py's models)."""
+    out = ["## Per-sample weights: packed copies or mixing inside the conv", "",
+           "The GEMMs need the per-sample weights contiguous along K. Either the launchers copy "
+           "the mixed weights into each kernel's layout (operands.py: forward and input gradient, "
+           "one read and one write each), or every program mixes its weight tile from the k "
+           "banks, which costs k / BLOCK_M of the MMA time at the tensor-core to FMA rate unless "
+           "overlapped. Models from kernels/traffic.py (bf16, BLOCK_M=128, H200 data-sheet "
+           "rates; no GPU measurement): the copy's HBM time against the in-conv mixing's extra "
+           "main-loop time, both for the forward and the input gradient together.", "",
+           "| shape | copy MB | copy us | MMA us (2 GEMMs) | in-conv extra | in-conv us |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    cheaper = []
+    for s in SHAPES:
+        c = weight_layout_costs(s.batch, s.in_channels, s.out_channels, s.height, s.width, s.k)
+        cheaper.append(c["packed_us"] < c["in_conv_us"])
+        out.append(f"| {s.name} | {_mb(c['packed_bytes'])} | {c['packed_us']:.2f} | "
+                   f"{c['mma_us']:.2f} | {c['in_conv_fraction']:.2f}x | {c['in_conv_us']:.2f} |")
+    verdict = ("The copy's modelled time is below the in-conv mixing's on every shape"
+               if all(cheaper) else "The copy is not the cheaper model on every shape")
+    out += ["", verdict + " (plus two small launches); it keeps the mixing "
+            "kernel and its gradient as they are and leaves the tensor cores alone: the "
+            "launchers pack. Writing the layouts straight from the mixing kernel would save the "
+            "copy's read; that belongs with the mixing launch.", ""]
+    return out
+
+
 def _as_compiled(record: dict):
     from triton_nsr.kernels.compiled import Compiled, Operand
 
@@ -247,8 +280,16 @@ def render(reports: list[dict]) -> str:
              "instruction (pipelined through shared memory), or a synchronous `ld.global` of N "
              "bytes (no overlap), read from the PTX line table. wait is the deepest "
              "`wgmma.wait_group` (0: every MMA is waited for before the next loads). regs and "
-             "spill B from the cubin (cuobjdump), smem B from Triton's metadata. Every launch "
-             "takes the one path the kernels have (no TMA variant yet).", ""]
+             "spill B from the cubin (cuobjdump), smem B from Triton's metadata.", "",
+             "Paths: the forward and input gradient read their pixel operand through a TMA "
+             "descriptor at tap-shifted coordinates (`tma_nchw`, `tma_channels_last`; the zero "
+             "fill is the padding) where kernels/operands.py's `input_route` allows it, else by "
+             "the pointer gather (`gather`, the fallback: stride > 1, strides that are not "
+             "multiples of 16 bytes such as a bf16 width not divisible by 8, sliced or expanded "
+             "inputs, float64). Their per-sample weights come packed contiguous along K. The "
+             "weight gradient of a 3x3 kernel at stride 1 in 16-bit types runs "
+             "`conv_bwd_weight_3x3_kernel` (all taps per program, dy rows carried); everything "
+             "else runs the per-tap `conv_bwd_weight_kernel`.", ""]
     removed = reports[-1]["removed"] if reports else []
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]
@@ -261,6 +302,7 @@ def render(reports: list[dict]) -> str:
         lines += render_version(data) + [""]
     if reports:
         lines += render_traffic(reports[-1]) + [""]
+    lines += render_weight_layouts()
     return "\n".join(lines)
 
 

@@ -33,3 +33,34 @@ def sample_and_group(sample_group, groups, INDEX_DTYPE: tl.constexpr):
     sample = (sample_group // groups).to(tl.int64)
     group = (sample_group % groups).to(INDEX_DTYPE)
     return sample, group
+
+
+@triton.jit
+def program_blocks(pid, num_m_blocks, num_n_blocks):
+    """(outer index, M block, N block) of program pid, N fastest (see the module docstring)."""
+    n_block = pid % num_n_blocks
+    m_block = (pid // num_n_blocks) % num_m_blocks
+    outer = pid // (num_n_blocks * num_m_blocks)
+    return outer, m_block, n_block
+
+
+@triton.jit
+def spatial_tile(m_block, width, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr,
+                 INDEX_DTYPE: tl.constexpr):
+    """(first row, first column, rows (BLOCK_M,), columns (BLOCK_M,)) of a rows x columns tile.
+
+    The M dimension of a conv GEMM is an image's pixels; a tile of BLOCK_M // TILE_W rows of
+    TILE_W columns (rather than BLOCK_M consecutive pixels) is one box of a TMA descriptor at
+    every tap. Tiles are numbered row-major over the image; lanes past its edges are masked by
+    the caller.
+    """
+    num_col_tiles = tl.cdiv(width, TILE_W)
+    row0 = ((m_block // num_col_tiles) * (BLOCK_M // TILE_W)).to(INDEX_DTYPE)
+    col0 = ((m_block % num_col_tiles) * TILE_W).to(INDEX_DTYPE)
+    local = tl.arange(0, BLOCK_M).to(INDEX_DTYPE)
+    return row0, col0, row0 + local // TILE_W, col0 + local % TILE_W
+
+
+def spatial_tiles(height: int, width: int, block_m: int, tile_w: int) -> int:
+    """How many spatial_tile tiles cover a height x width image."""
+    return triton.cdiv(height, block_m // tile_w) * triton.cdiv(width, tile_w)

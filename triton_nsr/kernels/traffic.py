@@ -26,10 +26,11 @@ def l2_to_sm_bytes(kernel: str, named: dict, tiles: dict, batch: int) -> tuple[i
 
     ``named`` holds the launch's arguments by name, ``tiles`` the config's block sizes.
     """
-    if kernel not in ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel"):
+    if kernel not in ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel",
+                      "conv_bwd_weight_3x3_kernel"):
         return None
     batch_groups = batch * named["groups"]
-    taps = named["kernel_h"] * named["kernel_w"]
+    taps = named.get("kernel_h", 3) * named.get("kernel_w", 3)  # the all-taps kernel: 3x3
     cg, og = named["in_group_channels"], named["out_group_channels"]
     in_pixels = named["in_h"] * named["in_w"]
     out_pixels = named["out_h"] * named["out_w"]
@@ -42,6 +43,16 @@ def l2_to_sm_bytes(kernel: str, named: dict, tiles: dict, batch: int) -> tuple[i
         size = _itemsize(named, "grad_output_pointer")
         reads = gemm_reads(in_pixels, cg, taps * og, bm, bn)
         unique = og * out_pixels + og * cg * taps
+    elif kernel == "conv_bwd_weight_3x3_kernel":
+        # All taps per program: dy once per input-channel tile; x three times (column taps) per
+        # output-channel tile, over the split's rows plus two halo rows, in BLOCK_K-wide
+        # column blocks.
+        size = _itemsize(named, "input_pointer")
+        splits = named["num_splits"]
+        x_rows = named["out_h"] + 2 * splits
+        reads = (og * out_pixels * cdiv(cg, bn)
+                 + 3 * cg * x_rows * named["out_w"] * cdiv(og, bm))
+        unique = og * out_pixels + cg * in_pixels
     else:
         # One (OG, Cg) GEMM over the pixels per tap: dy and x are read again for every tap.
         size = _itemsize(named, "input_pointer")
@@ -49,3 +60,33 @@ def l2_to_sm_bytes(kernel: str, named: dict, tiles: dict, batch: int) -> tuple[i
         unique = og * out_pixels + cg * in_pixels
     return batch_groups * reads * size, batch_groups * unique * size
 
+
+
+# Hopper rates for the time model (H100/H200 SXM data sheets, dense): bf16 tensor cores against
+# float32 FMA, and HBM bandwidth of an H200.
+TENSOR_TO_FMA_RATE = 989 / 67
+HBM_BYTES_PER_SECOND = 4.8e12
+
+
+def weight_layout_costs(batch: int, in_channels: int, out_channels: int, height: int,
+                        width: int, k: int, block_m: int = 128, itemsize: int = 2,
+                        taps: int = 9) -> dict:
+    """Two ways to give the conv GEMMs per-sample weights contiguous along K, for one layer.
+
+    packed: the launchers copy the mixed weights into each kernel's layout (forward and input
+        gradient): one read and one write of B*out*Cg*taps elements each, in HBM.
+    in_conv: every program mixes its weight tile from the k banks: k FMAs per weight element
+        per program against BLOCK_M MACs on the tensor cores, i.e. k / BLOCK_M of the main
+        loop's MMA time scaled by the tensor-core to FMA rate (no per-sample weights in HBM).
+    Returns bytes and microseconds of both, and the two conv GEMMs' MMA time at tensor peak.
+    """
+    weights = batch * out_channels * in_channels * taps * itemsize
+    packed_bytes = 2 * 2 * weights
+    macs = batch * out_channels * in_channels * taps * height * width
+    mma_us = 2 * 2 * macs / (989e12) * 1e6
+    in_conv_fraction = k / block_m * TENSOR_TO_FMA_RATE
+    return {"packed_bytes": packed_bytes,
+            "packed_us": packed_bytes / HBM_BYTES_PER_SECOND * 1e6,
+            "mma_us": mma_us,
+            "in_conv_fraction": in_conv_fraction,
+            "in_conv_us": in_conv_fraction * mma_us}

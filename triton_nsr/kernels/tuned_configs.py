@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import triton
 
 TABLE_PATH = Path(__file__).with_name("tuned_configs.json")
@@ -289,6 +290,11 @@ class TunedKernel:
     def _launch(self, grid, args: tuple, kwargs: dict):
         policy = _policy
         if policy.record is None and self.interpreted:
+            if any(getattr(a, "dtype", None) == torch.bfloat16 for a in (*args, *kwargs.values())):
+                # Its dot would multiply the raw 16 bits: refuse rather than return garbage.
+                raise NotImplementedError(
+                    f"{self.name}: Triton's CPU interpreter has no bfloat16 arithmetic; run "
+                    "float32 or float16 there, or use backend='torch'")
             with _interpreter_lock:
                 return self.fn[grid](*args, **kwargs, **self.configs[0].kwargs)
         named = dict(zip(self.arg_names, args)) | kwargs

@@ -1,0 +1,144 @@
+"""Operand routes of the conv kernels: which launches take TMA, and that both routes compute.
+
+Under the interpreter a TMA box is accepted only where its innermost coordinate is 16-byte
+aligned, so here the TMA routes run on channels_last inputs (the innermost coordinate is a
+channel block) and on 1x1 NCHW kernels without padding; the tap-shifted NCHW boxes run in the GPU
+tests. Every other launch takes the pointer gather, which test_triton_path covers throughout.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.utils import assert_close
+from triton_nsr.kernels import operands
+from triton_nsr.kernels.conv import conv_fwd
+from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
+
+pytestmark = pytest.mark.usefixtures("poison_allocations")
+
+
+def route_of(x, groups=1, stride=(1, 1), pad=(1, 1, 1, 1), kernel=(3, 3)):
+    return operands.input_route(x, x.shape[1] // groups, stride, pad, (1, 1), kernel)[0]
+
+
+def test_routes_name_what_tma_cannot_take():
+    x = torch.empty(2, 8, 6, 16, dtype=torch.bfloat16)
+    channels_last = x.to(memory_format=torch.channels_last)
+    assert route_of(channels_last) == "tma_channels_last"
+    assert route_of(x, kernel=(1, 1), pad=(0, 0, 0, 0)) == "tma_nchw"
+    assert route_of(x, stride=(2, 2)) == "gather"  # a box is a dense window
+    # bf16 width 13: rows 26 bytes apart, not a multiple of 16.
+    assert route_of(torch.empty(2, 8, 6, 13, dtype=torch.bfloat16), kernel=(1, 1),
+                    pad=(0, 0, 0, 0)) == "gather"
+    assert route_of(x[:, :, :, 1:9], kernel=(1, 1), pad=(0, 0, 0, 0)) == "gather"  # address
+    assert route_of(torch.empty(2, 8, 6, 16, dtype=torch.float64)) == "gather"
+    assert route_of(x.expand(2, 8, 6, 16)[:, :1].expand(2, 8, 6, 16)) == "gather"  # stride 0
+    # Groups: each group's descriptor starts Cg channels further on.
+    assert route_of(torch.empty(2, 12, 4, 4).to(memory_format=torch.channels_last),
+                    groups=4) == "gather"  # 3 float32 channels = 12 bytes
+
+
+def test_tile_width_wastes_fewest_columns():
+    assert [operands.tile_width(w) for w in (48, 512, 29, 8, 40, 3)] == [16, 64, 32, 8, 8, 8]
+
+
+def test_packed_weights_are_contiguous_along_k_and_zero_padded():
+    weight = torch.randn(2, 6, 5, 3, 3)
+    packed, strides, bound = operands.pack_forward_weight(weight, groups=2)
+    assert bound == 16 and strides[3] == 1 and all(s % 16 == 0 for s in strides[:3] + strides[4:])
+    assert torch.equal(packed[..., :5], weight.permute(0, 1, 3, 4, 2))
+    assert not packed[..., 5:].any()
+    packed, strides, bound = operands.pack_input_grad_weight(weight, groups=2)
+    assert bound == 16 and strides[2] == 1
+    assert torch.equal(packed[..., :3], weight.view(2, 2, 3, 5, 3, 3).permute(0, 1, 4, 5, 3, 2))
+    assert not packed[..., 3:].any()
+
+
+CASES = [
+    # (channels_last, in, out, groups, kernel, pad, size)
+    (True, 8, 12, 1, 3, 1, (7, 9)),
+    (True, 16, 8, 2, 3, 2, (5, 6)),
+    (False, 4, 8, 1, 1, 0, (5, 8)),
+    (False, 8, 4, 2, 1, 0, (3, 16)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_tma_routes_match_conv2d(case):
+    channels_last, cin, cout, groups, ks, pad, size = case
+    x = torch.randn(2, cin, *size)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, cout, cin // groups, ks, ks)
+    bias = torch.randn(2, cout)
+    pads = (pad,) * 4
+    assert route_of(x, groups, pad=pads, kernel=(ks, ks)).startswith("tma")
+
+    def reference(x, w, b):
+        return torch.cat([F.conv2d(x[i:i + 1], w[i], b[i], padding=pad, groups=groups)
+                          for i in range(2)])
+
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = weight.clone().requires_grad_()
+    b_ref = bias.clone().requires_grad_()
+    expected = reference(x_ref, w_ref, b_ref)
+    dy = torch.randn_like(expected)
+    if channels_last:
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    assert route_of(dy, groups, pad=pads, kernel=(ks, ks)).startswith("tma")
+    expected.backward(dy)
+
+    out = conv_fwd(x, weight, bias, (1, 1), pads, (1, 1), groups, False)
+    assert_close(out, expected, "output")
+    grad_input = conv_bwd_input(dy, weight, (1, 1), pads, (1, 1), groups, False,
+                                torch.empty_like(x))
+    assert_close(grad_input, x_ref.grad)
+    grad_weight, grad_bias = torch.empty_like(weight), torch.empty_like(bias)
+    conv_bwd_weight(dy, x, (ks, ks), (1, 1), pads, (1, 1), groups, False, grad_weight, grad_bias)
+    assert_close(grad_weight, w_ref.grad)
+    assert_close(grad_bias, b_ref.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last):
+    # The all-taps kernel runs for 16-bit inputs on a GPU; here it runs in float32, several
+    # output- and input-channel tiles, rows split into bands, padding 2 on one side.
+    from triton_nsr.kernels import conv_backward
+
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 3)
+    x = torch.randn(2, 36, 7, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, 66, 36, 3, 3, requires_grad=True)
+    pad = (2, 2, 1, 1)
+    expected = torch.cat([F.conv2d(F.pad(x[i:i + 1], (1, 1, 2, 2)), weight[i])
+                          for i in range(2)])
+    dy = torch.randn_like(expected)
+    expected.backward(dy)
+    grad_weight, grad_bias = torch.empty_like(weight), torch.empty(2, 66)
+    conv_bwd_weight(dy, x, (3, 3), (1, 1), pad, (1, 1), 1, False, grad_weight, grad_bias)
+    assert_close(grad_weight, weight.grad, "grad_weight")
+    assert_close(grad_bias, dy.sum(dim=(2, 3)), "grad_bias")
+
+
+@pytest.mark.parametrize("in_channels", [5, 16])
+def test_mixing_writes_the_forward_packed_layout_that_conv_reads_as_is(in_channels):
+    """The layer's mixing writes the per-sample kernels straight into the forward's packed
+    layout (padding channels zeroed), which pack_forward_weight then takes without a copy."""
+    from triton_nsr.kernels import mix
+
+    k, d, out, batch = 3, 2, 4, 2
+    routing = torch.softmax(torch.randn(batch, k, d), dim=1)
+    weight = torch.randn(k * out, in_channels, 3, 3)
+    mixed, _ = mix.mix_fwd(routing, weight.reshape(k, d, -1), None, None,
+                           (out, in_channels, 3, 3))
+    expected = torch.einsum("bjc,jcf->bcf", routing, weight.reshape(k, d, -1))
+    assert mixed.shape == (batch, out, in_channels, 3, 3)
+    assert operands.is_packed_forward_weight(mixed)
+    torch.testing.assert_close(mixed, expected.reshape(mixed.shape))
+    packed, _, bound = operands.pack_forward_weight(mixed, groups=1)
+    assert packed.data_ptr() == mixed.data_ptr() and bound == 16
+    assert not packed[..., in_channels:].any()
+    torch.testing.assert_close(packed[..., :in_channels], mixed.permute(0, 1, 3, 4, 2))

@@ -1,0 +1,157 @@
+"""How the convolution kernels' GEMM operands are laid out and fetched on Hopper.
+
+Per-sample weights. The mixed kernels come as (B, out, Cg, kh, kw): along the K dimension of any
+conv GEMM (channels within a tap) the stride is kh*kw, so a weight tile has no contiguous
+dimension and every element is a separate load. The launchers therefore write each kernel the
+layout it reads along K, zero-padded so that every stride is a multiple of 16 elements (the
+only divisibility Triton's JIT proves, and what 16-byte cp.async needs):
+
+- forward, B = w[K = (tap, c), N = o]:   (B, out, kh, kw, Cp),  c contiguous (K-major);
+- input gradient, B = w[K = (tap, o), N = c]: (B, groups, kh, kw, Cg, Op), o contiguous.
+
+TF32 wgmma reads only K-major operands from shared memory, so each kernel gets its own major.
+The copies cost one read and one write of the per-sample weights per launch; docs/kernels.md
+compares that with mixing the k banks inside the conv.
+
+Input pixels. A tap shifts the input tile by one element, 2 bytes in bf16: pointer loads cannot
+use 16-byte cp.async there. A TMA descriptor over the sample's (Cg, H, W) input (NCHW) or
+(H, W, Cg) (channels_last) loads a box at the tap-shifted coordinates of a rows x columns output
+tile, and the hardware's out-of-bounds zero fill is the convolution's zero padding.
+:func:`input_route` decides per launch whether TMA can take the tensor; what it cannot take
+(stride > 1, strides that are not multiples of 16 bytes, e.g. a bf16 width that is not a
+multiple of 8, sliced or expanded inputs, float64) goes through the pointer gather, which is
+the same kernel with INPUT_ROUTE = "gather".
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+# Strides of the packed weight copies are multiples of this many elements.
+PACK = 16
+# TMA needs 16-byte aligned base addresses and strides.
+TMA_ALIGN_BYTES = 16
+TMA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def packed_channels(channels: int) -> int:
+    """The channel count of a packed copy: channels rounded up to a multiple of PACK."""
+    return _round_up(channels, PACK)
+
+
+def pack_forward_weight(weight: torch.Tensor, groups: int):
+    """The forward's weight operand: ((B, out, kh, kw, Cp) tensor, strides, channel bound).
+
+    strides: (batch, group, out-in-group, in-channel, row, column) in elements, as the kernels
+    take them. Channels Cg..Cp-1 are zeros, so a load may cover them without a mask.
+    """
+    batch, out, cg, kh, kw = weight.shape
+    cp = packed_channels(cg)
+    if is_packed_forward_weight(weight):
+        # The layer's mixing kernel writes this layout itself (empty_packed_forward_weight).
+        packed = weight.as_strided((batch, out, kh, kw, cp),
+                                   (weight.stride(0), weight.stride(1), kw * cp, cp, 1))
+    else:
+        packed = _empty_packed_storage(weight.shape, weight.dtype, weight.device)
+        packed[..., :cg].copy_(weight.permute(0, 1, 3, 4, 2))
+    b, o, h, w, c = packed.stride()
+    return packed, (b, o * (out // groups), o, c, h, w), cp
+
+
+def _empty_packed_storage(shape, dtype, device) -> torch.Tensor:
+    """(B, out, kh, kw, Cp) for a (B, out, Cg, kh, kw) weight, channels Cg..Cp-1 zeroed."""
+    batch, out, cg, kh, kw = shape
+    cp = packed_channels(cg)
+    storage = torch.empty((batch, out, kh, kw, cp), dtype=dtype, device=device)
+    if cp > cg:  # no fill kernel when the channels are already a multiple of PACK
+        storage[..., cg:].zero_()
+    return storage
+
+
+def empty_packed_forward_weight(shape, dtype, device) -> torch.Tensor:
+    """A (B, out, Cg, kh, kw) view of new packed (B, out, kh, kw, Cp) storage, padding zeroed:
+    what :func:`pack_forward_weight` reads without a copy (the layer's mixing writes into it)."""
+    return _empty_packed_storage(shape, dtype, device)[..., :shape[2]].permute(0, 1, 4, 2, 3)
+
+
+def is_packed_forward_weight(weight: torch.Tensor) -> bool:
+    """Whether a (B, out, Cg, kh, kw) weight already has the forward's packed strides (and so,
+    by construction in :func:`empty_packed_forward_weight`, zeroed padding channels)."""
+    batch, out, cg, kh, kw = weight.shape
+    cp = packed_channels(cg)
+    return weight.stride()[1:] == (kh * kw * cp, 1, kw * cp, cp)
+
+
+def pack_input_grad_weight(weight: torch.Tensor, groups: int):
+    """The input gradient's weight operand: ((B, groups, kh, kw, Cg, Op) tensor, strides, bound).
+
+    strides as in :func:`pack_forward_weight`; output channels OG..Op-1 of each group are zeros.
+    """
+    batch, out, cg, kh, kw = weight.shape
+    og = out // groups
+    op = _round_up(og, PACK)
+    packed = weight.new_empty((batch, groups, kh, kw, cg, op))
+    if op > og:  # no fill kernel when the channels are already a multiple of PACK
+        packed[..., og:].zero_()
+    packed[..., :og].copy_(weight.view(batch, groups, og, cg, kh, kw).permute(0, 1, 4, 5, 3, 2))
+    b, g, h, w, c, o = packed.stride()
+    return packed, (b, g, o, c, h, w), op
+
+
+def tile_width(width: int) -> int:
+    """Columns of the rows x columns output tile: the power of two in 8..64 wasting the fewest
+    lanes on the image's width (ties: the widest). 48 -> 16, 512 -> 64, 29 -> 32."""
+    return min((8, 16, 32, 64), key=lambda w: (triton.cdiv(width, w) * w, -w))
+
+
+def input_route(input: torch.Tensor, group_channels: int, stride, pad, dilation,
+                kernel_size) -> tuple[str, str]:
+    """(route, reason): "tma_nchw", "tma_channels_last" or "gather" for the input operand.
+
+    The reason says why TMA cannot take the tensor (empty for a TMA route).
+    """
+    if tuple(stride) != (1, 1):
+        return "gather", f"stride {tuple(stride)}: a TMA box is a dense window"
+    if input.dtype not in TMA_DTYPES:
+        return "gather", f"{input.dtype} has no tensor-core TMA path"
+    size = input.element_size()
+    batch_stride, channel_stride, h_stride, w_stride = input.stride()
+    if w_stride == 1:
+        route, strides = "tma_nchw", (channel_stride, h_stride)
+    elif channel_stride == 1:
+        route, strides = "tma_channels_last", (h_stride, w_stride)
+    else:
+        return "gather", f"strides {input.stride()}: neither width nor channels contiguous"
+    offsets = (batch_stride, group_channels * channel_stride, *strides)
+    if any(s * size % TMA_ALIGN_BYTES for s in offsets) or 0 in strides:
+        return "gather", f"strides {input.stride()}: not multiples of {TMA_ALIGN_BYTES} bytes"
+    if input.data_ptr() % TMA_ALIGN_BYTES:
+        return "gather", f"address {input.data_ptr():#x} not {TMA_ALIGN_BYTES}-byte aligned"
+    if route == "tma_nchw":
+        # A box whose innermost (column) coordinate is not 16-byte aligned is refused by the
+        # interpreter and, on an H200 with Triton 3.6, faults ("illegal instruction"): every
+        # NCHW launch with a tap-shifted column did. Tap shifts move the column coordinate.
+        shifts = {(t * dilation[1] - pad[2]) * size for t in range(kernel_size[1])}
+        if any(s % TMA_ALIGN_BYTES for s in shifts):
+            return "gather", "tap-shifted columns are not 16-byte aligned for a TMA box"
+    return route, ""
+
+
+def scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global memory for device-side TMA descriptors (Triton's allocator hook)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def set_descriptor_allocator(*tensors: torch.Tensor) -> None:
+    """Install :func:`scratch` for launches from this thread.
+
+    triton.set_allocator is a ContextVar: autograd runs backward in its own thread on CUDA, which
+    does not see a value set in the forward's thread, so every launcher sets it again.
+    """
+    if any(t.is_cuda for t in tensors):
+        triton.set_allocator(scratch)
