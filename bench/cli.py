@@ -32,7 +32,7 @@ from bench import (
     report,
     results,
 )
-from bench.costs import cost_table
+from bench.costs import bytes_table, cost_table, kernel_bytes_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
 FULL_SUITE = ["main", "sweeps", "e2e"]
@@ -173,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="compare the Triton kernels with the reference "
                                               "on one tiny case (interpreter without CUDA)")
     check.add_argument("--device", choices=["cuda", "cpu"], default=_default_device())
-    commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4")
+    host = commands.add_parser(
+        "host-time", help="host microseconds per layer call with every kernel launch stubbed",
+        description="Median host time of NSRConv2d on the triton path, forward and "
+                    "forward+backward, with Triton launches replaced by no-ops.")
+    host.add_argument("--repeats", type=int, default=2000, help="timed calls (default: 2000)")
+    commands.add_parser("costs", help="print the analytic params/FLOPs/bytes table of W1-W4 and "
+                                      "the HBM bytes model of the triton path")
 
     cpu = commands.add_parser(
         "cpu", help="time the paper's layer, the default layer and a static conv on this CPU",
@@ -223,6 +229,15 @@ def command_check(device: str) -> int:
 def command_costs() -> int:
     print("analytic cost per layer (triton_nsr.flops; forward, float32):")
     print(cost_table(main_workloads()))
+    print()
+    print("HBM bytes the triton path moves per layer and pass (bfloat16 activations, float32 "
+          "parameters; each tensor once per kernel that reads or writes it, no L2 credit), "
+          "against the floor (forward x + y + bank; backward dy + x + dx + bank + bank "
+          "gradient):")
+    print(bytes_table(main_workloads()))
+    print()
+    print("MB per kernel (forward+backward; W3 forward only):")
+    print(kernel_bytes_table(main_workloads()))
     return 0
 
 
@@ -338,7 +353,7 @@ def command_lease(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if args.command in ("lease", "check", "run") and _needs_interpreter_child():
+    if args.command in ("lease", "check", "run", "host-time") and _needs_interpreter_child():
         return _run_in_interpreter(argv)
     if args.command == "lease":
         return command_lease(args)
@@ -346,6 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         return command_check(args.device)
     if args.command == "costs":
         return command_costs()
+    if args.command == "host-time":
+        from bench.host_time import host_time_table, host_time_us
+
+        for layout in ("nchw", "channels_last"):
+            print(f"host time per layer call, {layout}, launches stubbed "
+                  f"({args.repeats} repeats):")
+            print(host_time_table(host_time_us(args.repeats,
+                                               channels_last=layout == "channels_last")))
+        return 0
     if args.command == "report":
         try:
             return command_report(args.input, args.results_dir, args.markdown,

@@ -1,13 +1,22 @@
-"""The analytic cost table (params, FLOPs, bytes) of the workloads, and a markdown formatter.
+"""The analytic tables of the workloads: params, FLOPs and minimum bytes; the HBM bytes model.
 
-Pure arithmetic from triton_nsr.flops: no device, no timing. Printed by ``python -m bench`` on
-machines without a GPU and included in docs/performance.md.
+Arithmetic only: no device, no timing. The cost table comes from triton_nsr.flops and is
+printed by ``python -m bench`` on machines without a GPU and included in docs/performance.md.
+The bytes model (``python -m bench costs``, kept in docs/design.md) counts what the triton
+path moves per layer and pass: the layer's launches are recorded on meta tensors (nothing runs),
+and each launch is charged every tensor it reads or writes, once, with no credit for L2 hits.
 """
 
 from __future__ import annotations
 
-from bench.workloads import Workload
+from dataclasses import dataclass
+
+import torch
+
+from bench.workloads import FORWARD, FORWARD_BACKWARD, Workload
+from triton_nsr.arguments import conv_output_size
 from triton_nsr.flops import paper_overhead_bound
+from triton_nsr.kernels.mix import MIX_BWD_BLOCK_F, cdiv
 
 COST_HEADERS = (
     "workload", "input", "C_in->C_out", "static params", "NSR params", "static GFLOP",
@@ -65,3 +74,160 @@ def bound_note(workloads: list[Workload]) -> str:
                 "for every workload above.")
     return ("The exact FLOP overhead exceeds the supplementary's bound (with c = C_in; the "
             "bound assumes C_out = C_in and no bias) for " + ", ".join(over) + ".")
+
+
+# ----------------------------------------------------------------------------- HBM bytes
+
+BYTES_HEADERS = ("workload", "pass", "launches", "moved MB", "floor MB", "ratio", "target")
+# Issue 11's targets, bfloat16 activations: (workload, pass) -> most moved bytes / floor.
+BYTES_TARGETS = {
+    ("W3", FORWARD): 1.25, ("W4", FORWARD): 1.55,
+    ("W1-expand", FORWARD_BACKWARD): 1.5, ("W1-reduce", FORWARD_BACKWARD): 1.5,
+    ("W4", FORWARD_BACKWARD): 1.5,
+}
+ACTIVATION_BYTES = 2  # bfloat16
+PARAMETER_BYTES = 4  # float32 parameters, as autocast keeps them
+ROUTER_BYTES = 4  # the router's tensors are float32
+
+
+@dataclass(frozen=True)
+class TensorBytes:
+    """The bytes of each tensor one layer call reads or writes (bf16 activations)."""
+
+    x: int  # input, and its gradient
+    y: int  # output, and its gradient
+    bank: int  # weight and bias banks, and their gradients
+    mixed: int  # the per-sample kernels and biases
+    mlp: int  # the router's weight and bias, and their gradients
+    per_sample: int  # pooled input, and the mean's gradient, (B, C)
+    routing: int  # routing weights, (B, k, d)
+    routing_parts: int  # the routing gradient in per-tile parts, (T, B, k, d)
+
+    @classmethod
+    def of(cls, w: Workload) -> TensorBytes:
+        taps = w.kernel_size ** 2
+        ho, wo = conv_output_size((w.height, w.width), (w.kernel_size,) * 2, (1, 1),
+                                  (w.padding,) * 4, (1, 1))
+        return cls(
+            x=w.batch * w.in_channels * w.height * w.width * ACTIVATION_BYTES,
+            y=w.batch * w.out_channels * ho * wo * ACTIVATION_BYTES,
+            bank=w.k * w.out_channels * (w.in_channels * taps + 1) * PARAMETER_BYTES,
+            mixed=w.batch * w.out_channels * (w.in_channels * taps + 1) * ACTIVATION_BYTES,
+            mlp=w.k * w.d * (w.in_channels + 1) * PARAMETER_BYTES,
+            per_sample=w.batch * w.in_channels * ROUTER_BYTES,
+            routing=w.batch * w.k * w.d * ROUTER_BYTES,
+            routing_parts=(cdiv(w.out_channels // w.d * w.in_channels * taps, MIX_BWD_BLOCK_F)
+                           + cdiv(w.out_channels // w.d, MIX_BWD_BLOCK_F))
+            * w.batch * w.k * w.d * ROUTER_BYTES,
+        )
+
+    def kernel_gradient(self, splits: int) -> int:
+        """The per-sample kernel and bias gradients: in the activation dtype, or as float32
+        partial sums of ``splits`` pixel splits."""
+        if splits == 1:
+            return self.mixed
+        return splits * self.mixed * ROUTER_BYTES // ACTIVATION_BYTES
+
+
+def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
+    """HBM bytes of one launch: every tensor it reads or writes, once (no L2 credit)."""
+    grad_parts = t.kernel_gradient(splits)
+    moved = {
+        "router_fwd_kernel": t.x + t.mlp + t.per_sample + t.routing,
+        "mix_fwd_kernel": t.routing + t.bank + t.mixed,
+        "conv_fwd_kernel": t.x + t.mixed + t.y,
+        "conv_bwd_weight_kernel": t.y + t.x + grad_parts,
+        # The all-taps 3x3 variant (off while ALL_TAPS_DTYPES is empty) moves the same tensors.
+        "conv_bwd_weight_3x3_kernel": t.y + t.x + grad_parts,
+        # Reads the kernel gradient once for both gradients; writes the routing gradient in
+        # one part per F tile, which the router's backward reads and adds.
+        "mix_bwd_kernel": t.routing + t.bank + grad_parts + t.bank + t.routing_parts,
+        "router_bwd_kernel": t.routing_parts + t.routing + 2 * t.per_sample + 2 * t.mlp,
+        # Its launcher first copies the mixed kernels into the input gradient's packed layout
+        # (operands.pack_input_grad_weight, one aten copy: a read and a write of them).
+        "conv_bwd_input_kernel": t.y + t.mixed + t.x + t.per_sample + 2 * t.mixed,
+    }
+    if kernel not in moved:
+        raise KeyError(f"the bytes model has no entry for {kernel}: add one to bench/costs.py")
+    return moved[kernel]
+
+
+def recorded_launches(w: Workload) -> tuple[list, list]:
+    """(forward, backward) launches of the layer, recorded on meta tensors (nothing runs, no
+    memory is used) with the kernel gradient's pixel splits sized for an H200."""
+    from triton_nsr import ops
+    from triton_nsr.arguments import check_nsr_conv2d
+    from triton_nsr.kernels.capture import recording
+
+    def leaf(*size, dtype=torch.float32):
+        return torch.empty(size, dtype=dtype, device="meta", requires_grad=True)
+
+    x = leaf(w.batch, w.in_channels, w.height, w.width, dtype=torch.bfloat16)
+    params = (leaf(w.k * w.out_channels, w.in_channels, w.kernel_size, w.kernel_size),
+              leaf(w.k * w.out_channels), leaf(w.k * w.d, w.in_channels), leaf(w.k * w.d))
+    geometry = check_nsr_conv2d(torch.empty(x.shape, device="meta"), *params, w.k, w.d, 1,
+                                w.padding, 1, 1)
+    with recording(w.batch) as launches:
+        y = ops.nsr_layer(x, None, *params, geometry, 1.0, geometry.pad, False)
+        forward = list(launches)
+        torch.autograd.grad(y, [x, *params], torch.empty_like(y))
+    return forward, launches[len(forward):]
+
+
+def layer_bytes(w: Workload) -> dict:
+    """{pass: (launches, moved bytes, floor bytes, {kernel: bytes})} for the workload's passes.
+
+    Floors: forward x + y + bank; backward dy + x + dx + bank + bank gradient (so
+    forward+backward's floor is their sum).
+    """
+    t = TensorBytes.of(w)
+    forward, backward = recorded_launches(w)
+    splits = max([launch.named.get("num_splits", 1) for launch in backward] or [1])
+
+    def moved(launches):
+        per_kernel = {}
+        for launch in launches:
+            per_kernel[launch.kernel] = (per_kernel.get(launch.kernel, 0)
+                                         + kernel_bytes(launch.kernel, t, splits))
+        return per_kernel
+
+    forward_kernels = moved(forward)
+    floor = t.x + t.y + t.bank
+    passes = {FORWARD: (len(forward), sum(forward_kernels.values()), floor, forward_kernels)}
+    if FORWARD_BACKWARD in w.passes:
+        both = moved(forward + backward)
+        passes[FORWARD_BACKWARD] = (len(forward) + len(backward), sum(both.values()),
+                                    floor + t.y + 2 * t.x + 2 * t.bank, both)
+    return passes
+
+
+def bytes_rows(workloads: list[Workload]) -> list[list[str]]:
+    rows = []
+    for w in workloads:
+        for name, (launches, moved, floor, _) in layer_bytes(w).items():
+            target = BYTES_TARGETS.get((w.group if w.group != "W1" else w.name, name))
+            ratio = moved / floor
+            verdict = "" if target is None else (
+                f"<= {target} {'met' if ratio <= target else 'MISSED'}")
+            rows.append([w.name, name, str(launches), f"{moved / 1e6:.1f}",
+                         f"{floor / 1e6:.1f}", f"{ratio:.3f}x", verdict])
+    return rows
+
+
+def bytes_table(workloads: list[Workload]) -> str:
+    """The HBM bytes model of the triton path per layer and pass, against the floor."""
+    return markdown_table(BYTES_HEADERS, bytes_rows(workloads))
+
+
+def kernel_bytes_table(workloads: list[Workload]) -> str:
+    """Where the bytes go: MB per kernel of forward+backward (forward only for inference)."""
+    kernels = list(dict.fromkeys(k for w in workloads
+                                 for *_, per_kernel in layer_bytes(w).values()
+                                 for k in per_kernel))
+    rows = []
+    for w in workloads:
+        *_, per_kernel = list(layer_bytes(w).values())[-1]
+        rows.append([w.name] + [f"{per_kernel[k] / 1e6:.1f}" if k in per_kernel else ""
+                                for k in kernels])
+    short = [k.removesuffix("_kernel") for k in kernels]
+    return markdown_table(["workload", *short], rows)

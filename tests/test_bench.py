@@ -336,9 +336,19 @@ def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
                                      dilation, groups) for b in range(input.shape[0])])
         return output * (1 + conv_error)
 
+    def layer_stand_in(input, padded, weight, bias, mlp_weight, mlp_bias, geometry,
+                       temperature, pad, allow_tf32):
+        routing = reference.routing_weights(input, mlp_weight, mlp_bias,
+                                            geometry.num_sparsity_groups,
+                                            geometry.num_sparsity_cardinals, temperature)
+        weight_b, bias_b = reference.mix_kernels(routing.to(weight.dtype), weight, bias)
+        return conv_stand_in(input if padded is None else padded, weight_b, bias_b,
+                             geometry.stride, pad, geometry.dilation, geometry.groups, False)
+
     # Stand-in kernels, so the check itself is tested whether or not triton_nsr.ops exists.
     fake = types.ModuleType("triton_nsr.ops")
     fake.mix_kernels, fake.per_sample_conv2d = reference.mix_kernels, conv_stand_in
+    fake.nsr_layer = layer_stand_in
     monkeypatch.setitem(sys.modules, "triton_nsr.ops", fake)
     monkeypatch.setattr(triton_nsr, "ops", fake, raising=False)
     outcome = checks.check_kernels("cpu")

@@ -14,20 +14,26 @@ from triton_nsr import NSRConv2d
 
 pytest.importorskip("triton")
 
-# Compiles the mixing kernels for sm_90 (no GPU needed) with every integer argument an i32, as
-# Triton specialises them for a 512 -> 512 3x3 layer at batch 911, and prints each one's TTIR.
+# Compiles the mixing and router kernels for sm_90 (no GPU needed) with every integer argument an
+# i32, as Triton specialises them for a 512 -> 512 3x3 layer at batch 911, and prints each one's
+# TTIR.
 _PRINT_MIX_TTIR = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton_nsr.kernels import mix
-for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_bank_kernel, mix.mix_bwd_routing_kernel):
+from triton_nsr.kernels import mix, router
+for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_kernel, router.router_fwd_kernel,
+              router.router_bwd_kernel):
     fn, config = tuner.fn, tuner.configs[0]
+    flags = {"HAS_SECOND": True, "HAS_BIAS": True, "NEED_BANK": True, "NEED_ROUTING": True}
     consts = {name: value for name, value in
-              {"ACC_DTYPE": tl.float32, "BLOCK_GROUPS": 4, **config.kwargs}.items()
+              {"ACC_DTYPE": tl.float32, "BLOCK_GROUPS": 4, "BLOCK_CARDINALS": 16,
+               "BLOCK_F": mix.MIX_BWD_BLOCK_F, **flags, **config.kwargs}.items()
               if name in fn.arg_names}
     signature = {name: "constexpr" if name in consts
-                 else "*fp32" if name.endswith("_pointer") else "i32" for name in fn.arg_names}
+                 else "*fp32" if name.endswith("_pointer")
+                 else "fp32" if name.startswith("temperature") else "i32"
+                 for name in fn.arg_names}
     compiled = triton.compile(ASTSource(fn, signature, consts),
                               target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": config.num_warps})
@@ -36,7 +42,7 @@ for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_bank_kernel, mix.mix_bwd_routing_k
 """
 
 
-def test_mixing_kernels_widen_batch_strides_to_int64():
+def test_mixing_and_router_kernels_widen_batch_strides_to_int64():
     # B * out * Cg * kh * kw passes 2**31 at batch ~911 for a 512 -> 512 3x3 layer: a sample
     # index times a batch stride must then be computed in 64 bits. Strides and the batch fit
     # in i32 on their own, so only the kernel's arithmetic can get this right; the compiled IR
@@ -47,7 +53,7 @@ def test_mixing_kernels_widen_batch_strides_to_int64():
                             text=True, env=env, timeout=600, cwd=os.getcwd())
     assert result.returncode == 0, result.stderr[-4000:]
     kernels = result.stdout.split("KERNEL ")[1:]
-    assert len(kernels) == 3
+    assert len(kernels) == 4
     for text in kernels:
         name, ir = text.split("\n", 1)
         body = ir.split("tt.func", 1)[1].split("\n", 1)[1]  # past the signature

@@ -121,3 +121,24 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last):
     conv_bwd_weight(dy, x, (3, 3), (1, 1), pad, (1, 1), 1, False, grad_weight, grad_bias)
     assert_close(grad_weight, weight.grad, "grad_weight")
     assert_close(grad_bias, dy.sum(dim=(2, 3)), "grad_bias")
+
+
+@pytest.mark.parametrize("in_channels", [5, 16])
+def test_mixing_writes_the_forward_packed_layout_that_conv_reads_as_is(in_channels):
+    """The layer's mixing writes the per-sample kernels straight into the forward's packed
+    layout (padding channels zeroed), which pack_forward_weight then takes without a copy."""
+    from triton_nsr.kernels import mix
+
+    k, d, out, batch = 3, 2, 4, 2
+    routing = torch.softmax(torch.randn(batch, k, d), dim=1)
+    weight = torch.randn(k * out, in_channels, 3, 3)
+    mixed, _ = mix.mix_fwd(routing, weight.reshape(k, d, -1), None, None,
+                           (out, in_channels, 3, 3))
+    expected = torch.einsum("bjc,jcf->bcf", routing, weight.reshape(k, d, -1))
+    assert mixed.shape == (batch, out, in_channels, 3, 3)
+    assert operands.is_packed_forward_weight(mixed)
+    torch.testing.assert_close(mixed, expected.reshape(mixed.shape))
+    packed, _, bound = operands.pack_forward_weight(mixed, groups=1)
+    assert packed.data_ptr() == mixed.data_ptr() and bound == 16
+    assert not packed[..., in_channels:].any()
+    torch.testing.assert_close(packed[..., :in_channels], mixed.permute(0, 1, 3, 4, 2))

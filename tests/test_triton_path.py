@@ -141,7 +141,7 @@ class _AtenRecorder(TorchDispatchMode):
 
 def test_mixing_and_convolution_run_in_triton_not_torch():
     """Forward and backward dispatch no torch conv, einsum, unfold, nor a matmul bigger than
-    the router's (the pooling, the MLP and the softmax are allowed to stay in torch)."""
+    the router's. (That the kernels run, and which, tests/test_launches.py counts.)"""
     batch, cin, cout, k, d = 2, 4, 8, 2, 2
     x = torch.randn(batch, cin, 7, 7, requires_grad=True)
     params = make_params(cin, cout, 3, k, d, dtype=torch.float32)
@@ -160,8 +160,6 @@ def test_mixing_and_convolution_run_in_triton_not_torch():
                          backend="triton")
         out.square().sum().backward()
     assert offending(recorder.ops) == set()
-    assert {"mix", "per_sample_conv2d", "mix_backward", "per_sample_conv2d_backward"} <= set(
-        recorder.ops)
     # The recorder does see such ops when they run: the reference uses them.
     recorder = _AtenRecorder()
     with recorder:
@@ -335,13 +333,13 @@ def test_tf32_follows_cudnn_flag(monkeypatch):
     assert dot_precision(torch.float64, True) == "ieee"
     assert dot_precision(torch.float16, True) == "ieee"
     seen = []
-    real = ops.per_sample_conv2d
+    real = ops.conv_fwd
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
-    monkeypatch.setattr(ops, "per_sample_conv2d", spy)
+    monkeypatch.setattr(ops, "conv_fwd", spy)
     x = torch.randn(1, 2, 5, 5)
     params = make_params(2, 2, 3, 1, 1, dtype=torch.float32)
     for flag in (True, False):

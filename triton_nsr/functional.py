@@ -2,10 +2,12 @@
 
 The data flow every backend shares lives here: check the arguments into a ConvGeometry, route
 (triton_nsr.router), mix the k banks into per-sample kernels, apply non-zero padding modes, and
-convolve each sample with its kernel. A backend supplies the last two steps' implementations:
+convolve each sample with its kernel. A backend supplies the implementations:
 
-- 'torch': triton_nsr.mixing and triton_nsr.grouped_conv (plain PyTorch, any device);
-- 'triton': triton_nsr.ops (Triton kernels on CUDA, or Triton's CPU interpreter).
+- 'torch': the last two steps, triton_nsr.mixing and triton_nsr.grouped_conv (plain PyTorch,
+  any device);
+- 'triton': routing, mixing and convolution as one layer, triton_nsr.ops.nsr_layer (Triton
+  kernels on CUDA, or Triton's CPU interpreter): 3 launches forward, at most 5 backward.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from triton_nsr import grouped_conv, mixing, router
@@ -59,14 +60,19 @@ def as_batched(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return input, False
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type."""
+    return (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type))
+
+
 def autocast_inputs(tensors: list, device_type: str) -> list:
     """Cast floating tensors to the autocast dtype, as autocast does for nn.Conv2d's inputs.
 
     The router upcasts what it reads to float32 again; the convolution runs in the autocast
     dtype, like the static convolution it replaces.
     """
-    if not (torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type)):
+    if not autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [
@@ -118,38 +124,43 @@ def conv_allows_tf32() -> bool:
     return bool(backends.cudnn.allow_tf32)
 
 
-def refuse_unsupported_autodiff(backend: str, tensors: list) -> None:
-    """The triton backend has reverse-mode autograd only: refuse forward-mode AD and the
-    torch.func transforms at the call, rather than return a zero tangent or fail later."""
-    if torch._C._functorch.maybe_current_level() is not None:
-        raise NotImplementedError(
-            f"nsr_conv2d(backend={backend!r}) does not support torch.func transforms (grad, vjp, "
-            "jvp, vmap, jacrev, jacfwd, hessian); use backend='torch', which supports them"
-        )
-    if fwAD._current_level >= 0 and any(
-        isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors
-    ):
-        raise NotImplementedError(
-            f"nsr_conv2d(backend={backend!r}) does not support forward-mode AD "
-            "(torch.autograd.forward_ad); use backend='torch', which supports it"
-        )
+BACKEND_IMPLEMENTATIONS = {"torch": _torch_backend}
 
 
-def _triton_backend(geometry: ConvGeometry):
-    """(mix, convolve) on the Triton kernels."""
+def _autocast_stand_in(input: torch.Tensor, weight) -> torch.Tensor:
+    """A free (B, C, H, W) tensor in weight's dtype, for checking the parameters against each
+    other when autocast has cast the input only (the Triton path reads float32 parameters as
+    they are)."""
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) else input.dtype
+    return torch.empty((), dtype=dtype, device=input.device).expand(input.shape)
+
+
+def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
+                    num_sparsity_cardinals, stride, padding, dilation, groups, temperature,
+                    padding_mode, autocasting) -> torch.Tensor:
+    """The whole layer on the Triton kernels (triton_nsr.ops.nsr_layer).
+
+    Under autocast only the input is cast (the caller has cast it), as the static convolution's
+    input is; the kernels read the parameters in their own dtype (float32 weights mix straight
+    into bfloat16 kernels), so no cast kernel runs per call. Forward-mode AD, double backward
+    and torch.func are refused by the layer's Function (ops.nsr_layer) at the first call.
+    """
     from triton_nsr import ops  # imports triton: only when this path runs
 
-    # Read here, per call, as nn.Conv2d follows the flag at call time.
-    allow_tf32 = conv_allows_tf32()
-
-    def convolve(padded, weight_b, bias_b, pad):
-        return ops.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
-                                     geometry.dilation, geometry.groups, allow_tf32)
-
-    return ops.mix_kernels, convolve
-
-
-BACKEND_IMPLEMENTATIONS = {"torch": _torch_backend, "triton": _triton_backend}
+    checked = _autocast_stand_in(input, weight) if autocasting else input
+    geometry = check_nsr_conv2d(
+        checked, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
+        num_sparsity_cardinals, stride, padding, dilation, groups,
+    )
+    if autocasting and padding_mode != "zeros":
+        # CPU autocast runs the pads in float32; the convolution reads the autocast dtype.
+        with torch.autocast(input.device.type, enabled=False):
+            padded, pad = pad_input(input, geometry, padding_mode)
+    else:
+        padded, pad = pad_input(input, geometry, padding_mode)
+    # Read per call, as nn.Conv2d follows the setting at call time.
+    return ops.nsr_layer(input, None if padded is input else padded, weight, bias,
+                         mlp_weight, mlp_bias, geometry, temperature, pad, conv_allows_tf32())
 
 
 def nsr_conv2d(
@@ -204,16 +215,22 @@ def nsr_conv2d(
     input, unbatched = as_batched(input)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    input, weight, bias, mlp_weight, mlp_bias = autocast_inputs(
-        [input, weight, bias, mlp_weight, mlp_bias], input.device.type
-    )
+    autocasting = autocast_enabled(input.device.type)
+    if autocasting:
+        # Cast before the backend is resolved: bfloat16 under the interpreter takes 'torch'.
+        input = autocast_inputs([input], input.device.type)[0]
     backend = resolve_backend(backend, input)
+    if backend == "triton":
+        output = _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
+                                 num_sparsity_cardinals, stride, padding, dilation, groups,
+                                 temperature, padding_mode, autocasting)
+        return output.squeeze(0) if unbatched else output
+    weight, bias, mlp_weight, mlp_bias = autocast_inputs(
+        [weight, bias, mlp_weight, mlp_bias], input.device.type)
     geometry = check_nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    if backend == "triton":
-        refuse_unsupported_autodiff(backend, [input, weight, bias, mlp_weight, mlp_bias])
     mix, convolve = BACKEND_IMPLEMENTATIONS[backend](geometry)
     routing = router.routing_weights(input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
                                      geometry.num_sparsity_cardinals, temperature)

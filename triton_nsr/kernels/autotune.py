@@ -35,7 +35,9 @@ def tuned(configs: list[triton.Config], key: list[str], prune=None):
 
 def size_class(size: int) -> int:
     """The autotune key's class of a size: its next power of two (48*48 and 60*60 share one)."""
-    return triton.next_power_of_2(max(int(size), 1))
+    # Integer arithmetic, not triton.next_power_of_2: that is a constexpr function in Triton
+    # 3.x, several microseconds of host time per call, and the launchers call this per launch.
+    return 1 << (max(int(size), 1) - 1).bit_length()
 
 
 # wgmma needs a warpgroup (4 warps) and at least 64 rows of M per program.

@@ -69,9 +69,9 @@ class Launch:
 
 
 def _kernel_modules():
-    from triton_nsr.kernels import conv, conv_backward, mix
+    from triton_nsr.kernels import conv, conv_backward, mix, router
 
-    return (conv, conv_backward, mix)
+    return (conv, conv_backward, mix, router)
 
 
 def kernels() -> dict:
@@ -135,23 +135,28 @@ def recording(batch: int):
 def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
     """The launches of one forward and backward pass of the layer, in launch order.
 
-    The layer runs through triton_nsr.ops as nsr_conv2d's triton backend calls it: the mixing of
-    weight and bias, the per-sample convolution (zero padding 1 as a mask), then autograd's
-    backward of both.
+    The layer runs through triton_nsr.ops.nsr_layer as nsr_conv2d's triton backend calls it
+    (zero padding 1 as a mask): router, mixing of weight and bias, per-sample convolution, then
+    its backward. The parameters are float32 in every precision, as a layer trained under
+    autocast keeps them (the kernels read them as they are).
     """
     from triton_nsr import ops
+    from triton_nsr.arguments import check_nsr_conv2d
 
     dtype, allow_tf32 = PRECISIONS[precision]
     b, c, o, k, d = shape.batch, shape.in_channels, shape.out_channels, shape.k, shape.d
 
-    def leaf(*size, memory_format=torch.contiguous_format):
+    def leaf(*size, dtype=torch.float32, memory_format=torch.contiguous_format):
         return torch.empty(size, dtype=dtype, memory_format=memory_format).zero_().requires_grad_()
 
-    x = leaf(b, c, shape.height, shape.width, memory_format=LAYOUTS[layout])
-    weight, bias, routing = leaf(k * o, c, 3, 3), leaf(k * o), leaf(b, k, d)
+    x = leaf(b, c, shape.height, shape.width, dtype=dtype, memory_format=LAYOUTS[layout])
+    weight, bias = leaf(k * o, c, 3, 3), leaf(k * o)
+    mlp_weight, mlp_bias = leaf(k * d, c), leaf(k * d)
+    # Checked as autocast would see it: the parameters' dtype, the input's shape.
+    geometry = check_nsr_conv2d(torch.empty(()).expand(x.shape), weight, bias, mlp_weight,
+                                mlp_bias, k, d, 1, 1, 1, 1)
     with recording(b) as launches:
-        weight_b, bias_b = ops.mix_kernels(routing, weight, bias)
-        y = ops.per_sample_conv2d(x, weight_b, bias_b, [1, 1], [1, 1, 1, 1], [1, 1], 1,
-                                  allow_tf32)
+        y = ops.nsr_layer(x, None, weight, bias, mlp_weight, mlp_bias, geometry, 1.0,
+                          geometry.pad, allow_tf32)
         y.backward(torch.zeros_like(y))
     return launches

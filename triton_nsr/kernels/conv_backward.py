@@ -96,7 +96,7 @@ MIN_PIXELS_PER_SPLIT = 4096
        prune=fits_shape("tuning_pixels", "in_group_channels", "out_group_channels"))
 @triton.jit
 def conv_bwd_input_kernel(
-    grad_output_pointer, weight_pointer, grad_input_pointer,
+    grad_output_pointer, weight_pointer, grad_input_pointer, mean_grad_pointer,
     groups, in_group_channels, out_group_channels, tuning_pixels, weight_channels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
@@ -106,11 +106,13 @@ def conv_bwd_input_kernel(
     weight_h_stride, weight_w_stride,
     grad_input_batch_stride, grad_input_channel_stride, grad_input_h_stride,
     grad_input_w_stride,
+    mean_grad_batch_stride, mean_grad_channel_stride,
+    HAS_MEAN_GRAD: tl.constexpr,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INDEX_DTYPE: tl.constexpr,
     INPUT_ROUTE: tl.constexpr, TILE_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[b] = conv_transpose2d(dy[b], w[b]) for every sample b.
+    """dx[b] = conv_transpose2d(dy[b], w[b]) (+ mean_grad[b, c] at every pixel) for every b.
 
     Pointers:
         grad_output (B, out, Ho, Wo), any strides; INPUT_ROUTE "tma_nchw" / "tma_channels_last"
@@ -119,6 +121,8 @@ def conv_bwd_input_kernel(
             output channels o in [OG, weight_channels) must read as zeros
             (operands.pack_input_grad_weight's layout keeps o contiguous).
         grad_input (B, C, H, W), any strides; every element is written.
+        mean_grad (B, C) when HAS_MEAN_GRAD: a per-channel gradient added at every pixel (the
+        router's mean), so it needs no x-sized tensor of its own.
     Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel); tuning_pixels (the key's
     size class of H*W) is not read by the body.
     Grid: (B * groups * spatial_tiles(H, W, BLOCK_M, TILE_W) * cdiv(Cg, BLOCK_N),); one flat
@@ -189,6 +193,10 @@ def conv_bwd_input_kernel(
         acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     in_channel = group * in_group_channels + offs_n
+    if HAS_MEAN_GRAD:
+        mean_grad = tl.load(mean_grad_pointer + sample * mean_grad_batch_stride
+                            + in_channel * mean_grad_channel_stride, mask=mask_n, other=0.0)
+        acc += mean_grad.to(ACC_DTYPE)[None, :]
     grad_input = (grad_input_pointer + sample * grad_input_batch_stride
                   + in_channel[None, :] * grad_input_channel_stride
                   + (in_row * grad_input_h_stride + in_col * grad_input_w_stride)[:, None])
@@ -435,13 +443,16 @@ def conv_bwd_input(
     groups: int,
     allow_tf32: bool,
     grad_input: torch.Tensor,
+    mean_grad: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write d loss / d input into ``grad_input`` (B, C, H, W, the input's dtype); return it.
 
     Args:
         grad_output: (B, out, Ho, Wo). weight: (B, out, Cg, kh, kw).
+        mean_grad: (B, C) or None: added to every pixel of channel c of sample b (the router's
+            gradient through the spatial mean, already divided by H*W).
     """
-    check_launchable(grad_output, weight)
+    check_launchable(grad_output, weight, mean_grad)
     batch, channels, in_h, in_w = grad_input.shape
     out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
     out_h, out_w = grad_output.shape[2:]
@@ -457,11 +468,13 @@ def conv_bwd_input(
                 * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
 
     conv_bwd_input_kernel[grid](
-        grad_output, packed, grad_input,
+        grad_output, packed, grad_input, mean_grad if mean_grad is not None else grad_input,
         groups, in_group_channels, out_group_channels, size_class(in_h * in_w), weight_channels,
         in_h, in_w, out_h, out_w, kernel_h, kernel_w,
         stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
         *grad_output.stride(), *weight_strides, *grad_input.stride(),
+        *(mean_grad.stride() if mean_grad is not None else (0, 0)),
+        HAS_MEAN_GRAD=mean_grad is not None,
         ACC_DTYPE=accumulator_dtype(grad_input.dtype),
         PRECISION=dot_precision(grad_input.dtype, allow_tf32),
         INDEX_DTYPE=index_dtype((grad_output, packed, grad_input), pad, dilation,
@@ -505,11 +518,20 @@ def conv_bwd_weight(
     allow_tf32: bool,
     grad_weight: torch.Tensor,
     grad_bias: torch.Tensor | None,
-) -> None:
+    sum_splits: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Write d loss / d weight (B, out, Cg, kh, kw) and, if given, d loss / d bias (B, out).
 
     Args:
         grad_output: (B, out, Ho, Wo). input: (B, C, H, W), the forward input.
+        sum_splits: add the pixel splits' partial sums into grad_weight and grad_bias; with
+            False they are returned as they are, for a consumer that adds them as it reads
+            (the mixing backward), and grad_weight and grad_bias are written only when there
+            is a single split.
+
+    Returns:
+        The gradients as S partial sums, (S, B, out, Cg, kh, kw) and (S, B, out) or None
+        (S = 1: views of grad_weight and grad_bias).
     """
     check_launchable(grad_output, input)
     batch, channels, in_h, in_w = input.shape
@@ -581,7 +603,8 @@ def conv_bwd_weight(
             HAS_BIAS=grad_bias is not None, ACC_DTYPE=acc_dtype,
             PRECISION=dot_precision(input.dtype, allow_tf32), INDEX_DTYPE=index,
         )
-    if num_splits > 1:
+    if num_splits > 1 and sum_splits:
         grad_weight.copy_(weight_parts.sum(dim=0))
         if grad_bias is not None:
             grad_bias.copy_(bias_parts.sum(dim=0))
+    return weight_parts, bias_parts

@@ -1,7 +1,9 @@
 """Mixing of the k kernel banks into per-sample kernels, forward and backward.
 
 A *bank* is any tensor viewed as (k, d, F): the conv weight (k*out, Cg, kh, kw) is the bank
-(k, d, F = out/d * Cg * kh * kw) and the bias (k*out,) is the bank (k, d, F = out/d). The
+(k, d, F = out/d * Cg * kh * kw) and the bias (k*out,) is the bank (k, d, F = out/d). Each
+kernel takes a first bank and an optional second one (the weight and the bias), whose tiles
+follow the first bank's in the same grid: one launch mixes, or differentiates, both. The
 routing weights s have shape (B, k, d). Forward:
 
     mixed[b, c, f] = sum_j s[b, j, c] * bank[j, c, f]                   (B, d, F)
@@ -10,15 +12,23 @@ Backward, for the gradient g = d loss / d mixed (B, d, F):
 
     d bank[j, c, f] = sum_b s[b, j, c] * g[b, c, f]                      (k, d, F)
     d s[b, j, c]    = sum_f bank[j, c, f] * g[b, c, f]                   (B, k, d)
+
+summed over both banks for d s. One backward kernel computes both, reading the gradient once.
+The gradient may come as S partial sums (S, B, d, F) (the kernel gradient's pixel splits,
+``conv_backward.conv_bwd_weight``): the kernel adds the S parts as it reads them, so no summed
+copy is made.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, tuned
+from triton_nsr.kernels.operands import empty_packed_forward_weight, packed_channels
 
 _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 16, "BLOCK_F": 128}, num_warps=4),
@@ -28,36 +38,46 @@ _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 64, "BLOCK_F": 128}, num_warps=8),
     triton.Config({"BLOCK_B": 8, "BLOCK_F": 512}, num_warps=4),
 ]
-_BANK_GRAD_CONFIGS = [
-    triton.Config({"BLOCK_F": 256}, num_warps=4),
-    triton.Config({"BLOCK_F": 128}, num_warps=4),
-    triton.Config({"BLOCK_F": 512}, num_warps=8),
-    triton.Config({"BLOCK_F": 1024}, num_warps=8),
+# BLOCK_F of the backward is the launcher's (MIX_BWD_BLOCK_F): it decides how many parts the
+# routing gradient comes in, which must be known to allocate them.
+_MIX_BWD_CONFIGS = [
+    triton.Config({}, num_warps=4),
+    triton.Config({}, num_warps=8),
+    triton.Config({}, num_warps=2),
 ]
-_ROUTING_GRAD_CONFIGS = _BANK_GRAD_CONFIGS
+MIX_BWD_BLOCK_F = 256
 
 
-@tuned(_MIX_CONFIGS, key=["num_groups", "features"])
+# Plain-integer versions of triton.cdiv and triton.next_power_of_2, which are constexpr
+# functions in Triton 3.x and cost microseconds of host time per call, per launch.
+def cdiv(size: int, block: int) -> int:
+    return -(-size // block)
+
+
+def power_of_2_at_least(size: int) -> int:
+    return 1 << max(size - 1, 0).bit_length()
+
+
 @triton.jit
-def mix_fwd_kernel(
-    routing_pointer, bank_pointer, output_pointer,
+def _mix_tile(
+    routing_pointer, bank_pointer, output_pointer, tile,
     batch, num_groups, num_cardinals, features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    output_batch_stride, output_cardinal_stride, output_feature_stride,
+    output_batch_stride, output_cardinal_stride,
+    channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f].
+    """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j].
 
-    Pointers: routing (B, k, d), bank (k, d, F), output (B, d, F); any strides.
-    Grid: (cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B),). Each program owns a (BLOCK_B, BLOCK_F) tile
-    of one cardinal and reads each bank row of it once for all BLOCK_B samples.
+    Feature f is stored at (f // (channels*taps)) * row + (f // taps % channels) * channel +
+    (f % taps) * tap strides: a conv weight's (o, c, tap) order written in any layout (the
+    forward convolution's packed one), or a flat row with channels = taps = 1.
     """
-    pid = tl.program_id(0).to(tl.int64)
     num_f_blocks = tl.cdiv(features, BLOCK_F)
-    f_block = pid % num_f_blocks
-    cardinal = (pid // num_f_blocks) % num_cardinals
-    b_block = pid // (num_f_blocks * num_cardinals)
+    f_block = tile % num_f_blocks
+    cardinal = (tile // num_f_blocks) % num_cardinals
+    b_block = tile // (num_f_blocks * num_cardinals)
 
     offs_b = b_block * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -73,161 +93,350 @@ def mix_fwd_kernel(
         values = tl.load(bank_row + group * bank_group_stride, mask=mask_f, other=0.0)
         acc += weights.to(ACC_DTYPE)[:, None] * values.to(ACC_DTYPE)[None, :]
 
+    feature_offset = ((offs_f // (channels * taps)) * output_row_stride
+                      + (offs_f // taps % channels) * output_channel_stride
+                      + (offs_f % taps) * output_tap_stride)
     output = (
         output_pointer
         + offs_b[:, None] * output_batch_stride
         + cardinal * output_cardinal_stride
-        + offs_f[None, :] * output_feature_stride
+        + feature_offset[None, :]
     )
     tl.store(output, acc.to(output_pointer.dtype.element_ty),
              mask=mask_b[:, None] & mask_f[None, :])
 
 
-@tuned(_BANK_GRAD_CONFIGS, key=["num_groups", "features"])
+@tuned(_MIX_CONFIGS, key=["num_groups", "features", "second_features"])
 @triton.jit
-def mix_bwd_bank_kernel(
-    routing_pointer, grad_pointer, grad_bank_pointer,
-    batch, num_groups, num_cardinals, features,
+def mix_fwd_kernel(
+    routing_pointer, bank_pointer, second_bank_pointer, output_pointer, second_output_pointer,
+    batch, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-    grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
-    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
-    ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
+    output_batch_stride, output_cardinal_stride,
+    channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
+    second_output_batch_stride, second_output_cardinal_stride, second_output_feature_stride,
+    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """grad_bank[j, c, f] = sum_b routing[b, j, c] * grad[b, c, f].
+    """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
-    Pointers: routing (B, k, d), grad (B, d, F), grad_bank (k, d, F); any strides.
-    Grid: (cdiv(F, BLOCK_F) * d,). Each program owns all k groups of one F tile of one cardinal
-    (BLOCK_GROUPS >= k), so each gradient row is read once and summed in a fixed order
-    (deterministic, no atomics).
+    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F), its feature dimension
+    laid out as _mix_tile says; when HAS_SECOND,
+    second_bank (k, d, F2) and second_output (B, d, F2); any strides.
+    Grid: (T1 + T2,) with T = cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B) per bank (T2 = 0 without
+    a second bank). Each program owns a (BLOCK_B, BLOCK_F) tile of one cardinal and reads each
+    bank row of it once for all BLOCK_B samples.
     """
     pid = tl.program_id(0).to(tl.int64)
+    first_tiles = (tl.cdiv(features, BLOCK_F) * num_cardinals * tl.cdiv(batch, BLOCK_B))
+    if pid < first_tiles:
+        _mix_tile(routing_pointer, bank_pointer, output_pointer, pid,
+                  batch, num_groups, num_cardinals, features,
+                  routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                  bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                  output_batch_stride, output_cardinal_stride,
+                  channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
+                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+    elif HAS_SECOND:
+        _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
+                  batch, num_groups, num_cardinals, second_features,
+                  routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                  second_bank_group_stride, second_bank_cardinal_stride,
+                  second_bank_feature_stride,
+                  second_output_batch_stride, second_output_cardinal_stride,
+                  1, 1, second_output_feature_stride, 0, 0,
+                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+
+
+@triton.jit
+def _grad_tile(
+    routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer, routing_parts_pointer,
+    tile, part_offset, batch, num_splits, num_groups, features,
+    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+    parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
+    NEED_BANK: tl.constexpr, NEED_ROUTING: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    """One F tile of one cardinal: its bank gradient (all k rows) and, per sample, its share
+    of the routing gradient (written as part ``part_offset + f_block``)."""
     num_f_blocks = tl.cdiv(features, BLOCK_F)
-    f_block = pid % num_f_blocks
-    cardinal = pid // num_f_blocks
+    f_block = tile % num_f_blocks
+    cardinal = tile // num_f_blocks
 
     offs_j = tl.arange(0, BLOCK_GROUPS)
     offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_j = offs_j < num_groups
     mask_f = offs_f < features
+    mask_jf = mask_j[:, None] & mask_f[None, :]
 
     routing_col = (routing_pointer + offs_j * routing_group_stride
                    + cardinal * routing_cardinal_stride)
     grad_row = grad_pointer + cardinal * grad_cardinal_stride + offs_f * grad_feature_stride
+    bank = tl.load(bank_pointer + offs_j[:, None] * bank_group_stride
+                   + cardinal * bank_cardinal_stride + offs_f[None, :] * bank_feature_stride,
+                   mask=mask_jf, other=0.0).to(ACC_DTYPE)
+    parts = (routing_parts_pointer + (part_offset + f_block) * parts_part_stride
+             + offs_j * parts_group_stride + cardinal * parts_cardinal_stride)
     acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
     for sample in range(batch):
         # int64 before it multiplies a stride: B * d * F passes 2**31 for large layers.
         sample = tl.cast(sample, tl.int64)
-        weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j, other=0.0)
-        grads = tl.load(grad_row + sample * grad_batch_stride, mask=mask_f, other=0.0)
-        acc += weights.to(ACC_DTYPE)[:, None] * grads.to(ACC_DTYPE)[None, :]
+        grads = tl.zeros((BLOCK_F,), dtype=ACC_DTYPE)
+        for split in range(num_splits):
+            grads += tl.load(grad_row + sample * grad_batch_stride
+                             + tl.cast(split, tl.int64) * grad_split_stride,
+                             mask=mask_f, other=0.0).to(ACC_DTYPE)
+        if NEED_BANK:
+            weights = tl.load(routing_col + sample * routing_batch_stride, mask=mask_j,
+                              other=0.0)
+            acc += weights.to(ACC_DTYPE)[:, None] * grads[None, :]
+        if NEED_ROUTING:
+            share = tl.sum(bank * grads[None, :], axis=1)
+            tl.store(parts + sample * parts_batch_stride,
+                     share.to(routing_parts_pointer.dtype.element_ty), mask=mask_j)
 
-    grad_bank = (
-        grad_bank_pointer
-        + offs_j[:, None] * grad_bank_group_stride
-        + cardinal * grad_bank_cardinal_stride
-        + offs_f[None, :] * grad_bank_feature_stride
-    )
-    tl.store(grad_bank, acc.to(grad_bank_pointer.dtype.element_ty),
-             mask=mask_j[:, None] & mask_f[None, :])
+    if NEED_BANK:
+        grad_bank = (grad_bank_pointer + offs_j[:, None] * grad_bank_group_stride
+                     + cardinal * grad_bank_cardinal_stride
+                     + offs_f[None, :] * grad_bank_feature_stride)
+        tl.store(grad_bank, acc.to(grad_bank_pointer.dtype.element_ty), mask=mask_jf)
 
 
-@tuned(_ROUTING_GRAD_CONFIGS, key=["num_groups", "features"])
+@tuned(_MIX_BWD_CONFIGS, key=["num_groups", "features", "second_features", "num_splits"])
 @triton.jit
-def mix_bwd_routing_kernel(
-    bank_pointer, grad_pointer, grad_routing_pointer,
-    num_groups, num_cardinals, features,
+def mix_bwd_kernel(
+    routing_pointer, grad_pointer, second_grad_pointer, bank_pointer, second_bank_pointer,
+    grad_bank_pointer, second_grad_bank_pointer, routing_parts_pointer,
+    batch, num_splits, num_groups, num_cardinals, features, second_features,
+    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+    grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
+    second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
+    second_grad_feature_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
-    grad_routing_batch_stride, grad_routing_group_stride, grad_routing_cardinal_stride,
+    second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
+    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+    second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
+    second_grad_bank_feature_stride,
+    parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
+    HAS_SECOND: tl.constexpr, NEED_BANK: tl.constexpr, NEED_ROUTING: tl.constexpr,
     ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
-    """grad_routing[b, j, c] = sum_f bank[j, c, f] * grad[b, c, f].
+    """Both gradients of the mixing, reading the kernel gradient once:
 
-    Pointers: bank (k, d, F), grad (B, d, F), grad_routing (B, k, d); any strides.
-    Grid: (B * d,). Each program reduces the whole F axis of one (sample, cardinal) for all k
-    groups, so the result is written once, with no atomics and no partial buffers.
+        grad_bank[j, c, f]          = sum_b routing[b, j, c] * g[b, c, f]
+        routing_parts[t, b, j, c]   = sum_{f in tile t} bank[j, c, f] * g[b, c, f]
+
+    with g = sum_s grad[s] (the pixel splits' partial sums, added as they are read), for one
+    bank or two (the second's tiles follow the first's). The T = cdiv(F, BLOCK_F) +
+    cdiv(F2, BLOCK_F) parts of the routing gradient are added by the router's backward, which
+    reads them anyway: no atomics, no extra pass, deterministic.
+
+    Pointers: routing (B, k, d); grad (S, B, d, F), bank and grad_bank (k, d, F); when
+    HAS_SECOND, second_grad (S, B, d, F2), second_bank and second_grad_bank (k, d, F2);
+    routing_parts (T, B, k, d); any strides. BLOCK_F is set by the launcher (it fixes T).
+    Grid: (T * d,). Each program owns all k groups of one F tile of one cardinal
+    (BLOCK_GROUPS >= k) and walks the samples in order.
     """
     pid = tl.program_id(0).to(tl.int64)
-    cardinal = pid % num_cardinals
-    sample = pid // num_cardinals
+    first_parts = tl.cdiv(features, BLOCK_F)
+    first_tiles = first_parts * num_cardinals
+    if pid < first_tiles:
+        _grad_tile(routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer,
+                   routing_parts_pointer, pid, 0, batch, num_splits, num_groups, features,
+                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                   grad_split_stride, grad_batch_stride, grad_cardinal_stride,
+                   grad_feature_stride,
+                   bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                   grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+                   parts_part_stride, parts_batch_stride, parts_group_stride,
+                   parts_cardinal_stride,
+                   NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+    elif HAS_SECOND:
+        _grad_tile(routing_pointer, second_grad_pointer, second_bank_pointer,
+                   second_grad_bank_pointer, routing_parts_pointer, pid - first_tiles,
+                   first_parts, batch, num_splits, num_groups, second_features,
+                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+                   second_grad_split_stride, second_grad_batch_stride,
+                   second_grad_cardinal_stride, second_grad_feature_stride,
+                   second_bank_group_stride, second_bank_cardinal_stride,
+                   second_bank_feature_stride,
+                   second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
+                   second_grad_bank_feature_stride,
+                   parts_part_stride, parts_batch_stride, parts_group_stride,
+                   parts_cardinal_stride,
+                   NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
 
-    offs_j = tl.arange(0, BLOCK_GROUPS)
-    mask_j = offs_j < num_groups
-    bank_rows = bank_pointer + offs_j[:, None] * bank_group_stride + cardinal * bank_cardinal_stride
-    grad_row = grad_pointer + sample * grad_batch_stride + cardinal * grad_cardinal_stride
-    acc = tl.zeros((BLOCK_GROUPS, BLOCK_F), dtype=ACC_DTYPE)
-    for f_start in range(0, features, BLOCK_F):
-        offs_f = f_start + tl.arange(0, BLOCK_F)
-        mask_f = offs_f < features
-        values = tl.load(bank_rows + offs_f[None, :] * bank_feature_stride,
-                         mask=mask_j[:, None] & mask_f[None, :], other=0.0)
-        grads = tl.load(grad_row + offs_f * grad_feature_stride, mask=mask_f, other=0.0)
-        acc += values.to(ACC_DTYPE) * grads.to(ACC_DTYPE)[None, :]
 
-    total = tl.sum(acc, axis=1)
-    grad_routing = (
-        grad_routing_pointer
-        + sample * grad_routing_batch_stride
-        + offs_j * grad_routing_group_stride
-        + cardinal * grad_routing_cardinal_stride
-    )
-    tl.store(grad_routing, total.to(grad_routing_pointer.dtype.element_ty), mask=mask_j)
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty gives a tensor of this shape."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
-def mix_fwd(routing: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Mix banks per sample. routing (B, k, d), bank (k, d, F) -> (B, d, F) in bank's dtype."""
-    check_launchable(routing, bank)
-    batch, num_groups, num_cardinals = routing.shape
-    features = bank.shape[2]
-    output = torch.empty((batch, num_cardinals, features), dtype=bank.dtype, device=bank.device)
-    if output.numel() == 0:
-        return output
+def _accumulator(*dtypes: torch.dtype):
+    """float64 accumulation if any operand is float64, else float32."""
+    return accumulator_dtype(torch.float64 if torch.float64 in dtypes else torch.float32)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+                  second_shape, second_stride, dtype, kernel_shape):
+    """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
+    constexprs)."""
+    batch, num_groups, num_cardinals = routing_shape
+    features = bank_shape[2]
+    second_features = second_shape[2] if second_shape is not None else 0
+    output_shape = (batch, num_cardinals, features)
+    second_output_shape = (batch, num_cardinals, second_features)
 
     def grid(meta):
-        return (triton.cdiv(features, meta["BLOCK_F"]) * num_cardinals
-                * triton.cdiv(batch, meta["BLOCK_B"]),)
+        tiles = num_cardinals * cdiv(batch, meta["BLOCK_B"])
+        return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
+                * tiles,)
 
+    if kernel_shape is None:
+        batch_stride, cardinal_stride, feature_stride = contiguous_strides(output_shape)
+        layout = (batch_stride, cardinal_stride, 1, 1, feature_stride, 0, 0)
+    else:
+        # The forward convolution's packed (B, out, kh, kw, Cp) layout.
+        out, in_channels, kernel_h, kernel_w = kernel_shape
+        padded = packed_channels(in_channels)
+        row_stride = kernel_h * kernel_w * padded
+        layout = (out * row_stride, out // num_cardinals * row_stride,
+                  in_channels, kernel_h * kernel_w, row_stride, 1, padded)
+        output_shape = (batch, *kernel_shape)
+    args = (batch, num_groups, num_cardinals, features, second_features,
+            *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
+            *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)))
+    constexprs = {"HAS_SECOND": second_shape is not None,
+                  "ACC_DTYPE": _accumulator(bank_dtype, dtype)}
+    return output_shape, second_output_shape, grid, args, constexprs
+
+
+def mix_fwd(
+    routing: torch.Tensor,
+    bank: torch.Tensor,
+    second_bank: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    kernel_shape: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mix one or two banks per sample, in one launch.
+
+    Args:
+        routing: (B, k, d), any floating dtype (read as is: no cast).
+        bank: (k, d, F); second_bank: (k, d, F2) or None (the bias).
+        dtype: of the outputs (default: bank's), e.g. bfloat16 mixed kernels from float32
+            banks under autocast.
+        kernel_shape: (out, Cg, kh, kw) when bank is a conv weight: the mixed kernels are then
+            written straight into the forward convolution's packed layout
+            (operands.empty_packed_forward_weight), so conv_fwd reads them without a copy.
+
+    Returns:
+        (B, d, F), contiguous, or (B, out, Cg, kh, kw) packed with kernel_shape; and
+        (B, d, F2) or None, contiguous.
+    """
+    check_launchable(routing, bank, second_bank)
+    dtype = dtype or bank.dtype
+    has_second = second_bank is not None
+    output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
+        routing.shape, routing.stride(), bank.shape, bank.stride(), bank.dtype,
+        second_bank.shape if has_second else None, second_bank.stride() if has_second else None,
+        dtype, kernel_shape)
+    if kernel_shape is None:
+        output = torch.empty(output_shape, dtype=dtype, device=bank.device)
+    else:
+        output = empty_packed_forward_weight(output_shape, dtype, bank.device)
+    second_output = (torch.empty(second_output_shape, dtype=dtype, device=bank.device)
+                     if has_second else None)
+    if output_shape[0] == 0:
+        return output, second_output
     mix_fwd_kernel[grid](
-        routing, bank, output,
-        batch, num_groups, num_cardinals, features,
-        *routing.stride(), *bank.stride(), *output.stride(),
-        ACC_DTYPE=accumulator_dtype(bank.dtype),
-    )
-    return output
+        routing, bank, second_bank if has_second else bank,
+        output, second_output if has_second else output, *args, **constexprs)
+    return output, second_output
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
+                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
+                  second_shape, second_stride, need_banks, need_routing):
+    """mix_bwd's decisions per shape class: (routing parts shape, grid, integer arguments,
+    constexprs)."""
+    num_splits, batch = grad_shape[:2]
+    num_groups, num_cardinals, features = bank_shape
+    second_features = second_shape[2] if second_shape is not None else 0
+    parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
+    parts_shape = (parts, batch, num_groups, num_cardinals)
+    args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
+            *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
+            *bank_stride, *(second_stride or (0, 0, 0)),
+            *contiguous_strides(bank_shape),
+            *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)),
+            *contiguous_strides(parts_shape))
+    constexprs = {"HAS_SECOND": second_shape is not None, "NEED_BANK": need_banks,
+                  "NEED_ROUTING": need_routing,
+                  "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype, routing_dtype),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
+                  "BLOCK_F": MIX_BWD_BLOCK_F}
+    return parts_shape, (parts * num_cardinals,), args, constexprs
 
 
 def mix_bwd(
-    grad: torch.Tensor, routing: torch.Tensor, bank: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`mix_fwd`.
+    grad: torch.Tensor,
+    second_grad: torch.Tensor | None,
+    routing: torch.Tensor,
+    bank: torch.Tensor,
+    second_bank: torch.Tensor | None = None,
+    need_banks: bool = True,
+    need_routing: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`mix_fwd`, in one launch that reads the kernel gradient once.
 
     Args:
-        grad: (B, d, F), the gradient of the mixed output.
-        routing: (B, k, d). bank: (k, d, F).
+        grad: (S, B, d, F), the gradient of the first output as S partial sums (S = 1 when it
+            comes whole). second_grad: (S, B, d, F2) when there is a second bank, else None.
+        routing: (B, k, d). bank: (k, d, F). second_bank: (k, d, F2) or None.
+        need_banks, need_routing: which gradients to compute.
 
     Returns:
-        grad_routing (B, k, d) in routing's dtype and grad_bank (k, d, F) in bank's dtype.
+        routing_parts (T, B, k, d) in routing's dtype, whose sum over T is the routing
+        gradient (router_bwd adds them; ``.sum(0)`` elsewhere), grad_bank (k, d, F) and
+        grad_second_bank (k, d, F2) in the banks' dtypes; None for what was not asked for.
     """
-    check_launchable(grad, routing, bank)
-    batch, num_groups, num_cardinals = routing.shape
-    features = bank.shape[2]
-    grad_routing = torch.empty_like(routing, memory_format=torch.contiguous_format)
-    grad_bank = torch.empty_like(bank, memory_format=torch.contiguous_format)
-    if batch == 0 or features == 0:
-        return grad_routing.zero_(), grad_bank.zero_()
-    acc_dtype = accumulator_dtype(bank.dtype)
-    block_groups = triton.next_power_of_2(num_groups)
-
-    mix_bwd_bank_kernel[lambda meta: (triton.cdiv(features, meta["BLOCK_F"]) * num_cardinals,)](
-        routing, grad, grad_bank,
-        batch, num_groups, num_cardinals, features,
-        *routing.stride(), *grad.stride(), *grad_bank.stride(),
-        ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-    )
-    mix_bwd_routing_kernel[(batch * num_cardinals,)](
-        bank, grad, grad_routing,
-        num_groups, num_cardinals, features,
-        *bank.stride(), *grad.stride(), *grad_routing.stride(),
-        ACC_DTYPE=acc_dtype, BLOCK_GROUPS=block_groups,
-    )
-    return grad_routing, grad_bank
+    check_launchable(grad, second_grad, routing, bank, second_bank)
+    has_second = second_bank is not None
+    parts_shape, grid, args, constexprs = _mix_bwd_plan(
+        grad.shape, grad.stride(), grad.dtype, second_grad.stride() if has_second else None,
+        routing.shape, routing.stride(), routing.dtype, bank.shape, bank.stride(), bank.dtype,
+        second_bank.shape if has_second else None,
+        second_bank.stride() if has_second else None, need_banks, need_routing)
+    routing_parts = grad_bank = grad_second_bank = None
+    if need_routing:
+        routing_parts = torch.empty(parts_shape, dtype=routing.dtype, device=routing.device)
+    if need_banks:
+        grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
+        if has_second:
+            grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
+                                           device=second_bank.device)
+    if grad.shape[1] == 0:
+        for tensor in (routing_parts, grad_bank, grad_second_bank):
+            if tensor is not None:
+                tensor.zero_()
+        return routing_parts, grad_bank, grad_second_bank
+    if need_banks or need_routing:
+        mix_bwd_kernel[grid](
+            routing, grad, second_grad if has_second else grad,
+            bank, second_bank if has_second else bank,
+            grad_bank if need_banks else bank,
+            grad_second_bank if need_banks and has_second else bank,
+            routing_parts if need_routing else routing,
+            *args, **constexprs)
+    return routing_parts, grad_bank, grad_second_bank

@@ -39,6 +39,11 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def packed_channels(channels: int) -> int:
+    """The channel count of a packed copy: channels rounded up to a multiple of PACK."""
+    return _round_up(channels, PACK)
+
+
 def pack_forward_weight(weight: torch.Tensor, groups: int):
     """The forward's weight operand: ((B, out, kh, kw, Cp) tensor, strides, channel bound).
 
@@ -46,12 +51,40 @@ def pack_forward_weight(weight: torch.Tensor, groups: int):
     take them. Channels Cg..Cp-1 are zeros, so a load may cover them without a mask.
     """
     batch, out, cg, kh, kw = weight.shape
-    cp = _round_up(cg, PACK)
-    packed = weight.new_empty((batch, out, kh, kw, cp))
-    packed[..., cg:].zero_()
-    packed[..., :cg].copy_(weight.permute(0, 1, 3, 4, 2))
+    cp = packed_channels(cg)
+    if is_packed_forward_weight(weight):
+        # The layer's mixing kernel writes this layout itself (empty_packed_forward_weight).
+        packed = weight.as_strided((batch, out, kh, kw, cp),
+                                   (weight.stride(0), weight.stride(1), kw * cp, cp, 1))
+    else:
+        packed = _empty_packed_storage(weight.shape, weight.dtype, weight.device)
+        packed[..., :cg].copy_(weight.permute(0, 1, 3, 4, 2))
     b, o, h, w, c = packed.stride()
     return packed, (b, o * (out // groups), o, c, h, w), cp
+
+
+def _empty_packed_storage(shape, dtype, device) -> torch.Tensor:
+    """(B, out, kh, kw, Cp) for a (B, out, Cg, kh, kw) weight, channels Cg..Cp-1 zeroed."""
+    batch, out, cg, kh, kw = shape
+    cp = packed_channels(cg)
+    storage = torch.empty((batch, out, kh, kw, cp), dtype=dtype, device=device)
+    if cp > cg:  # no fill kernel when the channels are already a multiple of PACK
+        storage[..., cg:].zero_()
+    return storage
+
+
+def empty_packed_forward_weight(shape, dtype, device) -> torch.Tensor:
+    """A (B, out, Cg, kh, kw) view of new packed (B, out, kh, kw, Cp) storage, padding zeroed:
+    what :func:`pack_forward_weight` reads without a copy (the layer's mixing writes into it)."""
+    return _empty_packed_storage(shape, dtype, device)[..., :shape[2]].permute(0, 1, 4, 2, 3)
+
+
+def is_packed_forward_weight(weight: torch.Tensor) -> bool:
+    """Whether a (B, out, Cg, kh, kw) weight already has the forward's packed strides (and so,
+    by construction in :func:`empty_packed_forward_weight`, zeroed padding channels)."""
+    batch, out, cg, kh, kw = weight.shape
+    cp = packed_channels(cg)
+    return weight.stride()[1:] == (kh * kw * cp, 1, kw * cp, cp)
 
 
 def pack_input_grad_weight(weight: torch.Tensor, groups: int):
@@ -63,7 +96,8 @@ def pack_input_grad_weight(weight: torch.Tensor, groups: int):
     og = out // groups
     op = _round_up(og, PACK)
     packed = weight.new_empty((batch, groups, kh, kw, cg, op))
-    packed[..., og:].zero_()
+    if op > og:  # no fill kernel when the channels are already a multiple of PACK
+        packed[..., og:].zero_()
     packed[..., :og].copy_(weight.view(batch, groups, og, cg, kh, kw).permute(0, 1, 4, 5, 3, 2))
     b, g, h, w, c, o = packed.stride()
     return packed, (b, g, o, c, h, w), op

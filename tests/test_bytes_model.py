@@ -1,0 +1,72 @@
+"""The HBM bytes model of the triton path (bench/costs.py): launches as recorded, bytes as
+counted by hand, floors as issue 11 defines them."""
+
+import pytest
+
+pytest.importorskip("triton_nsr.ops")
+
+from bench import cli  # noqa: E402
+from bench.costs import (  # noqa: E402
+    FORWARD,
+    FORWARD_BACKWARD,
+    TensorBytes,
+    bytes_rows,
+    kernel_bytes,
+    layer_bytes,
+)
+from bench.workloads import Workload, main_workloads  # noqa: E402
+
+W4 = next(w for w in main_workloads() if w.name == "W4")
+
+
+def test_tensor_sizes_by_hand():
+    t = TensorBytes.of(W4)
+    assert t.x == t.y == 64 * 512 * 512 * 2  # bfloat16, padding 1 keeps 512x512
+    assert t.bank == 4 * 64 * (64 * 9 + 1) * 4  # float32 weight and bias banks
+    assert t.mixed == 1 * 64 * (64 * 9 + 1) * 2
+    assert t.kernel_gradient(1) == t.mixed
+    assert t.kernel_gradient(5) == 5 * t.mixed * 2  # float32 partial sums
+
+
+def test_forward_counts_each_tensor_once_per_kernel_and_the_floor():
+    t = TensorBytes.of(W4)
+    launches, moved, floor, per_kernel = layer_bytes(W4)[FORWARD]
+    assert launches == 3
+    assert floor == t.x + t.y + t.bank
+    # The router and the convolution both read x; the mixed kernels are written and read once.
+    assert moved == (2 * t.x + t.y + t.bank + 2 * t.mixed + t.mlp + t.per_sample
+                     + 2 * t.routing)
+    assert sum(per_kernel.values()) == moved
+
+
+def test_training_floor_and_the_split_kernel_gradient_of_w4():
+    t = TensorBytes.of(W4)
+    forward_floor = layer_bytes(W4)[FORWARD][2]
+    launches, moved, floor, per_kernel = layer_bytes(W4)[FORWARD_BACKWARD]
+    assert launches == 7
+    assert floor == forward_floor + t.y + t.x + t.x + t.bank + t.bank
+    # Batch 1 at 512x512: the kernel gradient comes in float32 split partial sums, written
+    # once and read once (by the one mixing backward kernel).
+    parts = per_kernel["conv_bwd_weight_kernel"] - t.y - t.x
+    assert parts > t.mixed
+    assert per_kernel["mix_bwd_kernel"] - parts == 2 * t.bank + t.routing + t.routing_parts
+
+
+def test_unknown_kernels_are_not_silently_free():
+    with pytest.raises(KeyError, match="bench/costs.py"):
+        kernel_bytes("new_kernel", TensorBytes.of(W4), 1)
+
+
+def test_rows_state_targets_and_inference_has_no_backward():
+    w3 = Workload("W3", "W3", 8, 32, 128, 48, 48, passes=(FORWARD,))
+    assert list(layer_bytes(w3)) == [FORWARD]
+    rows = bytes_rows([W4])
+    assert [row[1] for row in rows] == [FORWARD, FORWARD_BACKWARD]
+    assert rows[0][-1].startswith("<= 1.55")
+
+
+def test_costs_command_prints_the_bytes_model(capsys):
+    assert cli.main(["costs"]) == 0
+    out = capsys.readouterr().out
+    assert "HBM bytes the triton path moves" in out
+    assert "| W4 | forward_backward | 7 |" in out

@@ -1,0 +1,131 @@
+"""The launch budget of one NSR layer on the Triton path: what runs per call, counted.
+
+Every Triton launch (recorded at the kernel call, without running the kernel: the tuned-config
+recording policy) and every aten op that computes (views and allocations aside) in the forward
+and the backward of NSRConv2d, at the real channel counts and image sizes of W1 and W4: nothing
+executes, so the sizes cost nothing. bfloat16 activations, float32 parameters, autocast on, as
+mixed-precision training runs the layer; the gradients come from torch.autograd.grad.
+
+Budget (issue 11): forward <= 3 launches, forward + backward <= 8 launches and aten compute
+ops together (8 here). With zero padding the only aten op is the input gradient's copy of the
+mixed kernels into its packed layout (operands.pack_input_grad_weight; the forward's packed
+layout the mixing kernel writes itself): no cast of the parameters, no sum of W4's split kernel
+gradient, no add of the mean's gradient. Other padding modes add their F.pad and its backward.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+pytest.importorskip("triton_nsr.ops")
+
+from triton_nsr import NSRConv2d  # noqa: E402
+from triton_nsr.kernels import conv_backward, tuned_configs  # noqa: E402
+from triton_nsr.kernels.capture import H200_MULTIPROCESSORS  # noqa: E402
+
+FORWARD_LAUNCHES = 3
+TRAINING_LAUNCHES = 8
+
+# (name, batch, in, out, height, width)
+SHAPES = [
+    ("W1-expand", 16, 32, 128, 48, 48),
+    ("W1-reduce", 16, 128, 32, 48, 48),
+    ("W4", 1, 64, 64, 512, 512),
+]
+# Ops that allocate or re-view memory without computing anything.
+NOT_COMPUTE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+               "view", "_unsafe_view", "unsqueeze", "squeeze", "expand", "as_strided", "alias",
+               "detach", "t", "transpose", "permute", "select", "slice"}
+
+
+class _ComputeOps(TorchDispatchMode):
+    """Collects the names of the aten ops that compute something."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in NOT_COMPUTE:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _recorded(step):
+    """(Triton launches by kernel name, aten compute ops) of ``step()``, run without kernels."""
+    launches = []
+    ops = _ComputeOps()
+    with tuned_configs.use(tuned_configs.Policy(record=launches)), ops:
+        result = step()
+    return result, [launch.kernel.name for launch in launches], ops.names, launches
+
+
+def _layer_call(shape, layout, padding_mode="zeros"):
+    name, batch, cin, cout, height, width = shape
+    layer = NSRConv2d(cin, cout, 3, 4, 16, padding=1, padding_mode=padding_mode,
+                      backend="triton")
+    format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty(batch, cin, height, width, dtype=torch.bfloat16,
+                    memory_format=format).requires_grad_()
+    return layer, x
+
+
+def _forward_and_backward(layer, x):
+    inputs = [x, *layer.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, forward, forward_ops, launches = _recorded(lambda: layer(x))
+    grad_output = torch.empty_like(output)
+    grads, backward, backward_ops, backward_launches = _recorded(
+        lambda: torch.autograd.grad(output, inputs, grad_output))
+    return (output, grads, forward, forward_ops, backward, backward_ops,
+            launches + backward_launches)
+
+
+@pytest.fixture
+def h200_split(monkeypatch):
+    """The kernel gradient sizes its pixel splits for an H200, as on the GPU (W4: dozens)."""
+    monkeypatch.setattr(conv_backward, "multiprocessor_count",
+                        lambda device: H200_MULTIPROCESSORS)
+
+
+@pytest.mark.usefixtures("h200_split")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+def test_launch_budget_with_zero_padding(shape, layout):
+    layer, x = _layer_call(shape, layout)
+    output, grads, forward, forward_ops, backward, backward_ops, launches = \
+        _forward_and_backward(layer, x)
+    assert output.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+    assert [g.dtype for g in grads] == [torch.bfloat16] + [torch.float32] * 4
+
+    assert forward == ["router_fwd_kernel", "mix_fwd_kernel", "conv_fwd_kernel"]
+    assert len(forward) <= FORWARD_LAUNCHES
+    assert forward_ops == []
+    assert backward == ["conv_bwd_weight_kernel", "mix_bwd_kernel", "router_bwd_kernel",
+                        "conv_bwd_input_kernel"]
+    # The packed input-gradient weights: channel counts here are multiples of 16, so no fill.
+    assert backward_ops == ["copy_"]
+    assert len(forward) + len(backward) + len(backward_ops) <= TRAINING_LAUNCHES
+    # The mixing reads the float32 banks and writes bfloat16 kernels: the cast is in the load.
+    mixing = next(launch for launch in launches if launch.kernel.name == "mix_fwd_kernel")
+    assert mixing.key[-5:] == ("torch.float32",) * 3 + ("torch.bfloat16",) * 2
+    # W4 (batch 1, 512x512) splits the kernel gradient's pixel sum for the H200's SMs; the
+    # mixing backward reads the partial sums (its key's 4th entry is their number): no sum op.
+    mixing_backward = next(launch for launch in launches
+                           if launch.kernel.name == "mix_bwd_kernel")
+    assert (mixing_backward.key[3] > 1) == (shape[0] == "W4")
+
+
+@pytest.mark.parametrize("padding_mode,pad_op", [("reflect", "reflection_pad2d"),
+                                                  ("replicate", "replication_pad2d")])
+def test_other_padding_modes_add_their_pad_only(padding_mode, pad_op):
+    layer, x = _layer_call(SHAPES[0], "nchw", padding_mode)
+    _, _, forward, forward_ops, backward, backward_ops, _ = _forward_and_backward(layer, x)
+    assert len(forward) <= FORWARD_LAUNCHES
+    assert len(forward) + len(backward) <= TRAINING_LAUNCHES
+    assert forward_ops == [pad_op]  # in bfloat16: autocast's float32 pad is kept off
+    # The pad's backward folds the border back; the mean's gradient, (B, C) cast to bfloat16
+    # and broadcast, is added to it. (Circular padding's F.pad is a series of copies.)
+    assert sorted(backward_ops) == sorted(["copy_", "_to_copy", f"{pad_op}_backward", "add"])

@@ -1,0 +1,205 @@
+"""The layer-level Function of the Triton path: what it refuses, how it compiles, what a CUDA
+graph needs from it, and the host side (cached launch decisions, the host-time benchmark)."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests.utils import assert_close, assert_same_outputs_and_grads, make_params
+from triton_nsr import NSRConv2d, nsr_conv2d, reference
+
+ops = pytest.importorskip("triton_nsr.ops")
+from triton_nsr.kernels import mix, router  # noqa: E402 - needs triton, skipped above
+
+pytestmark = pytest.mark.usefixtures("poison_allocations")
+
+
+def _layer(dtype=torch.float64, **kwargs):
+    return NSRConv2d(4, 8, 3, 2, 4, padding=1, dtype=dtype, backend="triton", **kwargs)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_double_backward_is_refused_naming_the_torch_backend():
+    layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(NotImplementedError, match=r"double backward.*backend='torch'"):
+        torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = make_params(4, 8, 3, 2, 4)
+    with pytest.raises(NotImplementedError, match=r"double backward.*backend='torch'"):
+        torch.autograd.grad(nsr_conv2d(x, *params, 2, 4, padding=1, backend="triton").sum(), x,
+                            create_graph=True)
+
+
+def test_forward_mode_ad_is_refused_naming_the_torch_backend():
+    import torch.autograd.forward_ad as fwAD
+
+    layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for grad_mode in (torch.enable_grad, torch.no_grad):
+        with fwAD.dual_level(), grad_mode():
+            dual = fwAD.make_dual(x, torch.randn_like(x))
+            with pytest.raises(NotImplementedError, match=r"forward-mode AD.*backend='torch'"):
+                layer(dual)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_torch_func_is_refused_naming_the_torch_backend(transform):
+    layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    if transform == "vmap":
+        call = torch.func.vmap(layer)
+    else:
+        def call(x):
+            return torch.func.grad(lambda x: layer(x).sum())(x)
+    with pytest.raises(NotImplementedError, match=r"torch\.func.*backend='torch'"):
+        call(x)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_inference_runs_the_launches_without_a_function(mode):
+    layer = _layer(padding_mode="replicate")
+    ref_layer = reference.NSRConv2d(4, 8, 3, 2, 4, padding=1, padding_mode="replicate",
+                                    dtype=torch.float64)
+    ref_layer.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+    with mode():
+        out = layer(x)
+        assert out.grad_fn is None
+        assert_close(out, ref_layer(x))
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+def test_compiled_forward_and_backward_with_a_symbolic_batch():
+    """torch.compile traces the layer through its two custom ops (fake implementations give the
+    shapes) without a graph break; the compiled backward runs the backward op and matches the
+    reference; after the first batch size, one graph with a symbolic batch serves them all."""
+    torch._dynamo.reset()
+    layer = _layer(padding_mode="reflect")
+    graphs = []
+
+    def counting_aot_eager(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return aot_eager(graph_module, example_inputs)
+
+    from torch._dynamo.backends.debugging import aot_eager
+
+    compiled = torch.compile(layer, backend=counting_aot_eager, fullgraph=True)
+    ref_layer = reference.NSRConv2d(4, 8, 3, 2, 4, padding=1, padding_mode="reflect",
+                                    dtype=torch.float64)
+    ref_layer.load_state_dict(layer.state_dict())
+    for batch in (2, 3, 5):
+        x = torch.randn(batch, 4, 6, 5, dtype=torch.float64)
+        assert_same_outputs_and_grads(lambda x: compiled(x), lambda x: ref_layer(x), [x],
+                                      ["input"])
+    # Both layers' parameters accumulated their gradients from the same output gradients.
+    for param, ref_param in zip(layer.parameters(), ref_layer.parameters()):
+        assert_close(param.grad, ref_param.grad)
+    # The first batch size, then one graph with the batch symbolic for every later one.
+    assert len(graphs) == 2
+
+
+def test_layer_ops_pass_opcheck():
+    x = torch.randn(2, 4, 5, 5)
+    weight, bias, mlp_weight, mlp_bias = [p.detach().float() for p in make_params(4, 8, 3, 2, 4)]
+    static = (2, 4, 0.7, [1, 1], [1, 1, 1, 1], [1, 1], 1, False)
+    torch.library.opcheck(ops.nsr_layer_op, (x, None, weight, bias, mlp_weight, mlp_bias,
+                                             *static))
+    output, routing, pooled, weight_b, _ = ops.nsr_layer_op(x, None, weight, bias, mlp_weight,
+                                                            mlp_bias, *static)
+    torch.library.opcheck(ops.nsr_layer_backward_op, (
+        torch.randn_like(output), x, None, weight, bias, mlp_weight, True, routing, pooled,
+        weight_b, *static, [True, False, True, True, True, True]))
+    torch.library.opcheck(ops.nsr_layer_backward_op, (
+        torch.randn_like(output), x, None, weight, None, mlp_weight, False, routing, pooled,
+        weight_b, *static, [False, False, True, False, True, False]))
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+
+
+class _AllOps(TorchDispatchMode):
+    """Every aten op with the shapes it allocated (what a CUDA graph capture would see)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        outputs = result if isinstance(result, (tuple, list)) else [result]
+        self.calls.append((func.overloadpacket.__name__,
+                           tuple(tuple(t.shape) for t in outputs if isinstance(t, torch.Tensor))))
+        return result
+
+
+def _training_step_ops(layer, x):
+    recorder = _AllOps()
+    with recorder:
+        out = layer(x)
+        torch.autograd.grad(out, [x, *layer.parameters()], torch.ones_like(out))
+    return recorder.calls
+
+
+def test_training_step_is_capturable_no_sync_no_data_dependent_allocation():
+    """What CUDA-graph capture needs (docs/design.md): no op that reads a device value on the
+    host (item, nonzero, is_nonzero, ...), and the same allocations whatever the values, so
+    replaying the captured step is the step. Inputs of very different values (and NaNs, which
+    would change nothing either) give the identical op and allocation sequence."""
+    layer = _layer(dtype=torch.float32)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    first = _training_step_ops(layer, x)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(-3.0)
+    second = _training_step_ops(layer, (x * 100).detach().requires_grad_())
+    assert first == second
+    syncing = {"item", "_local_scalar_dense", "nonzero", "is_nonzero", "equal", "allclose",
+               "masked_select", "unique", "tolist"}
+    assert not syncing & {name for name, _ in first}
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def test_launch_decisions_are_cached_per_shape_class():
+    layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    plans = (router._router_fwd_plan, router._router_bwd_plan, mix._mix_fwd_plan,
+             mix._mix_bwd_plan)
+
+    def step(x):
+        out = layer(x)
+        torch.autograd.grad(out, [x, *layer.parameters()], torch.ones_like(out))
+
+    step(x)
+    before = [plan.cache_info() for plan in plans]
+    step(torch.randn_like(x).requires_grad_())
+    after = [plan.cache_info() for plan in plans]
+    assert [a.misses for a in after] == [b.misses for b in before]
+    assert all(a.hits == b.hits + 1 for a, b in zip(after, before))
+    step(torch.randn(7, 4, 5, 5, dtype=torch.float64, requires_grad=True))  # a new batch size
+    assert [p.cache_info().misses for p in plans] == [a.misses + 1 for a in after]
+
+
+def test_host_time_benchmark_stubs_launches_and_reports_medians():
+    from bench.host_time import host_time_table, host_time_us, stubbed_launches
+    from triton_nsr.kernels.tuned_configs import TunedKernel
+
+    results = host_time_us(repeats=20, warmup=2)
+    assert set(results) == {"forward", "forward_backward"}
+    for row in results.values():
+        assert 0 < row["p20_us"] <= row["median_us"] <= row["p80_us"]
+    assert "| forward_backward |" in host_time_table(results)
+    # Stubbed means no kernel runs: the launch returns before Triton sees the arguments.
+    real = TunedKernel.__getitem__
+    with stubbed_launches():
+        assert mix.mix_fwd_kernel[(1,)]("not a tensor") is None
+    assert TunedKernel.__getitem__ is real
+
+
+def test_host_time_command(capsys):
+    from bench import cli
+
+    assert cli.main(["host-time", "--repeats", "10"]) == 0
+    assert capsys.readouterr().out.count("| forward_backward |") == 2
