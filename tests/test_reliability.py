@@ -182,12 +182,18 @@ def relative_check(actual, expected, dtype, name):
         f"{name}: error {error:.3g}"
 
 
+def squared_norm(t):
+    # A mean in float32 at least: summed squares of float16 gradients overflow float16's range,
+    # and so would the second derivative of a sum.
+    return t.to(torch.promote_types(t.dtype, torch.float32)).square().mean()
+
+
 def run_mode(f, mode, x, weight, rest):
     """The quantity each autograd mode computes: output and the derivative it asks for."""
     if mode == "reverse":
         w = weight.clone().requires_grad_()
         out = f(x, w, *rest)
-        (grad,) = torch.autograd.grad(out.square().sum(), w)
+        (grad,) = torch.autograd.grad(squared_norm(out), w)
         return out, grad
     if mode == "forward":
         with fwAD.dual_level():
@@ -196,11 +202,11 @@ def run_mode(f, mode, x, weight, rest):
         return out, tangent
     if mode == "double":
         w = weight.clone().requires_grad_()
-        (grad,) = torch.autograd.grad(f(x, w, *rest).square().sum(), w, create_graph=True)
-        (grad_of_grad,) = torch.autograd.grad(grad.square().sum(), w)
+        (grad,) = torch.autograd.grad(squared_norm(f(x, w, *rest)), w, create_graph=True)
+        (grad_of_grad,) = torch.autograd.grad(squared_norm(grad), w)
         return grad, grad_of_grad
     out = f(x, weight, *rest)
-    return out, torch.func.grad(lambda w: f(x, w, *rest).square().sum())(weight)
+    return out, torch.func.grad(lambda w: squared_norm(f(x, w, *rest)))(weight)
 
 
 @pytest.mark.slow

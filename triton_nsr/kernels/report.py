@@ -286,10 +286,12 @@ def render(reports: list[dict]) -> str:
              "fill is the padding) where kernels/operands.py's `input_route` allows it, else by "
              "the pointer gather (`gather`, the fallback: stride > 1, strides that are not "
              "multiples of 16 bytes such as a bf16 width not divisible by 8, sliced or expanded "
-             "inputs, float64). Their per-sample weights come packed contiguous along K. The "
-             "weight gradient of a 3x3 kernel at stride 1 in 16-bit types runs "
-             "`conv_bwd_weight_3x3_kernel` (all taps per program, dy rows carried); everything "
-             "else runs the per-tap `conv_bwd_weight_kernel`.", ""]
+             "inputs, float64, and NCHW columns that a tap shifts off 16 bytes: such boxes "
+             "faulted on an H200). Their per-sample weights come packed contiguous along K. The "
+             "weight gradient runs the per-tap `conv_bwd_weight_kernel`; the all-taps "
+             "`conv_bwd_weight_3x3_kernel` is switched off (its 16-bit kernel gradients were "
+             "wrong on an H200; kernels/conv_backward.py `ALL_TAPS_DTYPES`), so no launch "
+             "reaches it.", ""]
     removed = reports[-1]["removed"] if reports else []
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]
