@@ -25,6 +25,7 @@ from triton_nsr.arguments import (
     check_padding_mode,
     check_temperature,
 )
+from triton_nsr.router import autocast_enabled
 
 
 def interpreter_enabled() -> bool:
@@ -60,10 +61,6 @@ def as_batched(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return input, False
 
 
-def autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for this device type."""
-    return (torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type))
 
 
 def autocast_inputs(tensors: list, device_type: str) -> list:
@@ -93,16 +90,6 @@ def pad_input(input: torch.Tensor, geometry: ConvGeometry, padding_mode: str
     return F.pad(input, geometry.fpad, mode=padding_mode), (0, 0, 0, 0)
 
 
-def _torch_backend(geometry: ConvGeometry):
-    """(mix, convolve) in plain PyTorch."""
-
-    def convolve(padded, weight_b, bias_b, pad):
-        return grouped_conv.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
-                                              geometry.dilation, geometry.groups)
-
-    return mixing.mix_kernels, convolve
-
-
 # Dynamo does not trace torch.backends' precision objects: a compiled graph takes the setting of
 # its compile time, as it does for the legacy flag.
 @torch.compiler.assume_constant_result
@@ -122,9 +109,6 @@ def conv_allows_tf32() -> bool:
         if precision in ("tf32", "ieee"):
             return precision == "tf32"
     return bool(backends.cudnn.allow_tf32)
-
-
-BACKEND_IMPLEMENTATIONS = {"torch": _torch_backend}
 
 
 def _autocast_stand_in(input: torch.Tensor, weight) -> torch.Tensor:
@@ -231,10 +215,10 @@ def nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    mix, convolve = BACKEND_IMPLEMENTATIONS[backend](geometry)
     routing = router.routing_weights(input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
                                      geometry.num_sparsity_cardinals, temperature)
-    weight_b, bias_b = mix(routing.to(weight.dtype), weight, bias)
+    weight_b, bias_b = mixing.mix_kernels(routing.to(weight.dtype), weight, bias)
     padded, pad = pad_input(input, geometry, padding_mode)
-    output = convolve(padded, weight_b, bias_b, pad)
+    output = grouped_conv.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,
+                                            geometry.dilation, geometry.groups)
     return output.squeeze(0) if unbatched else output

@@ -27,9 +27,15 @@ def routing_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type."""
+    return (torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type))
+
+
 def _no_autocast(device_type: str):
     # Autocast would run the MLP in bfloat16/float16; the router keeps float32.
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
