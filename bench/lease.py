@@ -107,6 +107,7 @@ class Lease:
         self._step_name = ""
         self._log = None
         self._cut_rows = 0
+        self._broken = None
         self.run_record: dict = {}
 
     # -- time --------------------------------------------------------------------------------
@@ -116,6 +117,8 @@ class Lease:
 
     def stop_reason(self) -> str | None:
         """Why no new measurement may start now, or None."""
+        if self._broken is not None:
+            return self._broken
         now = self.elapsed()
         if now >= self.budget_s - self.reserve_s:
             return (f"lease budget of {self.budget_s:.0f} s reached ({self.reserve_s:.0f} s "
@@ -272,7 +275,10 @@ class Lease:
                             break
                         cut = self._cut_rows
                         partial = True
-                        self._run_case(bench, case)
+                        try:
+                            self._run_case(bench, case)
+                        finally:
+                            self._check_device()
                         # A case whose later rows were cut by the cap is not done.
                         if self._cut_rows > cut:
                             break
@@ -301,6 +307,17 @@ class Lease:
             self.store()
             self.store_table()
         self._step_deadline = self.budget_s
+
+    def _check_device(self) -> None:
+        """After a case: if the CUDA context is broken, stop the lease (:func:`broken_context`)."""
+        if self._broken is not None:
+            return
+        error = broken_context(self.device)
+        if error is not None:
+            self._broken = (f"the CUDA context is broken ({error}): every later launch in this "
+                            "process would fail, so the lease stops here")
+            self.run_record["lease"]["stopped"] = self._broken
+            self.log(self._broken)
 
     def _not_reached(self, cases, entry: dict, reason: str, rows_from: int = 0) -> None:
         """Record ``cases`` as not reached: the step lists them, and from ``rows_from`` on
@@ -377,6 +394,24 @@ def _device_properties(device: str) -> dict:
     return {"type": device, "name": props.name, "capability": f"{props.major}.{props.minor}",
             "multiprocessors": props.multi_processor_count,
             "memory_bytes": props.total_memory}
+
+
+def broken_context(device: str) -> str | None:
+    """The first line of the error a trivial CUDA op raises, or None when the context works
+    (or the device is not CUDA).
+
+    A kernel fault (illegal instruction, illegal memory access, misaligned address) is sticky:
+    every later CUDA call in the process raises the same error, so rows measured after it would
+    all be error rows that name the wrong culprit.
+    """
+    if device != "cuda":
+        return None
+    try:
+        torch.cuda.synchronize()
+        (torch.ones(1, device="cuda") + 1).cpu()
+    except RuntimeError as error:
+        return str(error).splitlines()[0][:200]
+    return None
 
 
 def failed(run: dict) -> bool:

@@ -100,6 +100,35 @@ def test_the_alarm_stops_a_measurement_that_outlasts_the_budget(tmp_path, monkey
     assert all(row["status"] == "skipped" for row in stored["measurements"])
 
 
+def test_a_broken_cuda_context_stops_the_lease_after_the_faulting_case(tmp_path, monkeypatch):
+    # A kernel fault is sticky: the lease must not go on measuring error rows that blame the
+    # wrong cases. Here the first smoke case "faults" and leaves the context broken.
+    fault = "CUDA error: an illegal instruction was encountered"
+    faulted = []
+
+    def faulting_case(workload, precision, layout, device):
+        faulted.append(workload.name)
+        return {"workload": workload.name, "precision": precision, "layout": layout,
+                "tolerance": 1e-5, "status": "error", "message": f"RuntimeError: {fault}",
+                "errors": {}, "deterministic": None, "seconds": 0.1}
+
+    monkeypatch.setattr(smoke, "check_case", faulting_case)
+    monkeypatch.setattr(lease, "broken_context", lambda device: fault if faulted else None)
+    run = lease.Lease(plan.Scale.tiny(), 20.0, tmp_path, "cpu", echo=lambda line: None).run()
+    assert len(faulted) == 1
+    steps = {step["name"]: step for step in run["lease"]["steps"]}
+    assert steps["device"]["status"] == "done"
+    assert steps["smoke"]["status"] == "stopped"
+    assert all(steps[name]["status"] == "not reached"
+               for name in ("headline", "end_to_end", "extras"))
+    assert "CUDA context is broken" in run["lease"]["stopped"] and fault in run["lease"]["stopped"]
+    assert [row["status"] for row in run["smoke"]][0] == "error"
+    assert all(row["status"] == "not reached" for row in run["smoke"][1:])
+    assert run["measurements"] and all(
+        row["status"] == "skipped" and "CUDA context is broken" in row["message"]
+        for row in run["measurements"])
+
+
 def test_dry_run_prints_each_step_with_its_compiles(capsys):
     status = cli.main(["lease", "--tiny", "--dry-run", "--budget-s", "20"])
     text = capsys.readouterr().out
