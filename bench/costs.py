@@ -16,7 +16,8 @@ import torch
 from bench.workloads import FORWARD, FORWARD_BACKWARD, Workload
 from triton_nsr.arguments import conv_output_size
 from triton_nsr.flops import paper_overhead_bound
-from triton_nsr.kernels.mix import MIX_BWD_BLOCK_F, cdiv
+from triton_nsr.kernels.mix import MIX_BWD_BLOCK_F
+from triton_nsr.kernels.tiling import cdiv
 
 COST_HEADERS = (
     "workload", "input", "C_in->C_out", "static params", "NSR params", "static GFLOP",
@@ -143,9 +144,9 @@ def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
         # one part per F tile, which the router's backward reads and adds.
         "mix_bwd_kernel": t.routing + t.bank + grad_parts + t.bank + t.routing_parts,
         "router_bwd_kernel": t.routing_parts + t.routing + 2 * t.per_sample + 2 * t.mlp,
-        # Its launcher first copies the mixed kernels into the input gradient's packed layout
-        # (operands.pack_input_grad_weight, one aten copy: a read and a write of them).
-        "conv_bwd_input_kernel": t.y + t.mixed + t.x + t.per_sample + 2 * t.mixed,
+        # In bfloat16 it reads the forward's packed kernels as the mixing wrote them (no copy;
+        # TF32 reads a second layout the mixing writes, one more write of the mixed kernels).
+        "conv_bwd_input_kernel": t.y + t.mixed + t.x + t.per_sample,
     }
     if kernel not in moved:
         raise KeyError(f"the bytes model has no entry for {kernel}: add one to bench/costs.py")

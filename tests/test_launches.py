@@ -7,10 +7,10 @@ executes, so the sizes cost nothing. bfloat16 activations, float32 parameters, a
 mixed-precision training runs the layer; the gradients come from torch.autograd.grad.
 
 Budget (issue 11): forward <= 3 launches, forward + backward <= 8 launches and aten compute
-ops together (8 here). With zero padding the only aten op is the input gradient's copy of the
-mixed kernels into its packed layout (operands.pack_input_grad_weight; the forward's packed
-layout the mixing kernel writes itself): no cast of the parameters, no sum of W4's split kernel
-gradient, no add of the mean's gradient. Other padding modes add their F.pad and its backward.
+ops together (7 here). With zero padding there is no aten op at all: no cast of the parameters,
+no copy of the mixed kernels (the mixing kernel writes the forward's packed layout, which the
+16-bit input gradient reads too; only TF32 packs a copy), no sum of W4's split kernel gradient,
+no add of the mean's gradient. Other padding modes add their F.pad and its backward.
 """
 
 import pytest
@@ -105,12 +105,12 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert forward_ops == []
     assert backward == ["conv_bwd_weight_kernel", "mix_bwd_kernel", "router_bwd_kernel",
                         "conv_bwd_input_kernel"]
-    # The packed input-gradient weights: channel counts here are multiples of 16, so no fill.
-    assert backward_ops == ["copy_"]
+    assert backward_ops == []
     assert len(forward) + len(backward) + len(backward_ops) <= TRAINING_LAUNCHES
     # The mixing reads the float32 banks and writes bfloat16 kernels: the cast is in the load.
+    # (Pointers: routing, banks, the two outputs, and the unused TF32 copy's stand-in.)
     mixing = next(launch for launch in launches if launch.kernel.name == "mix_fwd_kernel")
-    assert mixing.key[-5:] == ("torch.float32",) * 3 + ("torch.bfloat16",) * 2
+    assert mixing.key[-6:] == ("torch.float32",) * 3 + ("torch.bfloat16",) * 3
     # W4 (batch 1, 512x512) splits the kernel gradient's pixel sum for the H200's SMs; the
     # mixing backward reads the partial sums (its key's 4th entry is their number): no sum op.
     mixing_backward = next(launch for launch in launches
@@ -128,4 +128,29 @@ def test_other_padding_modes_add_their_pad_only(padding_mode, pad_op):
     assert forward_ops == [pad_op]  # in bfloat16: autocast's float32 pad is kept off
     # The pad's backward folds the border back; the mean's gradient, (B, C) cast to bfloat16
     # and broadcast, is added to it. (Circular padding's F.pad is a series of copies.)
-    assert sorted(backward_ops) == sorted(["copy_", "_to_copy", f"{pad_op}_backward", "add"])
+    assert sorted(backward_ops) == sorted(["_to_copy", f"{pad_op}_backward", "add"])
+
+
+@pytest.mark.parametrize("allow_tf32", [True, False], ids=["tf32", "ieee"])
+def test_float32_training_makes_no_copy_either(monkeypatch, allow_tf32):
+    # TF32's input gradient reads its own weight layout (output channels contiguous): the
+    # mixing writes it in the forward's launch, beside the forward's layout. IEEE float32
+    # reads the forward's. Neither costs an aten op.
+    from triton_nsr.kernels.capture import recording
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    name, batch, cin, cout, height, width = SHAPES[0]
+    layer = NSRConv2d(cin, cout, 3, 4, 16, padding=1, backend="triton")
+    x = torch.empty(batch, cin, height, width).requires_grad_()
+    ops = _ComputeOps()
+    with recording(batch) as launches, ops:
+        output = layer(x)
+        torch.autograd.grad(output, [x, *layer.parameters()], torch.empty_like(output))
+    assert ops.names == []
+    assert [launch.kernel for launch in launches] == [
+        "router_fwd_kernel", "mix_fwd_kernel", "conv_fwd_kernel", "conv_bwd_weight_kernel",
+        "mix_bwd_kernel", "router_bwd_kernel", "conv_bwd_input_kernel"]
+    mixing, input_grad = launches[1], launches[-1]
+    assert mixing.named["HAS_COPY"] is allow_tf32
+    # TF32 reads the copy: output channels (the GEMM's K) contiguous.
+    assert (input_grad.named["weight_out_stride"] == 1) is allow_tf32

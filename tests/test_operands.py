@@ -132,8 +132,9 @@ def test_mixing_writes_the_forward_packed_layout_that_conv_reads_as_is(in_channe
     k, d, out, batch = 3, 2, 4, 2
     routing = torch.softmax(torch.randn(batch, k, d), dim=1)
     weight = torch.randn(k * out, in_channels, 3, 3)
-    mixed, _ = mix.mix_fwd(routing, weight.reshape(k, d, -1), None, None,
-                           (out, in_channels, 3, 3))
+    mixed, _, no_copy = mix.mix_fwd(routing, weight.reshape(k, d, -1), None, None,
+                                    (out, in_channels, 3, 3))
+    assert no_copy is None
     expected = torch.einsum("bjc,jcf->bcf", routing, weight.reshape(k, d, -1))
     assert mixed.shape == (batch, out, in_channels, 3, 3)
     assert operands.is_packed_forward_weight(mixed)
@@ -142,3 +143,49 @@ def test_mixing_writes_the_forward_packed_layout_that_conv_reads_as_is(in_channe
     assert packed.data_ptr() == mixed.data_ptr() and bound == 16
     assert not packed[..., in_channels:].any()
     torch.testing.assert_close(packed[..., :in_channels], mixed.permute(0, 1, 3, 4, 2))
+
+
+@pytest.mark.parametrize("d,groups", [(2, 1), (1, 2), (3, 2)])
+def test_mixing_also_writes_the_tf32_input_gradient_layout(d, groups):
+    """For a TF32 backward the mixing writes a second copy, (B, groups, kh, kw, Cg, Op) with
+    output channels contiguous and zero-padded, equal to what pack_input_grad_weight would copy;
+    with d = 3 and 2 groups a cardinal's rows straddle a group boundary."""
+    from triton_nsr.kernels import mix
+
+    k, out, in_group, batch = 2, 6, 5, 3
+    routing = torch.softmax(torch.randn(batch, k, d), dim=1)
+    weight = torch.randn(k * out, in_group, 3, 3)
+    bias = torch.randn(k * out)
+    mixed, mixed_bias, copy = mix.mix_fwd(routing, weight.reshape(k, d, -1),
+                                          bias.reshape(k, d, -1), None,
+                                          (out, in_group, 3, 3), input_grad_groups=groups)
+    expected, _, bound = operands.pack_input_grad_weight(mixed, groups)
+    assert copy.shape == expected.shape and bound == 16
+    torch.testing.assert_close(copy, expected)
+    assert not copy[..., out // groups:].any()
+    torch.testing.assert_close(
+        mixed_bias, torch.einsum("bjc,jcf->bcf", routing, bias.reshape(k, d, -1)))
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True], ids=["ieee", "tf32"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_input_gradient_reads_either_packed_weight_layout(allow_tf32, channels_last):
+    # TF32 packs a copy with output channels contiguous; every other precision reads the
+    # forward's layout (input channels contiguous, padded 20 -> 32 and read unmasked) as the
+    # layer's mixing writes it. Both must give conv2d's input gradient, OG = 6 and Cg = 20 both
+    # off the 16-element grid.
+    x = torch.randn(2, 40, 5, 7)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, 12, 20, 3, 3)
+    forward_layout = operands.empty_packed_forward_weight(weight.shape, weight.dtype, "cpu")
+    forward_layout.copy_(weight)
+    assert operands.is_packed_forward_weight(forward_layout)
+    dy = torch.randn(2, 12, 5, 7)
+    x_ref = x.clone().requires_grad_()
+    torch.cat([F.conv2d(x_ref[i:i + 1], weight[i], padding=1, groups=2)
+               for i in range(2)]).backward(dy)
+    grad_input = conv_bwd_input(dy, forward_layout, (1, 1), (1, 1, 1, 1), (1, 1), 2,
+                                allow_tf32, torch.empty_like(x))
+    # The interpreter's TF32 dot multiplies in float32: the same tolerance serves both.
+    assert_close(grad_input, x_ref.grad)

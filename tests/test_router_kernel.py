@@ -114,7 +114,7 @@ def test_mixing_two_banks_in_one_launch(with_bias):
     routing = torch.softmax(torch.randn(3, 4, 5, dtype=dtype), dim=1)
     bank = torch.randn(4, 5, 27, dtype=dtype)
     second = torch.randn(4, 5, 3, dtype=dtype) if with_bias else None
-    mixed, mixed_second = mix.mix_fwd(routing, bank, second)
+    mixed, mixed_second, _ = mix.mix_fwd(routing, bank, second)
     assert_close(mixed, torch.einsum("bjc,jcf->bcf", routing, bank))
     if with_bias:
         assert_close(mixed_second, torch.einsum("bjc,jcf->bcf", routing, second))
@@ -127,7 +127,7 @@ def test_mixing_writes_the_requested_dtype_from_float32_banks():
     (float16 here: the interpreter refuses bfloat16.)"""
     routing = torch.softmax(torch.randn(2, 3, 2), dim=1)
     bank, second = torch.randn(3, 2, 10), torch.randn(3, 2, 4)
-    mixed, mixed_second = mix.mix_fwd(routing, bank, second, torch.float16)
+    mixed, mixed_second, _ = mix.mix_fwd(routing, bank, second, torch.float16)
     assert mixed.dtype == mixed_second.dtype == torch.float16
     assert_close(mixed, torch.einsum("bjc,jcf->bcf", routing, bank).half())
 

@@ -353,12 +353,18 @@ def test_int64_offsets_match_reference(monkeypatch):
     import triton.language as tl
 
     from triton_nsr.kernels import conv, conv_backward
+    from triton_nsr.kernels.autotune import clear_launch_plans
 
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
     params = make_params(4, 6, 3, 2, 3, groups=2)
     for module in (conv, conv_backward):
-        monkeypatch.setattr(module, "index_dtype", lambda *args, **kwargs: tl.int64)
-    assert_triton_matches_reference(x, params, 2, 3, 2, 1, 1, 2)
+        monkeypatch.setattr(module, "index_dtype_of", lambda *args, **kwargs: tl.int64)
+    # The launchers decide once per shape: forget the int32 plans, and the int64 ones after.
+    clear_launch_plans()
+    try:
+        assert_triton_matches_reference(x, params, 2, 3, 2, 1, 1, 2)
+    finally:
+        clear_launch_plans()
 
 
 @pytest.mark.parametrize("num_splits", [2, 5])

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from triton_nsr.arguments import ConvGeometry, conv_output_size
+from triton_nsr.kernels.autotune import dot_precision
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd
@@ -236,36 +237,43 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 # ----------------------------------------------------------------------------- the layer
 
 def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
-                   num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32):
+                   num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32,
+                   input_grad_weight=False):
     """Three launches: route, mix weight and bias, convolve.
 
     Returns (output (B, out, Ho, Wo), routing (B, k, d), pooled (B, C), weight_b
-    (B, out, Cg, kh, kw), bias_b (B, out) or None); the last four are what the backward needs.
+    (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad); the middle four are
+    what the backward needs. With ``input_grad_weight`` and TF32, the mixing also writes
+    weight_b in the layout the TF32 input gradient reads (else None: it reads weight_b).
     """
     batch = input.shape[0]
     out_channels = weight.shape[0] // num_groups
     routing, pooled = router_fwd(input, mlp_weight, mlp_bias, num_groups, num_cardinals,
                                  temperature)
     # weight_b comes in the convolution's packed layout: conv_fwd reads it without a copy.
-    weight_b, bias_b = mix_fwd(
+    tf32_input_grad = input_grad_weight and dot_precision(input.dtype, allow_tf32) == "tf32"
+    weight_b, bias_b, weight_b_input_grad = mix_fwd(
         routing, weight.reshape(num_groups, num_cardinals, -1),
         None if bias is None else bias.reshape(num_groups, num_cardinals, -1), input.dtype,
-        (out_channels, *weight.shape[1:]))
+        (out_channels, *weight.shape[1:]), groups if tf32_input_grad else None)
     if bias_b is not None:
         bias_b = bias_b.view(batch, out_channels)
     output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
                       dilation, groups, allow_tf32)
-    return output, routing, pooled, weight_b, bias_b
+    return output, routing, pooled, weight_b, bias_b, weight_b_input_grad
 
 
 def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
                     routing, pooled, weight_b, num_groups, num_cardinals, temperature, stride,
-                    pad, dilation, groups, allow_tf32, output_mask):
+                    pad, dilation, groups, allow_tf32, output_mask, weight_b_input_grad=None):
     """At most four launches, in the order each one's inputs become ready.
 
     ``output_mask`` says which of (input, padded, weight, bias, mlp_weight, mlp_bias) need a
-    gradient. Returns (grad of the convolution's input, mean_grad (B, C), grad_weight,
-    grad_bias, grad_mlp_weight, grad_mlp_bias), None where not needed. Without ``padded``
+    gradient; ``weight_b_input_grad`` is the forward's TF32 input-gradient layout of weight_b,
+    or None (conv_bwd_input then packs one if the precision wants it).
+
+    Returns (grad of the convolution's input, mean_grad (B, C), grad_weight, grad_bias,
+    grad_mlp_weight, grad_mlp_bias), None where not needed. Without ``padded``
     (zero padding) the convolution's input is ``input`` and its gradient already holds the
     mean's; with it, the caller spreads mean_grad over the pixels of ``input``.
     """
@@ -302,7 +310,8 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
     if (need_input and padded is None) or need_padded:
         grad_conv_input = conv_bwd_input(
             grad_output, weight_b, stride, pad, dilation, groups, allow_tf32,
-            torch.empty_like(conv_input), mean_grad if padded is None else None)
+            torch.empty_like(conv_input), mean_grad if padded is None else None,
+            weight_b_input_grad)
     return (grad_conv_input, mean_grad,
             None if grad_weight is None else grad_weight.view(weight.shape),
             None if grad_bias is None else grad_bias.view(bias.shape),
@@ -336,9 +345,10 @@ def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     return grad_input, grad_conv_input
 
 
-def _save(ctx, args, routing, pooled, weight_b) -> None:
+def _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad=None) -> None:
     (input, padded, weight, bias, mlp_weight, mlp_bias, *static) = args
-    ctx.save_for_backward(input, padded, weight, bias, mlp_weight, routing, pooled, weight_b)
+    ctx.save_for_backward(input, padded, weight, bias, mlp_weight, routing, pooled, weight_b,
+                          weight_b_input_grad)
     ctx.has_padded = padded is not None
     ctx.has_mlp_bias = mlp_bias is not None
     ctx.static = static
@@ -357,17 +367,21 @@ class NSRLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
-        output, routing, pooled, weight_b, _ = _layer_forward(*args)
-        _save(ctx, args, routing, pooled, weight_b)
+        # The convolution's input gradient is wanted (of input, or of its padded copy).
+        input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        output, routing, pooled, weight_b, _, weight_b_input_grad = _layer_forward(
+            *args, input_grad_weight=input_grad)
+        _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad)
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         refuse_double_backward()
-        input, padded, weight, bias, mlp_weight, routing, pooled, weight_b = ctx.saved_tensors
+        (input, padded, weight, bias, mlp_weight, routing, pooled, weight_b,
+         weight_b_input_grad) = ctx.saved_tensors
         grad_conv_input, mean_grad, *param_grads = _layer_backward(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
-            pooled, weight_b, *ctx.static, _output_mask(ctx))
+            pooled, weight_b, *ctx.static, _output_mask(ctx), weight_b_input_grad)
         return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
                 *([None] * len(ctx.static)))
 
@@ -387,7 +401,7 @@ class _TracedLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, padded, weight, bias, mlp_weight, routing, pooled, weight_b = ctx.saved_tensors
+        input, padded, weight, bias, mlp_weight, routing, pooled, weight_b, _ = ctx.saved_tensors
         grads = nsr_layer_backward_op(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
             pooled, weight_b, *ctx.static, _output_mask(ctx))
@@ -449,7 +463,7 @@ def nsr_layer_op(
 
     bias_b has 0 elements without a bias. Shapes as :func:`nsr_layer` and ``_layer_forward``.
     """
-    output, routing, pooled, weight_b, bias_b = _layer_forward(
+    output, routing, pooled, weight_b, bias_b, _ = _layer_forward(
         input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,
         temperature, stride, pad, dilation, groups, allow_tf32)
     return (output, routing, pooled, weight_b,

@@ -8,6 +8,7 @@ config of each list is used as is.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -96,12 +97,34 @@ def index_dtype(tensors, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
     past an edge, so every dimension but the batch gets that much room before the int32 limit
     is checked.
     """
+    return index_dtype_of([(tuple(t.shape), t.stride()) for t in tensors if t is not None],
+                          pad, dilation, kernel_size)
+
+
+def index_dtype_of(layouts, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
+    """:func:`index_dtype` from (shape, strides) pairs, as the launchers' plans know them."""
     room = 1024 + max(pad) + max(dilation) * max(kernel_size)
-    for tensor in tensors:
-        if tensor is None:
-            continue
-        extent = sum(abs(stride) * (size + room)
-                     for size, stride in zip(tensor.shape[1:], tensor.stride()[1:]))
+    for shape, strides in layouts:
+        extent = sum(abs(stride) * (size + room) for size, stride in zip(shape[1:], strides[1:]))
         if extent >= 2**31:
             return tl.int64
     return tl.int32
+
+
+_PLANS = []
+
+
+def launch_plan(build):
+    """Cache a launcher's decisions per shape class (``functools.lru_cache``), so a repeated
+    shape only allocates and launches: grid, integer arguments, constexprs, routes. Arguments
+    must be hashable (shapes, strides, dtypes, flags). :func:`clear_launch_plans` forgets them
+    (tests that patch a decision)."""
+    cached = functools.lru_cache(maxsize=1024)(build)
+    _PLANS.append(cached)
+    return cached
+
+
+def clear_launch_plans() -> None:
+    """Forget every cached launch plan: the next launch of each shape decides again."""
+    for plan in _PLANS:
+        plan.cache_clear()

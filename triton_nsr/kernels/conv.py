@@ -21,17 +21,25 @@ from triton_nsr.kernels.autotune import (
     check_launchable,
     dot_precision,
     fits_shape,
-    index_dtype,
+    index_dtype_of,
+    launch_plan,
     size_class,
     tuned,
 )
 from triton_nsr.kernels.operands import (
-    input_route,
+    TMA_ALIGN_BYTES,
     pack_forward_weight,
+    route_of,
     set_descriptor_allocator,
     tile_width,
 )
-from triton_nsr.kernels.tiling import program_blocks, sample_and_group, spatial_tile, spatial_tiles
+from triton_nsr.kernels.tiling import (
+    cdiv,
+    program_blocks,
+    sample_and_group,
+    spatial_tile,
+    spatial_tiles,
+)
 
 # The first config is the interpreter's; the rest are searched on the GPU.
 CONV_CONFIGS = [
@@ -168,11 +176,81 @@ def conv_fwd_kernel(
 
 def empty_like_layout(input: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """An empty (B, C', H', W') tensor in input's memory format (channels_last stays so)."""
-    channels_last = (input.dim() == 4 and not input.is_contiguous()
-                     and input.is_contiguous(memory_format=torch.channels_last))
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=dtype or input.dtype, device=input.device,
-                       memory_format=layout)
+                       memory_format=output_format(tuple(input.shape), input.stride()))
+
+
+def output_format(shape, strides) -> torch.memory_format:
+    """channels_last for a 4-D input that is channels_last and not also contiguous, as conv2d
+    does; contiguous otherwise. From shape and strides alone (no tensor: plans run no op)."""
+    channels_last = (len(shape) == 4 and not _dense_in_order(shape, strides, (3, 2, 1, 0))
+                     and _dense_in_order(shape, strides, (1, 3, 2, 0)))
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def format_strides(shape, memory_format: torch.memory_format) -> tuple[int, ...]:
+    """The strides torch.empty gives a (B, C, H, W) tensor of this memory format."""
+    order = (1, 3, 2, 0) if memory_format == torch.channels_last else (3, 2, 1, 0)
+    strides, step = [0] * len(shape), 1
+    for dim in order:
+        strides[dim] = step
+        step *= max(shape[dim], 1)
+    return tuple(strides)
+
+
+def _dense_in_order(shape, strides, order) -> bool:
+    """torch's is_contiguous for the dimension order ``order`` (innermost first): size-1
+    dimensions may have any stride, and an empty tensor is contiguous."""
+    if 0 in shape:
+        return True
+    expected = 1
+    for dim in order:
+        if shape[dim] != 1:
+            if strides[dim] != expected:
+                return False
+            expected *= shape[dim]
+    return True
+
+
+@launch_plan
+def _conv_fwd_plan(input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
+                   weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32):
+    """conv_fwd's decisions per shape class: (output shape, memory format, grid, integer
+    arguments, constexprs). bias_stride is None without a bias."""
+    batch, channels, in_h, in_w = input_shape
+    out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
+    out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
+    output_shape = (batch, out_channels, out_h, out_w)
+    memory_format = output_format(input_shape, input_stride)
+    output_stride = format_strides(output_shape, memory_format)
+    out_group_channels = out_channels // groups
+    route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels, stride,
+                        pad, dilation, (kernel_h, kernel_w))
+    tile_w = tile_width(out_w)
+
+    def grid(meta):
+        return (batch * groups * spatial_tiles(out_h, out_w, meta["BLOCK_M"], tile_w)
+                * cdiv(out_group_channels, meta["BLOCK_N"]),)
+
+    args = (groups, in_group_channels, out_group_channels, size_class(out_h * out_w),
+            weight_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+            *input_stride, *weight_strides, *(bias_stride or (0, 0)), *output_stride)
+    # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
+    layouts = [(input_shape, input_stride), (output_shape, output_stride),
+               ((batch, groups, out_group_channels, weight_channels, kernel_h, kernel_w),
+                weight_strides)]
+    if bias_stride is not None:
+        layouts.append(((batch, out_channels), bias_stride))
+    constexprs = {
+        "HAS_BIAS": bias_stride is not None,
+        "ACC_DTYPE": accumulator_dtype(dtype),
+        "PRECISION": dot_precision(dtype, allow_tf32),
+        "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
+        "INPUT_ROUTE": route,
+        "TILE_W": tile_w,
+    }
+    return output_shape, memory_format, grid, args, constexprs
 
 
 def conv_fwd(
@@ -195,58 +273,18 @@ def conv_fwd(
         (B, out, Ho, Wo), channels_last when the input is.
     """
     check_launchable(input, weight, bias)
-    batch, channels, in_h, in_w = input.shape
-    out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
-    out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
-    output = empty_like_layout(input, (batch, out_channels, out_h, out_w))
+    packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
+    output_shape, memory_format, grid, args, constexprs = _conv_fwd_plan(
+        tuple(input.shape), input.stride(), input.dtype,
+        input.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
+        weight_channels, None if bias is None else bias.stride(), tuple(stride), tuple(pad),
+        tuple(dilation), groups, allow_tf32)
+    output = torch.empty(output_shape, dtype=input.dtype, device=input.device,
+                         memory_format=memory_format)
     if output.numel() == 0:
         return output
-    out_group_channels = out_channels // groups
-    packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
-    route, _ = input_route(input, in_group_channels, stride, pad, dilation, (kernel_h, kernel_w))
-    tile_w = tile_width(out_w)
-    set_descriptor_allocator(input)
-
-    def grid(meta):
-        return (batch * groups * spatial_tiles(out_h, out_w, meta["BLOCK_M"], tile_w)
-                * triton.cdiv(out_group_channels, meta["BLOCK_N"]),)
-
-    conv_fwd_kernel[grid](
-        input, packed, bias if bias is not None else packed, output,
-        groups, in_group_channels, out_group_channels, size_class(out_h * out_w),
-        weight_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-        *input.stride(), *weight_strides,
-        *(bias.stride() if bias is not None else (0, 0)),
-        *output.stride(),
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=accumulator_dtype(input.dtype),
-        PRECISION=dot_precision(input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((input, packed, bias, output), pad, dilation,
-                                (kernel_h, kernel_w)),
-        INPUT_ROUTE=route,
-        TILE_W=tile_w,
-    )
-    return output
-    out_group_channels = out_channels // groups
-    out_pixels = out_h * out_w
-
-    def grid(meta):
-        return (batch * groups * triton.cdiv(out_pixels, meta["BLOCK_M"])
-                * triton.cdiv(out_group_channels, meta["BLOCK_N"]),)
-
-    conv_fwd_kernel[grid](
-        input, weight, bias if bias is not None else weight, output,
-        groups, in_group_channels, out_group_channels, out_pixels, size_class(out_pixels),
-        in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-        *input.stride(), *weight.stride(),
-        *(bias.stride() if bias is not None else (0, 0)),
-        *output.stride(),
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=accumulator_dtype(input.dtype),
-        PRECISION=dot_precision(input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((input, weight, bias, output), pad, dilation,
-                                (kernel_h, kernel_w)),
-    )
+    if constexprs["INPUT_ROUTE"] != "gather":
+        set_descriptor_allocator(input)
+    conv_fwd_kernel[grid](input, packed, bias if bias is not None else packed, output, *args,
+                          **constexprs)
     return output

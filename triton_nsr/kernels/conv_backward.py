@@ -18,6 +18,8 @@ programs of tap (0, 0) and the first input-channel tile load anyway.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -27,18 +29,24 @@ from triton_nsr.kernels.autotune import (
     check_launchable,
     dot_precision,
     fits_shape,
-    index_dtype,
+    index_dtype_of,
+    launch_plan,
     size_class,
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
+from triton_nsr.kernels.mix import contiguous_strides
 from triton_nsr.kernels.operands import (
-    input_route,
+    TMA_ALIGN_BYTES,
+    input_grad_weight_strides,
+    pack_forward_weight,
     pack_input_grad_weight,
+    route_of,
     set_descriptor_allocator,
     tile_width,
 )
 from triton_nsr.kernels.tiling import (
+    cdiv,
     program_blocks,
     program_tile,
     sample_and_group,
@@ -97,7 +105,8 @@ MIN_PIXELS_PER_SPLIT = 4096
 @triton.jit
 def conv_bwd_input_kernel(
     grad_output_pointer, weight_pointer, grad_input_pointer, mean_grad_pointer,
-    groups, in_group_channels, out_group_channels, tuning_pixels, weight_channels,
+    groups, in_group_channels, out_group_channels, tuning_pixels, weight_out_channels,
+    weight_in_channels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
@@ -117,9 +126,10 @@ def conv_bwd_input_kernel(
     Pointers:
         grad_output (B, out, Ho, Wo), any strides; INPUT_ROUTE "tma_nchw" / "tma_channels_last"
             reads it through a TMA descriptor (stride 1 only), "gather" by pointers.
-        weight: w[b, g*OG + o, c, r, t] at b*batch + g*group + o*out + c*in + r*h + t*w strides;
-            output channels o in [OG, weight_channels) must read as zeros
-            (operands.pack_input_grad_weight's layout keeps o contiguous).
+        weight: w[b, g*OG + o, c, r, t] at b*batch + g*group + o*out + c*in + r*h + t*w strides,
+            read for o < weight_out_channels and c < weight_in_channels, which must read as
+            zeros past OG and Cg: one of the packed layouts of kernels/operands.py, o contiguous
+            (pack_input_grad_weight, for TF32) or c contiguous (the forward's, for the rest).
         grad_input (B, C, H, W), any strides; every element is written.
         mean_grad (B, C) when HAS_MEAN_GRAD: a per-channel gradient added at every pixel (the
         router's mean), so it needs no x-sized tensor of its own.
@@ -187,9 +197,12 @@ def conv_bwd_input_kernel(
                         + offs_k[None, :] * grad_output_channel_stride,
                         mask=pixel_ok[:, None] & (offs_k < out_group_channels)[None, :],
                         other=0.0)
+        # Bounds of the packed layout, not of the GEMM: its zero padding is read unmasked, so
+        # the contiguous dimension keeps its 16-byte loads when Cg or OG is not a multiple of 16.
         w = tl.load(weight_sample + offs_k[:, None] * weight_out_stride
                     + (r * weight_h_stride + t * weight_w_stride),
-                    mask=(offs_k < weight_channels)[:, None] & mask_n[None, :], other=0.0)
+                    mask=(offs_k < weight_out_channels)[:, None]
+                    & (offs_n < weight_in_channels)[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
     in_channel = group * in_group_channels + offs_n
@@ -434,6 +447,64 @@ def conv_bwd_weight_3x3_kernel(
                      bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
 
 
+@launch_plan
+def _conv_bwd_input_plan(grad_output_shape, grad_output_stride, aligned, weight_shape,
+                         weight_strides, weight_bounds, grad_input_shape, grad_input_stride,
+                         dtype, mean_grad_stride, stride, pad, dilation, groups, allow_tf32):
+    """conv_bwd_input's decisions per shape class: (grid, integer arguments, constexprs).
+    mean_grad_stride is None without a mean gradient."""
+    batch, channels, in_h, in_w = grad_input_shape
+    out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
+    out_h, out_w = grad_output_shape[2:]
+    out_group_channels = out_channels // groups
+    route, _ = route_of(grad_output_shape, grad_output_stride, dtype, aligned,
+                        out_group_channels, stride, pad, dilation, (kernel_h, kernel_w))
+    tile_w = tile_width(in_w)
+
+    def grid(meta):
+        return (batch * groups * spatial_tiles(in_h, in_w, meta["BLOCK_M"], tile_w)
+                * cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+    args = (groups, in_group_channels, out_group_channels, size_class(in_h * in_w),
+            *weight_bounds, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+            *grad_output_stride, *weight_strides, *grad_input_stride,
+            *(mean_grad_stride or (0, 0)))
+    # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
+    layouts = [(grad_output_shape, grad_output_stride), (grad_input_shape, grad_input_stride),
+               ((batch, groups, *weight_bounds, kernel_h, kernel_w), weight_strides)]
+    constexprs = {
+        "HAS_MEAN_GRAD": mean_grad_stride is not None,
+        "ACC_DTYPE": accumulator_dtype(dtype),
+        "PRECISION": dot_precision(dtype, allow_tf32),
+        "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
+        "INPUT_ROUTE": route,
+        "TILE_W": tile_w,
+    }
+    return grid, args, constexprs
+
+
+def pack_weight_for_input_grad(weight: torch.Tensor, groups: int, precision: str,
+                               packed: torch.Tensor | None = None):
+    """The input gradient's weight operand: (tensor, strides, (K bound, N bound)).
+
+    TF32 wgmma reads only K-major operands from shared memory, so TF32 reads the layout with
+    output channels contiguous: ``packed`` when the layer's mixing wrote it, else a copy
+    (operands.pack_input_grad_weight). 16-bit wgmma also takes an N-major B from shared memory,
+    and the FMA path (IEEE float32, float64) has no preference: those read the forward's packed
+    layout (input channels contiguous), which the layer's mixing writes, so no copy is made.
+    """
+    out_group_channels = weight.shape[1] // groups
+    if precision == "tf32":
+        if packed is None:
+            packed, strides, padded = pack_input_grad_weight(weight, groups)
+        else:
+            strides, padded = input_grad_weight_strides(packed), packed.shape[-1]
+        return packed, strides, (padded, weight.shape[2])
+    packed, strides, padded = pack_forward_weight(weight, groups)
+    return packed, strides, (out_group_channels, padded)
+
+
 def conv_bwd_input(
     grad_output: torch.Tensor,
     weight: torch.Tensor,
@@ -444,6 +515,7 @@ def conv_bwd_input(
     allow_tf32: bool,
     grad_input: torch.Tensor,
     mean_grad: torch.Tensor | None = None,
+    packed_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write d loss / d input into ``grad_input`` (B, C, H, W, the input's dtype); return it.
 
@@ -451,37 +523,24 @@ def conv_bwd_input(
         grad_output: (B, out, Ho, Wo). weight: (B, out, Cg, kh, kw).
         mean_grad: (B, C) or None: added to every pixel of channel c of sample b (the router's
             gradient through the spatial mean, already divided by H*W).
+        packed_weight: weight already in the TF32 layout, (B, groups, kh, kw, Cg, Op)
+            (operands.empty_packed_input_grad_weight), or None.
     """
     check_launchable(grad_output, weight, mean_grad)
-    batch, channels, in_h, in_w = grad_input.shape
-    out_channels, in_group_channels, kernel_h, kernel_w = weight.shape[1:]
-    out_h, out_w = grad_output.shape[2:]
-    out_group_channels = out_channels // groups
-    packed, weight_strides, weight_channels = pack_input_grad_weight(weight, groups)
-    route, _ = input_route(grad_output, out_group_channels, stride, pad, dilation,
-                           (kernel_h, kernel_w))
-    tile_w = tile_width(in_w)
-    set_descriptor_allocator(grad_output)
-
-    def grid(meta):
-        return (batch * groups * spatial_tiles(in_h, in_w, meta["BLOCK_M"], tile_w)
-                * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
-
+    dtype = grad_input.dtype
+    packed, weight_strides, weight_bounds = pack_weight_for_input_grad(
+        weight, groups, dot_precision(dtype, allow_tf32), packed_weight)
+    grid, args, constexprs = _conv_bwd_input_plan(
+        tuple(grad_output.shape), grad_output.stride(),
+        grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
+        weight_bounds, tuple(grad_input.shape), grad_input.stride(), dtype,
+        None if mean_grad is None else mean_grad.stride(), tuple(stride), tuple(pad),
+        tuple(dilation), groups, allow_tf32)
+    if constexprs["INPUT_ROUTE"] != "gather":
+        set_descriptor_allocator(grad_output)
     conv_bwd_input_kernel[grid](
         grad_output, packed, grad_input, mean_grad if mean_grad is not None else grad_input,
-        groups, in_group_channels, out_group_channels, size_class(in_h * in_w), weight_channels,
-        in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-        stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-        *grad_output.stride(), *weight_strides, *grad_input.stride(),
-        *(mean_grad.stride() if mean_grad is not None else (0, 0)),
-        HAS_MEAN_GRAD=mean_grad is not None,
-        ACC_DTYPE=accumulator_dtype(grad_input.dtype),
-        PRECISION=dot_precision(grad_input.dtype, allow_tf32),
-        INDEX_DTYPE=index_dtype((grad_output, packed, grad_input), pad, dilation,
-                                (kernel_h, kernel_w)),
-        INPUT_ROUTE=route,
-        TILE_W=tile_w,
-    )
+        *args, **constexprs)
     return grad_input
 
 
@@ -489,22 +548,95 @@ def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device; 0 elsewhere (the interpreter)."""
     if device.type != "cuda":
         return 0
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_multiprocessors(torch.device(device).index or 0)
+
+
+@functools.cache
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+# Programs of the split kernel gradient per SM: two 64x64 (or 128x64) tiles fit one SM's
+# registers and shared memory, so the grid is one full wave rather than a wave and a tail.
+PROGRAMS_PER_MULTIPROCESSOR = 2
 
 
 def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> int:
     """Into how many pieces the kernel gradient cuts its sum over output pixels.
 
     One program per (sample, tap, tile) leaves most of the GPU idle when there are few samples
-    and large images (batch 1 at 512x512, 64 channels: 36 programs of 64x64 tiles for 132 SMs,
-    each walking 262144 pixels). Cutting the pixel sum into pieces, added up afterwards, gives
-    every SM work; pieces keep at least MIN_PIXELS_PER_SPLIT pixels so the extra pass stays small.
+    and large images (batch 1 at 512x512, 64 channels: 9 programs of 64x64 tiles for 132 SMs,
+    each walking 262144 pixels). Cutting the pixel sum into pieces, added up afterwards, fills
+    the GPU; the pieces are float32 partial sums that the mixing backward reads, so no more are
+    made than one wave needs (PROGRAMS_PER_MULTIPROCESSOR per SM, rounded down) and each keeps
+    at least MIN_PIXELS_PER_SPLIT pixels.
     """
     multiprocessors = multiprocessor_count(device)
     if multiprocessors == 0:
         return 1
-    wanted = triton.cdiv(4 * multiprocessors, max(programs, 1))
+    wanted = PROGRAMS_PER_MULTIPROCESSOR * multiprocessors // max(programs, 1)
     return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
+
+
+@launch_plan
+def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
+                          dtype, aligned, kernel_size, stride, pad, dilation, groups,
+                          allow_tf32, grad_weight_stride, grad_bias_stride, num_splits,
+                          all_taps):
+    """conv_bwd_weight's decisions per shape class: (partial sums' dtype (None: written straight
+    into grad_weight and grad_bias), grid, integer arguments, constexprs). grad_bias_stride is
+    None without a bias gradient."""
+    batch, channels, in_h, in_w = input_shape
+    out_channels, out_h, out_w = grad_output_shape[1:]
+    kernel_h, kernel_w = kernel_size
+    in_group_channels = channels // groups
+    out_group_channels = out_channels // groups
+    out_pixels = out_h * out_w
+    acc_dtype = accumulator_dtype(dtype)
+    weight_shape = (batch, out_channels, in_group_channels, kernel_h, kernel_w)
+    if num_splits == 1:
+        partial = None
+        # unsqueeze(0) of grad_weight and grad_bias: the split stride is never stepped.
+        weight_parts_stride = (0, *grad_weight_stride)
+        bias_parts_stride = (0, *grad_bias_stride) if grad_bias_stride else (0, 0, 0)
+    else:
+        # Partial sums in the accumulator's precision, added by the consumer.
+        partial = torch.float64 if acc_dtype == tl.float64 else torch.float32
+        weight_parts_stride = contiguous_strides((num_splits, *weight_shape))
+        bias_parts_stride = (contiguous_strides((num_splits, batch, out_channels))
+                             if grad_bias_stride else (0, 0, 0))
+    index = index_dtype_of(
+        [(grad_output_shape, grad_output_stride), (input_shape, input_stride),
+         (weight_shape, weight_parts_stride[1:]), ((batch, out_channels), bias_parts_stride[1:])],
+        pad, dilation, kernel_size)
+    constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
+                  "PRECISION": dot_precision(dtype, allow_tf32), "INDEX_DTYPE": index}
+    if all_taps:
+        rows_per_split = cdiv(out_h, num_splits)
+        route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
+                            stride, pad, dilation, kernel_size)
+        constexprs["INPUT_ROUTE"] = "tma_nchw" if route == "tma_nchw" else "gather"
+
+        def grid(meta):
+            return (batch * groups * num_splits * cdiv(out_group_channels, meta["BLOCK_M"])
+                    * cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+        args = (groups, in_group_channels, out_group_channels, size_class(out_pixels),
+                in_h, in_w, out_h, out_w, pad[0], pad[2], rows_per_split,
+                *grad_output_stride, *input_stride,
+                num_splits, *weight_parts_stride, *bias_parts_stride)
+    else:
+        def grid(meta):
+            return (batch * groups * kernel_h * kernel_w * num_splits
+                    * cdiv(out_group_channels, meta["BLOCK_M"])
+                    * cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+        args = (groups, in_group_channels, out_group_channels, out_pixels,
+                size_class(out_pixels), in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+                stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+                *grad_output_stride, *input_stride,
+                num_splits, *weight_parts_stride, *bias_parts_stride)
+    return partial, grid, args, constexprs
 
 
 def conv_bwd_weight(
@@ -534,76 +666,40 @@ def conv_bwd_weight(
         (S = 1: views of grad_weight and grad_bias).
     """
     check_launchable(grad_output, input)
-    batch, channels, in_h, in_w = input.shape
+    batch, channels = input.shape[:2]
     out_channels, out_h, out_w = grad_output.shape[1:]
-    kernel_h, kernel_w = kernel_size
-    in_group_channels = channels // groups
-    out_group_channels = out_channels // groups
-    out_pixels = out_h * out_w
+    kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
+                                          tuple(dilation))
     # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy once, x three times).
-    all_taps = (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
-                and tuple(dilation) == (1, 1) and input.dtype in ALL_TAPS_DTYPES)
+    all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+                and input.dtype in ALL_TAPS_DTYPES)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
-    programs = (batch * groups * (1 if all_taps else kernel_h * kernel_w)
-                * triton.cdiv(out_group_channels, 64) * triton.cdiv(in_group_channels, 64))
-    num_splits = weight_grad_splits(grad_output.device, programs, out_pixels)
+    programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
+                * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
+    num_splits = weight_grad_splits(grad_output.device, programs, out_h * out_w)
     if all_taps:
         # Splits are bands of output rows.
         num_splits = min(num_splits, out_h)
-    acc_dtype = accumulator_dtype(input.dtype)
-    if num_splits == 1:
+    partial, grid, args, constexprs = _conv_bwd_weight_plan(
+        tuple(grad_output.shape), grad_output.stride(), tuple(input.shape), input.stride(),
+        input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
+        dilation, groups, allow_tf32, grad_weight.stride(),
+        None if grad_bias is None else grad_bias.stride(), num_splits, all_taps)
+    if partial is None:
         weight_parts = grad_weight.unsqueeze(0)
         bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
     else:
-        # Partial sums in the accumulator's precision, added once below.
-        partial = torch.float64 if acc_dtype == tl.float64 else torch.float32
         weight_parts = grad_weight.new_empty((num_splits, *grad_weight.shape), dtype=partial)
         bias_parts = (grad_bias.new_empty((num_splits, *grad_bias.shape), dtype=partial)
                       if grad_bias is not None else None)
-
-    index = index_dtype((grad_output, input, grad_weight, grad_bias), pad, dilation,
-                        kernel_size)
-    bias_strides = bias_parts.stride() if bias_parts is not None else (0, 0, 0)
+    kernel = conv_bwd_weight_kernel
     if all_taps:
-        rows_per_split = triton.cdiv(out_h, num_splits)
-        route, _ = input_route(input, in_group_channels, stride, pad, dilation, kernel_size)
-        route = "tma_nchw" if route == "tma_nchw" else "gather"
-        set_descriptor_allocator(input)
-
-        def grid3(meta):
-            return (batch * groups * num_splits
-                    * triton.cdiv(out_group_channels, meta["BLOCK_M"])
-                    * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
-
-        conv_bwd_weight_3x3_kernel[grid3](
-            grad_output, input, weight_parts,
-            bias_parts if bias_parts is not None else weight_parts,
-            groups, in_group_channels, out_group_channels, size_class(out_pixels),
-            in_h, in_w, out_h, out_w, pad[0], pad[2], rows_per_split,
-            *grad_output.stride(), *input.stride(),
-            num_splits, *weight_parts.stride(), *bias_strides,
-            HAS_BIAS=grad_bias is not None, ACC_DTYPE=acc_dtype,
-            PRECISION=dot_precision(input.dtype, allow_tf32), INDEX_DTYPE=index,
-            INPUT_ROUTE=route,
-        )
-    else:
-        def grid(meta):
-            return (batch * groups * kernel_h * kernel_w * num_splits
-                    * triton.cdiv(out_group_channels, meta["BLOCK_M"])
-                    * triton.cdiv(in_group_channels, meta["BLOCK_N"]),)
-
-        conv_bwd_weight_kernel[grid](
-            grad_output, input, weight_parts,
-            bias_parts if bias_parts is not None else weight_parts,
-            groups, in_group_channels, out_group_channels, out_pixels, size_class(out_pixels),
-            in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-            *grad_output.stride(), *input.stride(),
-            num_splits, *weight_parts.stride(), *bias_strides,
-            HAS_BIAS=grad_bias is not None, ACC_DTYPE=acc_dtype,
-            PRECISION=dot_precision(input.dtype, allow_tf32), INDEX_DTYPE=index,
-        )
-    if num_splits > 1 and sum_splits:
+        kernel = conv_bwd_weight_3x3_kernel
+        if constexprs["INPUT_ROUTE"] != "gather":
+            set_descriptor_allocator(input)
+    kernel[grid](grad_output, input, weight_parts,
+                 bias_parts if bias_parts is not None else weight_parts, *args, **constexprs)
+    if partial is not None and sum_splits:
         grad_weight.copy_(weight_parts.sum(dim=0))
         if grad_bias is not None:
             grad_bias.copy_(bias_parts.sum(dim=0))

@@ -21,14 +21,18 @@ copy is made.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, tuned
-from triton_nsr.kernels.operands import empty_packed_forward_weight, packed_channels
+from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
+from triton_nsr.kernels.operands import (
+    empty_packed_forward_weight,
+    empty_packed_input_grad_weight,
+    input_grad_weight_shape,
+    packed_channels,
+)
+from triton_nsr.kernels.tiling import cdiv
 
 _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 16, "BLOCK_F": 128}, num_warps=4),
@@ -50,10 +54,6 @@ MIX_BWD_BLOCK_F = 256
 
 # Plain-integer versions of triton.cdiv and triton.next_power_of_2, which are constexpr
 # functions in Triton 3.x and cost microseconds of host time per call, per launch.
-def cdiv(size: int, block: int) -> int:
-    return -(-size // block)
-
-
 def power_of_2_at_least(size: int) -> int:
     return 1 << max(size - 1, 0).bit_length()
 
@@ -66,13 +66,20 @@ def _mix_tile(
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     output_batch_stride, output_cardinal_stride,
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
-    ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+    copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
+    copy_channel_stride, copy_tap_stride,
+    HAS_COPY: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_F: tl.constexpr,
 ):
     """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j].
 
     Feature f is stored at (f // (channels*taps)) * row + (f // taps % channels) * channel +
     (f % taps) * tap strides: a conv weight's (o, c, tap) order written in any layout (the
     forward convolution's packed one), or a flat row with channels = taps = 1.
+    With HAS_COPY the tile is also stored in a second conv-weight layout whose output
+    channels come in convolution groups: row o of the weight (o = cardinal * d-th share + f's
+    row) at (o // copy_group_rows) * group + (o % copy_group_rows) * row + channel + tap
+    strides (the TF32 input gradient's packed layout).
     """
     num_f_blocks = tl.cdiv(features, BLOCK_F)
     f_block = tile % num_f_blocks
@@ -104,27 +111,39 @@ def _mix_tile(
     )
     tl.store(output, acc.to(output_pointer.dtype.element_ty),
              mask=mask_b[:, None] & mask_f[None, :])
+    if HAS_COPY:
+        rows_per_cardinal = features // (channels * taps)
+        row = cardinal * rows_per_cardinal + offs_f // (channels * taps)
+        copy_offset = ((row // copy_group_rows) * copy_group_stride
+                       + (row % copy_group_rows) * copy_row_stride
+                       + (offs_f // taps % channels) * copy_channel_stride
+                       + (offs_f % taps) * copy_tap_stride)
+        tl.store(copy_pointer + offs_b[:, None] * copy_batch_stride + copy_offset[None, :],
+                 acc.to(copy_pointer.dtype.element_ty), mask=mask_b[:, None] & mask_f[None, :])
 
 
 @tuned(_MIX_CONFIGS, key=["num_groups", "features", "second_features"])
 @triton.jit
 def mix_fwd_kernel(
     routing_pointer, bank_pointer, second_bank_pointer, output_pointer, second_output_pointer,
-    batch, num_groups, num_cardinals, features, second_features,
+    copy_pointer, batch, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
     output_batch_stride, output_cardinal_stride,
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     second_output_batch_stride, second_output_cardinal_stride, second_output_feature_stride,
-    HAS_SECOND: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
+    copy_channel_stride, copy_tap_stride,
+    HAS_SECOND: tl.constexpr, HAS_COPY: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
     Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F), its feature dimension
     laid out as _mix_tile says; when HAS_SECOND,
-    second_bank (k, d, F2) and second_output (B, d, F2); any strides.
+    second_bank (k, d, F2) and second_output (B, d, F2); any strides. When HAS_COPY the first
+    bank's mix is also written to copy_pointer, a second layout (see _mix_tile).
     Grid: (T1 + T2,) with T = cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B) per bank (T2 = 0 without
     a second bank). Each program owns a (BLOCK_B, BLOCK_F) tile of one cardinal and reads each
     bank row of it once for all BLOCK_B samples.
@@ -138,7 +157,9 @@ def mix_fwd_kernel(
                   bank_group_stride, bank_cardinal_stride, bank_feature_stride,
                   output_batch_stride, output_cardinal_stride,
                   channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
-                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+                  copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride,
+                  copy_row_stride, copy_channel_stride, copy_tap_stride,
+                  HAS_COPY, ACC_DTYPE, BLOCK_B, BLOCK_F)
     elif HAS_SECOND:
         _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
                   batch, num_groups, num_cardinals, second_features,
@@ -147,7 +168,8 @@ def mix_fwd_kernel(
                   second_bank_feature_stride,
                   second_output_batch_stride, second_output_cardinal_stride,
                   1, 1, second_output_feature_stride, 0, 0,
-                  ACC_DTYPE, BLOCK_B, BLOCK_F)
+                  copy_pointer, 0, 1, 0, 0, 0, 0,
+                  False, ACC_DTYPE, BLOCK_B, BLOCK_F)
 
 
 @triton.jit
@@ -286,9 +308,9 @@ def _accumulator(*dtypes: torch.dtype):
     return accumulator_dtype(torch.float64 if torch.float64 in dtypes else torch.float32)
 
 
-@functools.lru_cache(maxsize=1024)
+@launch_plan
 def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
-                  second_shape, second_stride, dtype, kernel_shape):
+                  second_shape, second_stride, dtype, kernel_shape, copy_groups):
     """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
     constexprs)."""
     batch, num_groups, num_cardinals = routing_shape
@@ -302,6 +324,7 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
         return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
                 * tiles,)
 
+    copy_layout = (0, 1, 0, 0, 0, 0)
     if kernel_shape is None:
         batch_stride, cardinal_stride, feature_stride = contiguous_strides(output_shape)
         layout = (batch_stride, cardinal_stride, 1, 1, feature_stride, 0, 0)
@@ -313,10 +336,16 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
         layout = (out * row_stride, out // num_cardinals * row_stride,
                   in_channels, kernel_h * kernel_w, row_stride, 1, padded)
         output_shape = (batch, *kernel_shape)
+        if copy_groups is not None:
+            # The TF32 input gradient's (B, groups, kh, kw, Cg, Op) layout, via its strides.
+            b, g, h, w, c, o = contiguous_strides(
+                input_grad_weight_shape(output_shape, copy_groups))
+            copy_layout = (b, out // copy_groups, g, o, c, w)
     args = (batch, num_groups, num_cardinals, features, second_features,
             *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
-            *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)))
-    constexprs = {"HAS_SECOND": second_shape is not None,
+            *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)),
+            *copy_layout)
+    constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
                   "ACC_DTYPE": _accumulator(bank_dtype, dtype)}
     return output_shape, second_output_shape, grid, args, constexprs
 
@@ -327,7 +356,8 @@ def mix_fwd(
     second_bank: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
     kernel_shape: tuple[int, int, int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    input_grad_groups: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Mix one or two banks per sample, in one launch.
 
     Args:
@@ -338,10 +368,14 @@ def mix_fwd(
         kernel_shape: (out, Cg, kh, kw) when bank is a conv weight: the mixed kernels are then
             written straight into the forward convolution's packed layout
             (operands.empty_packed_forward_weight), so conv_fwd reads them without a copy.
+        input_grad_groups: with kernel_shape, the convolution's groups to also write the
+            kernels in the TF32 input gradient's packed layout
+            (operands.empty_packed_input_grad_weight), so its backward makes no copy.
 
     Returns:
-        (B, d, F), contiguous, or (B, out, Cg, kh, kw) packed with kernel_shape; and
-        (B, d, F2) or None, contiguous.
+        (B, d, F), contiguous, or (B, out, Cg, kh, kw) packed with kernel_shape;
+        (B, d, F2) or None, contiguous; and the (B, groups, kh, kw, Cg, Op) input-gradient
+        layout with input_grad_groups, else None.
     """
     check_launchable(routing, bank, second_bank)
     dtype = dtype or bank.dtype
@@ -349,22 +383,27 @@ def mix_fwd(
     output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
         routing.shape, routing.stride(), bank.shape, bank.stride(), bank.dtype,
         second_bank.shape if has_second else None, second_bank.stride() if has_second else None,
-        dtype, kernel_shape)
+        dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None)
     if kernel_shape is None:
         output = torch.empty(output_shape, dtype=dtype, device=bank.device)
     else:
         output = empty_packed_forward_weight(output_shape, dtype, bank.device)
     second_output = (torch.empty(second_output_shape, dtype=dtype, device=bank.device)
                      if has_second else None)
+    copy = None
+    if constexprs["HAS_COPY"]:
+        copy = empty_packed_input_grad_weight(output_shape, input_grad_groups, dtype,
+                                              bank.device)
     if output_shape[0] == 0:
-        return output, second_output
+        return output, second_output, copy
     mix_fwd_kernel[grid](
         routing, bank, second_bank if has_second else bank,
-        output, second_output if has_second else output, *args, **constexprs)
-    return output, second_output
+        output, second_output if has_second else output, copy if copy is not None else output,
+        *args, **constexprs)
+    return output, second_output, copy
 
 
-@functools.lru_cache(maxsize=1024)
+@launch_plan
 def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
                   routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
                   second_shape, second_stride, need_banks, need_routing):

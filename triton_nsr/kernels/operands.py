@@ -94,19 +94,39 @@ def pack_input_grad_weight(weight: torch.Tensor, groups: int):
     """
     batch, out, cg, kh, kw = weight.shape
     og = out // groups
-    op = _round_up(og, PACK)
-    packed = weight.new_empty((batch, groups, kh, kw, cg, op))
-    if op > og:  # no fill kernel when the channels are already a multiple of PACK
-        packed[..., og:].zero_()
+    packed = empty_packed_input_grad_weight(weight.shape, groups, weight.dtype, weight.device)
     packed[..., :og].copy_(weight.view(batch, groups, og, cg, kh, kw).permute(0, 1, 4, 5, 3, 2))
+    return packed, input_grad_weight_strides(packed), packed.shape[-1]
+
+
+def empty_packed_input_grad_weight(shape, groups: int, dtype, device) -> torch.Tensor:
+    """New (B, groups, kh, kw, Cg, Op) storage for a (B, out, Cg, kh, kw) weight, output
+    channels OG..Op-1 zeroed: what the layer's mixing writes for a TF32 input gradient."""
+    packed = torch.empty(input_grad_weight_shape(shape, groups), dtype=dtype, device=device)
+    og = shape[1] // groups
+    if packed.shape[-1] > og:  # no fill kernel when the channels are already a multiple of PACK
+        packed[..., og:].zero_()
+    return packed
+
+
+def input_grad_weight_shape(shape, groups: int) -> tuple[int, ...]:
+    """(B, groups, kh, kw, Cg, Op) for a (B, out, Cg, kh, kw) weight: Op = OG rounded up to a
+    multiple of PACK."""
+    batch, out, cg, kh, kw = shape
+    return (batch, groups, kh, kw, cg, _round_up(out // groups, PACK))
+
+
+def input_grad_weight_strides(packed: torch.Tensor) -> tuple[int, ...]:
+    """A (B, groups, kh, kw, Cg, Op) packed weight's strides in the kernels' order: (batch,
+    group, out-in-group, in-channel, row, column)."""
     b, g, h, w, c, o = packed.stride()
-    return packed, (b, g, o, c, h, w), op
+    return (b, g, o, c, h, w)
 
 
 def tile_width(width: int) -> int:
     """Columns of the rows x columns output tile: the power of two in 8..64 wasting the fewest
     lanes on the image's width (ties: the widest). 48 -> 16, 512 -> 64, 29 -> 32."""
-    return min((8, 16, 32, 64), key=lambda w: (triton.cdiv(width, w) * w, -w))
+    return min((8, 16, 32, 64), key=lambda w: (_round_up(width, w), -w))
 
 
 def input_route(input: torch.Tensor, group_channels: int, stride, pad, dilation,
@@ -115,23 +135,32 @@ def input_route(input: torch.Tensor, group_channels: int, stride, pad, dilation,
 
     The reason says why TMA cannot take the tensor (empty for a TMA route).
     """
-    if tuple(stride) != (1, 1):
-        return "gather", f"stride {tuple(stride)}: a TMA box is a dense window"
-    if input.dtype not in TMA_DTYPES:
-        return "gather", f"{input.dtype} has no tensor-core TMA path"
-    size = input.element_size()
-    batch_stride, channel_stride, h_stride, w_stride = input.stride()
+    return route_of(tuple(input.shape), input.stride(), input.dtype,
+                    input.data_ptr() % TMA_ALIGN_BYTES == 0, group_channels, tuple(stride),
+                    tuple(pad), tuple(dilation), tuple(kernel_size))
+
+
+def route_of(shape, strides, dtype, aligned: bool, group_channels: int, stride, pad, dilation,
+             kernel_size) -> tuple[str, str]:
+    """:func:`input_route` from the tensor's shape, strides, dtype and whether its address is
+    16-byte aligned: what the launchers' cached plans decide once per shape."""
+    if stride != (1, 1):
+        return "gather", f"stride {stride}: a TMA box is a dense window"
+    if dtype not in TMA_DTYPES:
+        return "gather", f"{dtype} has no tensor-core TMA path"
+    size = dtype.itemsize
+    batch_stride, channel_stride, h_stride, w_stride = strides
     if w_stride == 1:
-        route, strides = "tma_nchw", (channel_stride, h_stride)
+        route, inner = "tma_nchw", (channel_stride, h_stride)
     elif channel_stride == 1:
-        route, strides = "tma_channels_last", (h_stride, w_stride)
+        route, inner = "tma_channels_last", (h_stride, w_stride)
     else:
-        return "gather", f"strides {input.stride()}: neither width nor channels contiguous"
-    offsets = (batch_stride, group_channels * channel_stride, *strides)
-    if any(s * size % TMA_ALIGN_BYTES for s in offsets) or 0 in strides:
-        return "gather", f"strides {input.stride()}: not multiples of {TMA_ALIGN_BYTES} bytes"
-    if input.data_ptr() % TMA_ALIGN_BYTES:
-        return "gather", f"address {input.data_ptr():#x} not {TMA_ALIGN_BYTES}-byte aligned"
+        return "gather", f"strides {tuple(strides)}: neither width nor channels contiguous"
+    offsets = (batch_stride, group_channels * channel_stride, *inner)
+    if any(s * size % TMA_ALIGN_BYTES for s in offsets) or 0 in inner:
+        return "gather", f"strides {tuple(strides)}: not multiples of {TMA_ALIGN_BYTES} bytes"
+    if not aligned:
+        return "gather", f"address not {TMA_ALIGN_BYTES}-byte aligned"
     if route == "tma_nchw":
         # A box whose innermost (column) coordinate is not 16-byte aligned is refused by the
         # interpreter and, on an H200 with Triton 3.6, faults ("illegal instruction"): every

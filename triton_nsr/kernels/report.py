@@ -228,14 +228,16 @@ def render_traffic(data: dict) -> list[str]:
 def render_weight_layouts() -> list[str]:
     """The packed-copy vs mix-in-the-conv comparison (kernels/traffic.py's models)."""
     out = ["## Per-sample weights: packed copies or mixing inside the conv", "",
-           "The GEMMs need the per-sample weights contiguous along K. Either the launchers copy "
-           "the mixed weights into each kernel's layout (operands.py: forward and input gradient, "
-           "one read and one write each), or every program mixes its weight tile from the k "
+           "The GEMMs need the per-sample weights contiguous along K. Either the mixing kernel "
+           "writes them once in the packed layout the GEMMs read (operands.py; the forward and "
+           "the 16-bit input gradient read the same one, TF32 gets a second one from the same "
+           "launch) and both GEMMs read them, or every program mixes its weight tile from the k "
            "banks, which costs k / BLOCK_M of the MMA time at the tensor-core to FMA rate unless "
            "overlapped. Models from kernels/traffic.py (bf16, BLOCK_M=128, H200 data-sheet "
-           "rates; no GPU measurement): the copy's HBM time against the in-conv mixing's extra "
-           "main-loop time, both for the forward and the input gradient together.", "",
-           "| shape | copy MB | copy us | MMA us (2 GEMMs) | in-conv extra | in-conv us |",
+           "rates; no GPU measurement): the packed weights' HBM time (one write, two reads) "
+           "against the in-conv mixing's extra main-loop time, for the forward and the input "
+           "gradient together.", "",
+           "| shape | packed MB | packed us | MMA us (2 GEMMs) | in-conv extra | in-conv us |",
            "| --- | --- | --- | --- | --- | --- |"]
     cheaper = []
     for s in SHAPES:
@@ -243,12 +245,12 @@ def render_weight_layouts() -> list[str]:
         cheaper.append(c["packed_us"] < c["in_conv_us"])
         out.append(f"| {s.name} | {_mb(c['packed_bytes'])} | {c['packed_us']:.2f} | "
                    f"{c['mma_us']:.2f} | {c['in_conv_fraction']:.2f}x | {c['in_conv_us']:.2f} |")
-    verdict = ("The copy's modelled time is below the in-conv mixing's on every shape"
-               if all(cheaper) else "The copy is not the cheaper model on every shape")
-    out += ["", verdict + " (plus two small launches); it keeps the mixing "
-            "kernel and its gradient as they are and leaves the tensor cores alone: the "
-            "launchers pack. Writing the layouts straight from the mixing kernel would save the "
-            "copy's read; that belongs with the mixing launch.", ""]
+    verdict = ("The packed weights' modelled time is below the in-conv mixing's on every shape"
+               if all(cheaper) else "The packed weights are not the cheaper model on every shape")
+    out += ["", verdict + ", so the mixing stays its own launch and the tensor cores do "
+            "only the convolution. (The HBM bytes model of `python -m bench costs` counts the "
+            "packed weights' passes against issue 11's byte targets; docs/design.md weighs the "
+            "two.)", ""]
     return out
 
 

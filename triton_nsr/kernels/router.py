@@ -22,15 +22,15 @@ Everything runs in float32 whatever the input dtype (float64 for float64 input),
 
 from __future__ import annotations
 
-import functools
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, tuned
-from triton_nsr.kernels.mix import cdiv, contiguous_strides, power_of_2_at_least
+from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
+from triton_nsr.kernels.mix import contiguous_strides, power_of_2_at_least
+from triton_nsr.kernels.tiling import cdiv
 
 # The first config is the interpreter's.
 _ROUTER_FWD_CONFIGS = [
@@ -210,7 +210,7 @@ def _temperature_pair(temperature: float) -> tuple[float, float]:
     return hi, temperature - hi
 
 
-@functools.lru_cache(maxsize=1024)
+@launch_plan
 def _router_fwd_plan(input_shape, input_stride, input_dtype, mlp_weight_stride, mlp_bias_stride,
                      num_groups, num_cardinals, temperature):
     """Everything router_fwd decides from shapes, strides and dtypes, once per shape class:
@@ -262,7 +262,7 @@ def router_fwd(
     return routing, pooled
 
 
-@functools.lru_cache(maxsize=1024)
+@launch_plan
 def _router_bwd_plan(grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
                      routing_dtype,
                      pooled_shape, pooled_stride, mlp_weight_shape, mlp_weight_stride,

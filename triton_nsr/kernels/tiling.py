@@ -63,4 +63,10 @@ def spatial_tile(m_block, width, BLOCK_M: tl.constexpr, TILE_W: tl.constexpr,
 
 def spatial_tiles(height: int, width: int, block_m: int, tile_w: int) -> int:
     """How many spatial_tile tiles cover a height x width image."""
-    return triton.cdiv(height, block_m // tile_w) * triton.cdiv(width, tile_w)
+    return cdiv(height, block_m // tile_w) * cdiv(width, tile_w)
+
+
+def cdiv(size: int, block: int) -> int:
+    """ceil(size / block) on the host. Not triton.cdiv: that is a constexpr function in Triton
+    3.x, microseconds per call, and launchers call this per launch."""
+    return -(-size // block)

@@ -73,15 +73,16 @@ def weight_layout_costs(batch: int, in_channels: int, out_channels: int, height:
                         taps: int = 9) -> dict:
     """Two ways to give the conv GEMMs per-sample weights contiguous along K, for one layer.
 
-    packed: the launchers copy the mixed weights into each kernel's layout (forward and input
-        gradient): one read and one write of B*out*Cg*taps elements each, in HBM.
+    packed: the mixing kernel writes the mixed weights in the layout the GEMMs read (once), the
+        forward and the input gradient read them: three passes over B*out*Cg*taps elements in
+        HBM (TF32's second layout for its input gradient adds a fourth).
     in_conv: every program mixes its weight tile from the k banks: k FMAs per weight element
         per program against BLOCK_M MACs on the tensor cores, i.e. k / BLOCK_M of the main
         loop's MMA time scaled by the tensor-core to FMA rate (no per-sample weights in HBM).
     Returns bytes and microseconds of both, and the two conv GEMMs' MMA time at tensor peak.
     """
     weights = batch * out_channels * in_channels * taps * itemsize
-    packed_bytes = 2 * 2 * weights
+    packed_bytes = 3 * weights
     macs = batch * out_channels * in_channels * taps * height * width
     mma_us = 2 * 2 * macs / (989e12) * 1e6
     in_conv_fraction = k / block_m * TENSOR_TO_FMA_RATE
