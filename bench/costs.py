@@ -17,6 +17,7 @@ from bench.workloads import FORWARD, FORWARD_BACKWARD, Workload
 from triton_nsr.arguments import conv_output_size
 from triton_nsr.flops import paper_overhead_bound
 from triton_nsr.kernels.mix import MIX_BWD_BLOCK_F
+from triton_nsr.kernels.router import pool_chunks
 from triton_nsr.kernels.tiling import cdiv
 
 COST_HEADERS = (
@@ -103,6 +104,7 @@ class TensorBytes:
     per_sample: int  # pooled input, and the mean's gradient, (B, C)
     routing: int  # routing weights, (B, k, d)
     routing_parts: int  # the routing gradient in per-tile parts, (T, B, k, d)
+    partials: int  # the pooling's per-chunk channel sums, (B, chunks, C)
 
     @classmethod
     def of(cls, w: Workload) -> TensorBytes:
@@ -120,6 +122,8 @@ class TensorBytes:
             routing_parts=(cdiv(w.out_channels // w.d * w.in_channels * taps, MIX_BWD_BLOCK_F)
                            + cdiv(w.out_channels // w.d, MIX_BWD_BLOCK_F))
             * w.batch * w.k * w.d * ROUTER_BYTES,
+            partials=(w.batch * pool_chunks(w.batch, w.height * w.width) * w.in_channels
+                      * ROUTER_BYTES),
         )
 
     def kernel_gradient(self, splits: int) -> int:
@@ -134,8 +138,9 @@ def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
     """HBM bytes of one launch: every tensor it reads or writes, once (no L2 credit)."""
     grad_parts = t.kernel_gradient(splits)
     moved = {
-        "router_fwd_kernel": t.x + t.mlp + t.per_sample + t.routing,
-        "mix_fwd_kernel": t.routing + t.bank + t.mixed,
+        "router_pool_kernel": t.x + t.partials,
+        # Finishes the router (partial sums and MLP in, routing and means out) and mixes.
+        "mix_fwd_kernel": t.partials + t.mlp + t.routing + t.per_sample + t.bank + t.mixed,
         "conv_fwd_kernel": t.x + t.mixed + t.y,
         "conv_bwd_weight_kernel": t.y + t.x + grad_parts,
         # The all-taps 3x3 variant (off while ALL_TAPS_DTYPES is empty) moves the same tensors.

@@ -33,9 +33,11 @@ def test_forward_counts_each_tensor_once_per_kernel_and_the_floor():
     launches, moved, floor, per_kernel = layer_bytes(W4)[FORWARD]
     assert launches == 3
     assert floor == t.x + t.y + t.bank
-    # The router and the convolution both read x; the mixed kernels are written and read once.
+    # The pooling and the convolution both read x; the mixed kernels are written and read
+    # once; the pooling's partial sums too (W4: 64 chunks of one image).
+    assert t.partials == 1 * 64 * 64 * 4
     assert moved == (2 * t.x + t.y + t.bank + 2 * t.mixed + t.mlp + t.per_sample
-                     + 2 * t.routing)
+                     + t.routing + 2 * t.partials)
     assert sum(per_kernel.values()) == moved
 
 

@@ -22,13 +22,16 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton_nsr.kernels import mix, router
-for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_kernel, router.router_fwd_kernel,
+for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_kernel, router.router_pool_kernel,
               router.router_bwd_kernel):
     fn, config = tuner.fn, tuner.configs[0]
-    flags = {"HAS_SECOND": True, "HAS_BIAS": True, "NEED_BANK": True, "NEED_ROUTING": True}
+    # The mixing with the router's second half in it (ROUTE) and the TF32 copy: every stride.
+    flags = {"HAS_SECOND": True, "HAS_BIAS": True, "NEED_BANK": True, "NEED_ROUTING": True,
+             "HAS_COPY": True, "ROUTE": True, "HAS_MLP_BIAS": True}
     consts = {name: value for name, value in
               {"ACC_DTYPE": tl.float32, "BLOCK_GROUPS": 4, "BLOCK_CARDINALS": 16,
-               "BLOCK_F": mix.MIX_BWD_BLOCK_F, **flags, **config.kwargs}.items()
+               "BLOCK_F": mix.MIX_BWD_BLOCK_F, "ROUTE_BLOCK_C": router.ROUTE_BLOCK_C,
+               **flags, **config.kwargs}.items()
               if name in fn.arg_names}
     signature = {name: "constexpr" if name in consts
                  else "*fp32" if name.endswith("_pointer")

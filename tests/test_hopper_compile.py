@@ -156,7 +156,7 @@ print(json.dumps([[l.kernel, {k: v for k, v in l.named.items() if isinstance(v, 
 def test_capture_records_forward_and_backward_launches():
     launches = [(name, named) for name, named in json.loads(run_compiled_mode("-c", CAPTURE_W4))]
     names = [name for name, _ in launches]
-    assert names.count("router_fwd_kernel") == names.count("router_bwd_kernel") == 1
+    assert names.count("router_pool_kernel") == names.count("router_bwd_kernel") == 1
     assert names.count("mix_fwd_kernel") == 1  # weight and bias banks in one launch
     assert names.count("conv_fwd_kernel") == 1
     assert names.count("conv_bwd_input_kernel") == 1
@@ -207,3 +207,41 @@ def test_index_dtype_widens_only_when_needed():
     huge = torch.empty_strided((2, 3, 2**15, 2**15), (3 * 2**30, 2**30, 2**15, 1),
                                device="meta")
     assert index_dtype([small, huge]) == tl.int64
+
+
+def test_the_report_says_why_each_miss_happens():
+    # render_misses on stored-report-shaped data: a miss on the odd shape only gets the
+    # divisibility cause, a known structural miss its own, an unknown one says so; fast
+    # compiles and fp32 rows are not listed.
+    from triton_nsr.kernels.report import MISS_CAUSES, ODD_CAUSE, render_misses
+
+    def record(kernel, a_route, wait, spill=0):
+        return {"kernel": kernel, "config": "BLOCK_M=64", "mma": "wgmma", "wait_depth": wait,
+                "registers": 100, "spill_bytes": spill, "shared_memory": 0, "error": None,
+                "operands": [{"name": "a", "route": a_route, "into_mma": "smem"},
+                             {"name": "b", "route": "cp.async 16B", "into_mma": "smem"}]}
+
+    compiles = {"0": record("conv_fwd_kernel", "TMA", 1),
+                "1": record("conv_fwd_kernel", "ld.global 2B", 0),
+                "2": record("conv_bwd_input_kernel", "cp.async 4B", 1, spill=8),
+                "3": record("conv_bwd_weight_kernel", "ld.global 2B", 0)}
+    rows = [
+        {"kernel": "conv_fwd_kernel", "precision": "bf16", "layout": "channels_last",
+         "shape": "W4", "compile": 0, "traffic": None},
+        {"kernel": "conv_fwd_kernel", "precision": "bf16", "layout": "nchw", "shape": "W4",
+         "compile": 1, "traffic": None},
+        {"kernel": "conv_bwd_input_kernel", "precision": "tf32", "layout": "channels_last",
+         "shape": "odd", "compile": 2, "traffic": None},
+        {"kernel": "conv_bwd_weight_kernel", "precision": "bf16", "layout": "channels_last",
+         "shape": "W4", "compile": 3, "traffic": [900, 100]},
+        {"kernel": "conv_fwd_kernel", "precision": "fp32", "layout": "nchw", "shape": "W4",
+         "compile": 1, "traffic": None},
+    ]
+    text = "\n".join(render_misses({"triton": "3.9.0", "rows": rows, "compiles": compiles}))
+    lines = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(lines) == 3
+    assert MISS_CAUSES[("conv_fwd_kernel", "bf16", "nchw")] in lines[0]
+    assert "| odd |" in lines[1] and ODD_CAUSE in lines[1] and "8 B spilled" in lines[1]
+    assert "Not explained yet" in lines[2]
+    assert "Spills (bf16 and TF32) only on: odd channels_last tf32" in text
+    assert "9.0-9.0x the unique bytes of x and dy: over the budget of 3x" in text

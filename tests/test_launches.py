@@ -100,7 +100,7 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert all(p.dtype == torch.float32 for p in layer.parameters())
     assert [g.dtype for g in grads] == [torch.bfloat16] + [torch.float32] * 4
 
-    assert forward == ["router_fwd_kernel", "mix_fwd_kernel", "conv_fwd_kernel"]
+    assert forward == ["router_pool_kernel", "mix_fwd_kernel", "conv_fwd_kernel"]
     assert len(forward) <= FORWARD_LAUNCHES
     assert forward_ops == []
     assert backward == ["conv_bwd_weight_kernel", "mix_bwd_kernel", "router_bwd_kernel",
@@ -108,9 +108,11 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert backward_ops == []
     assert len(forward) + len(backward) + len(backward_ops) <= TRAINING_LAUNCHES
     # The mixing reads the float32 banks and writes bfloat16 kernels: the cast is in the load.
-    # (Pointers: routing, banks, the two outputs, and the unused TF32 copy's stand-in.)
+    # Pointers: routing (written here), the banks, the two outputs and the unused TF32 copy's
+    # stand-in, then the router's partial sums, MLP weight and bias, and the means: float32.
     mixing = next(launch for launch in launches if launch.kernel.name == "mix_fwd_kernel")
-    assert mixing.key[-6:] == ("torch.float32",) * 3 + ("torch.bfloat16",) * 3
+    assert mixing.key[-10:] == (("torch.float32",) * 3 + ("torch.bfloat16",) * 3
+                                + ("torch.float32",) * 4)
     # W4 (batch 1, 512x512) splits the kernel gradient's pixel sum for the H200's SMs; the
     # mixing backward reads the partial sums (its key's 4th entry is their number): no sum op.
     mixing_backward = next(launch for launch in launches
@@ -148,7 +150,7 @@ def test_float32_training_makes_no_copy_either(monkeypatch, allow_tf32):
         torch.autograd.grad(output, [x, *layer.parameters()], torch.empty_like(output))
     assert ops.names == []
     assert [launch.kernel for launch in launches] == [
-        "router_fwd_kernel", "mix_fwd_kernel", "conv_fwd_kernel", "conv_bwd_weight_kernel",
+        "router_pool_kernel", "mix_fwd_kernel", "conv_fwd_kernel", "conv_bwd_weight_kernel",
         "mix_bwd_kernel", "router_bwd_kernel", "conv_bwd_input_kernel"]
     mixing, input_grad = launches[1], launches[-1]
     assert mixing.named["HAS_COPY"] is allow_tf32

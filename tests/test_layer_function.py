@@ -165,7 +165,7 @@ def test_training_step_is_capturable_no_sync_no_data_dependent_allocation():
 
 def test_launch_decisions_are_cached_per_shape_class():
     layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    plans = (router._router_fwd_plan, router._router_bwd_plan, mix._mix_fwd_plan,
+    plans = (router._router_pool_plan, router._router_bwd_plan, mix._mix_fwd_plan,
              mix._mix_bwd_plan)
 
     def step(x):

@@ -156,7 +156,7 @@ def _recorded_layer_launches(backward: bool) -> list[tuned_configs.Launch]:
 def test_recording_counts_every_kernel_of_a_layer_without_running_them(monkeypatch):
     assert functional.interpreter_enabled()
     forward_only = {launch.kernel.name for launch in _recorded_layer_launches(False)}
-    assert forward_only == {"router_fwd_kernel", "mix_fwd_kernel", "conv_fwd_kernel"}
+    assert forward_only == {"router_pool_kernel", "mix_fwd_kernel", "conv_fwd_kernel"}
     both = {launch.kernel.name for launch in _recorded_layer_launches(True)}
     assert both == forward_only | {"conv_bwd_input_kernel", "conv_bwd_weight_kernel",
                                    "mix_bwd_kernel", "router_bwd_kernel"}

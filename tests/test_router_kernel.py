@@ -21,7 +21,23 @@ ROUTER_CASES = [
     (3, 13, 7, 11, 3, 5, True, True),  # odd k, d and C: padded blocks everywhere
     (1, 37, 4, 9, 2, 16, False, False),  # several channel blocks, no MLP bias
     (2, 4, 1, 1, 1, 1, True, True),  # one pixel, one group: the softmax is 1
+    (1, 5, 70, 70, 2, 3, False, True),  # one large image: the pooling cuts it into chunks
+    (19, 3, 2, 3, 2, 2, True, True),  # two sample blocks of the mixing kernel
 ]
+
+
+def _route(x, mlp_weight, mlp_bias, k, d, temperature):
+    """(routing, pooled) as the layer computes them: the pooling launch, then the mixing
+    launch that finishes the router (here mixing a small stand-in bank)."""
+    partials = router_kernels.router_pool(x)
+    assert partials.shape == (x.shape[0], router_kernels.pool_chunks(
+        x.shape[0], x.shape[2] * x.shape[3]), x.shape[1])
+    bank = torch.randn(k, d, 3, dtype=partials.dtype)
+    mixed, _, _, routing, pooled = mix.route_and_mix(
+        partials, x.shape[2] * x.shape[3], mlp_weight, mlp_bias, d, temperature, bank)
+    # Every mixing program mixed with the routing it computed, the same that was stored.
+    assert_close(mixed, torch.einsum("bjc,jcf->bcf", routing, bank), "mixed")
+    return routing, pooled
 
 
 def _router_inputs(case, dtype):
@@ -40,7 +56,7 @@ def _router_inputs(case, dtype):
 def test_router_forward_and_backward_match_torch(case, dtype):
     x, mlp_weight, mlp_bias, k, d = _router_inputs(case, dtype)
     temperature = 0.3  # not a float32 number: float64 needs the exact temperature pair
-    routing, pooled = router_kernels.router_fwd(x, mlp_weight, mlp_bias, k, d, temperature)
+    routing, pooled = _route(x, mlp_weight, mlp_bias, k, d, temperature)
 
     leaves = [t.detach().clone().requires_grad_() if t is not None else None
               for t in (x, mlp_weight, mlp_bias)]
@@ -72,7 +88,7 @@ def test_router_runs_in_float32_for_half_inputs(dtype):
     overflow (a tiny temperature)."""
     x, mlp_weight, mlp_bias, k, d = _router_inputs(ROUTER_CASES[1], dtype)
     temperature = 1e-4
-    routing, pooled = router_kernels.router_fwd(x, mlp_weight, mlp_bias, k, d, temperature)
+    routing, pooled = _route(x, mlp_weight, mlp_bias, k, d, temperature)
     assert routing.dtype == pooled.dtype == torch.float32
     expected = router.routing_weights(x, mlp_weight, mlp_bias, k, d, temperature)
     assert torch.isfinite(routing).all()
@@ -84,7 +100,7 @@ def test_router_reads_sliced_input_through_its_strides():
     base = torch.randn(3, 10, 9, 12, dtype=torch.float64)
     x = base[::2, 1::3, 1:, ::2]
     mlp_weight = torch.randn(6, x.shape[1], dtype=torch.float64)
-    routing, pooled = router_kernels.router_fwd(x, mlp_weight, None, 3, 2, 1.0)
+    routing, pooled = _route(x, mlp_weight, None, 3, 2, 1.0)
     assert_close(routing, router.routing_weights(x, mlp_weight, None, 3, 2))
     assert_close(pooled, x.mean((2, 3)))
 

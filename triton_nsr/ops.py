@@ -3,7 +3,8 @@
 The layer (:func:`nsr_layer`, what ``nsr_conv2d(backend='triton')`` runs) is one
 ``autograd.Function`` whose forward and backward call the kernel launchers directly:
 
-    forward:  router_fwd (mean, MLP, softmax) -> mix_fwd (weight and bias) -> conv_fwd
+    forward:  router_pool (chunk sums) -> mix_fwd (mean, MLP, softmax; weight and bias)
+              -> conv_fwd
     backward: conv_bwd_weight -> mix_bwd (banks and routing) -> router_bwd -> conv_bwd_input,
               the router's gradient through the mean added in conv_bwd_input's epilogue
 
@@ -31,9 +32,9 @@ from triton_nsr.arguments import ConvGeometry, conv_output_size
 from triton_nsr.kernels.autotune import dot_precision
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
-from triton_nsr.kernels.mix import mix_bwd, mix_fwd
+from triton_nsr.kernels.mix import mix_bwd, mix_fwd, route_and_mix
 from triton_nsr.kernels.operands import empty_packed_forward_weight
-from triton_nsr.kernels.router import router_bwd, router_fwd, routing_dtype
+from triton_nsr.kernels.router import router_bwd, router_pool, routing_dtype
 
 # ----------------------------------------------------------------------------- mixing
 
@@ -239,7 +240,7 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
                    num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32,
                    input_grad_weight=False):
-    """Three launches: route, mix weight and bias, convolve.
+    """Three launches: pool, route and mix weight and bias, convolve.
 
     Returns (output (B, out, Ho, Wo), routing (B, k, d), pooled (B, C), weight_b
     (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad); the middle four are
@@ -248,12 +249,14 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
     """
     batch = input.shape[0]
     out_channels = weight.shape[0] // num_groups
-    routing, pooled = router_fwd(input, mlp_weight, mlp_bias, num_groups, num_cardinals,
-                                 temperature)
+    # The pooling's chunks fill the GPU even at batch 1; the mixing kernel finishes the router
+    # (MLP, temperature, softmax) for the samples and cardinal each of its programs mixes.
+    partials = router_pool(input)
     # weight_b comes in the convolution's packed layout: conv_fwd reads it without a copy.
     tf32_input_grad = input_grad_weight and dot_precision(input.dtype, allow_tf32) == "tf32"
-    weight_b, bias_b, weight_b_input_grad = mix_fwd(
-        routing, weight.reshape(num_groups, num_cardinals, -1),
+    weight_b, bias_b, weight_b_input_grad, routing, pooled = route_and_mix(
+        partials, input.shape[2] * input.shape[3], mlp_weight, mlp_bias, num_cardinals,
+        temperature, weight.reshape(num_groups, num_cardinals, -1),
         None if bias is None else bias.reshape(num_groups, num_cardinals, -1), input.dtype,
         (out_channels, *weight.shape[1:]), groups if tf32_input_grad else None)
     if bias_b is not None:

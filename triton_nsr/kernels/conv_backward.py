@@ -35,7 +35,6 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS
-from triton_nsr.kernels.mix import contiguous_strides
 from triton_nsr.kernels.operands import (
     TMA_ALIGN_BYTES,
     input_grad_weight_strides,
@@ -47,6 +46,7 @@ from triton_nsr.kernels.operands import (
 )
 from triton_nsr.kernels.tiling import (
     cdiv,
+    contiguous_strides,
     program_blocks,
     program_tile,
     sample_and_group,

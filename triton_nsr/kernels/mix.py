@@ -32,7 +32,8 @@ from triton_nsr.kernels.operands import (
     input_grad_weight_shape,
     packed_channels,
 )
-from triton_nsr.kernels.tiling import cdiv
+from triton_nsr.kernels.router import ROUTE_BLOCK_C, route_samples, temperature_pair
+from triton_nsr.kernels.tiling import cdiv, contiguous_strides, power_of_2_at_least
 
 _MIX_CONFIGS = [
     triton.Config({"BLOCK_B": 16, "BLOCK_F": 128}, num_warps=4),
@@ -52,12 +53,6 @@ _MIX_BWD_CONFIGS = [
 MIX_BWD_BLOCK_F = 256
 
 
-# Plain-integer versions of triton.cdiv and triton.next_power_of_2, which are constexpr
-# functions in Triton 3.x and cost microseconds of host time per call, per launch.
-def power_of_2_at_least(size: int) -> int:
-    return 1 << max(size - 1, 0).bit_length()
-
-
 @triton.jit
 def _mix_tile(
     routing_pointer, bank_pointer, output_pointer, tile,
@@ -67,11 +62,14 @@ def _mix_tile(
     output_batch_stride, output_cardinal_stride,
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
-    copy_channel_stride, copy_tap_stride,
-    HAS_COPY: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_F: tl.constexpr,
+    copy_channel_stride, copy_tap_stride, routed,
+    HAS_COPY: tl.constexpr, ROUTE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
 ):
     """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j].
+
+    The routing comes from routing_pointer, or with ROUTE from ``routed`` (BLOCK_B,
+    BLOCK_GROUPS), this tile's samples' routing column as router.route_samples computed it.
 
     Feature f is stored at (f // (channels*taps)) * row + (f // taps % channels) * channel +
     (f % taps) * tap strides: a conv weight's (o, c, tap) order written in any layout (the
@@ -96,7 +94,12 @@ def _mix_tile(
     bank_row = bank_pointer + cardinal * bank_cardinal_stride + offs_f * bank_feature_stride
     acc = tl.zeros((BLOCK_B, BLOCK_F), dtype=ACC_DTYPE)
     for group in range(num_groups):
-        weights = tl.load(routing_rows + group * routing_group_stride, mask=mask_b, other=0.0)
+        if ROUTE:
+            weights = tl.sum(tl.where(tl.arange(0, BLOCK_GROUPS)[None, :] == group, routed,
+                                      0.0), axis=1)
+        else:
+            weights = tl.load(routing_rows + group * routing_group_stride, mask=mask_b,
+                              other=0.0)
         values = tl.load(bank_row + group * bank_group_stride, mask=mask_f, other=0.0)
         acc += weights.to(ACC_DTYPE)[:, None] * values.to(ACC_DTYPE)[None, :]
 
@@ -126,7 +129,8 @@ def _mix_tile(
 @triton.jit
 def mix_fwd_kernel(
     routing_pointer, bank_pointer, second_bank_pointer, output_pointer, second_output_pointer,
-    copy_pointer, batch, num_groups, num_cardinals, features, second_features,
+    copy_pointer, partials_pointer, mlp_weight_pointer, mlp_bias_pointer, pooled_pointer,
+    batch, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     bank_group_stride, bank_cardinal_stride, bank_feature_stride,
     second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
@@ -135,8 +139,13 @@ def mix_fwd_kernel(
     second_output_batch_stride, second_output_cardinal_stride, second_output_feature_stride,
     copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
     copy_channel_stride, copy_tap_stride,
-    HAS_SECOND: tl.constexpr, HAS_COPY: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+    channels_in, pixels, num_chunks,
+    partials_batch_stride, partials_chunk_stride, partials_channel_stride,
+    mlp_weight_row_stride, mlp_weight_col_stride, mlp_bias_stride,
+    pooled_batch_stride, pooled_channel_stride, temperature_hi, temperature_lo,
+    HAS_SECOND: tl.constexpr, HAS_COPY: tl.constexpr, ROUTE: tl.constexpr,
+    HAS_MLP_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
+    ROUTE_BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
@@ -144,12 +153,36 @@ def mix_fwd_kernel(
     laid out as _mix_tile says; when HAS_SECOND,
     second_bank (k, d, F2) and second_output (B, d, F2); any strides. When HAS_COPY the first
     bank's mix is also written to copy_pointer, a second layout (see _mix_tile).
+    With ROUTE the routing is computed here rather than read: every program runs
+    router.route_samples for its samples and cardinal from the pooling's partials
+    (B, chunks, C_in) and the MLP (mlp_weight (k*d, C_in), mlp_bias (k*d,) when HAS_MLP_BIAS),
+    and the first F tile of each (sample block, cardinal) of the first bank writes the routing
+    to routing_pointer (B, k, d) and, for cardinal 0, the means to pooled (B, C_in).
     Grid: (T1 + T2,) with T = cdiv(F, BLOCK_F) * d * cdiv(B, BLOCK_B) per bank (T2 = 0 without
     a second bank). Each program owns a (BLOCK_B, BLOCK_F) tile of one cardinal and reads each
     bank row of it once for all BLOCK_B samples.
     """
     pid = tl.program_id(0).to(tl.int64)
     first_tiles = (tl.cdiv(features, BLOCK_F) * num_cardinals * tl.cdiv(batch, BLOCK_B))
+    if ROUTE:
+        # This program's samples and cardinal, as _mix_tile numbers them for either bank.
+        in_first = pid < first_tiles
+        tile = tl.where(in_first, pid, pid - first_tiles)
+        num_f_blocks = tl.cdiv(tl.where(in_first, features, second_features), BLOCK_F)
+        cardinal = (tile // num_f_blocks) % num_cardinals
+        offs_b = (tile // (num_f_blocks * num_cardinals)) * BLOCK_B + tl.arange(0, BLOCK_B)
+        writer = in_first & (tile % num_f_blocks == 0)
+        routed = route_samples(
+            partials_pointer, mlp_weight_pointer, mlp_bias_pointer, pooled_pointer,
+            routing_pointer, offs_b, offs_b < batch, cardinal, writer, writer & (cardinal == 0),
+            channels_in, pixels, num_chunks, num_groups, num_cardinals, temperature_hi,
+            temperature_lo, partials_batch_stride, partials_chunk_stride,
+            partials_channel_stride, mlp_weight_row_stride, mlp_weight_col_stride,
+            mlp_bias_stride, pooled_batch_stride, pooled_channel_stride,
+            routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+            HAS_MLP_BIAS, ACC_DTYPE, BLOCK_B, BLOCK_GROUPS, ROUTE_BLOCK_C)
+    else:
+        routed = tl.zeros((BLOCK_B, BLOCK_GROUPS), dtype=ACC_DTYPE)
     if pid < first_tiles:
         _mix_tile(routing_pointer, bank_pointer, output_pointer, pid,
                   batch, num_groups, num_cardinals, features,
@@ -158,8 +191,8 @@ def mix_fwd_kernel(
                   output_batch_stride, output_cardinal_stride,
                   channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
                   copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride,
-                  copy_row_stride, copy_channel_stride, copy_tap_stride,
-                  HAS_COPY, ACC_DTYPE, BLOCK_B, BLOCK_F)
+                  copy_row_stride, copy_channel_stride, copy_tap_stride, routed,
+                  HAS_COPY, ROUTE, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
     elif HAS_SECOND:
         _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
                   batch, num_groups, num_cardinals, second_features,
@@ -168,8 +201,8 @@ def mix_fwd_kernel(
                   second_bank_feature_stride,
                   second_output_batch_stride, second_output_cardinal_stride,
                   1, 1, second_output_feature_stride, 0, 0,
-                  copy_pointer, 0, 1, 0, 0, 0, 0,
-                  False, ACC_DTYPE, BLOCK_B, BLOCK_F)
+                  copy_pointer, 0, 1, 0, 0, 0, 0, routed,
+                  False, ROUTE, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
 
 
 @triton.jit
@@ -294,15 +327,6 @@ def mix_bwd_kernel(
                    NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
 
 
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The strides torch.empty gives a tensor of this shape."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
 def _accumulator(*dtypes: torch.dtype):
     """float64 accumulation if any operand is float64, else float32."""
     return accumulator_dtype(torch.float64 if torch.float64 in dtypes else torch.float32)
@@ -310,9 +334,10 @@ def _accumulator(*dtypes: torch.dtype):
 
 @launch_plan
 def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
-                  second_shape, second_stride, dtype, kernel_shape, copy_groups):
+                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route):
     """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
-    constexprs)."""
+    constexprs). ``route``: None (the routing is read), else (partials shape, partials strides,
+    mlp_weight strides, mlp_bias stride or None, pixels) for :func:`route_and_mix`."""
     batch, num_groups, num_cardinals = routing_shape
     features = bank_shape[2]
     second_features = second_shape[2] if second_shape is not None else 0
@@ -341,12 +366,22 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
             b, g, h, w, c, o = contiguous_strides(
                 input_grad_weight_shape(output_shape, copy_groups))
             copy_layout = (b, out // copy_groups, g, o, c, w)
+    route_args = (0,) * 11
+    if route is not None:
+        partials_shape, partials_stride, mlp_weight_stride, mlp_bias_stride, pixels = route
+        route_args = (partials_shape[2], pixels, partials_shape[1], *partials_stride,
+                      *mlp_weight_stride, mlp_bias_stride or 0,
+                      *contiguous_strides((batch, partials_shape[2])))
     args = (batch, num_groups, num_cardinals, features, second_features,
             *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
             *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)),
-            *copy_layout)
+            *copy_layout, *route_args)
     constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
-                  "ACC_DTYPE": _accumulator(bank_dtype, dtype)}
+                  "ROUTE": route is not None,
+                  "HAS_MLP_BIAS": route is not None and route[3] is not None,
+                  "ACC_DTYPE": _accumulator(bank_dtype, dtype),
+                  "BLOCK_GROUPS": power_of_2_at_least(num_groups) if route else 1,
+                  "ROUTE_BLOCK_C": ROUTE_BLOCK_C}
     return output_shape, second_output_shape, grid, args, constexprs
 
 
@@ -378,12 +413,59 @@ def mix_fwd(
         layout with input_grad_groups, else None.
     """
     check_launchable(routing, bank, second_bank)
-    dtype = dtype or bank.dtype
+    return _launch(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
+                   input_grad_groups)
+
+
+def route_and_mix(
+    partials: torch.Tensor,
+    pixels: int,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    num_cardinals: int,
+    temperature: float,
+    bank: torch.Tensor,
+    second_bank: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    kernel_shape: tuple[int, int, int, int] | None = None,
+    input_grad_groups: int | None = None,
+):
+    """The router's MLP and softmax and the mixing, in one launch: :func:`mix_fwd` with the
+    routing computed from the pooling's partial sums (router.router_pool) instead of read.
+
+    Args:
+        partials: (B, chunks, C), the per-chunk channel sums of the input; pixels: its H*W.
+        mlp_weight: (k*d, C); mlp_bias: (k*d,) or None; temperature > 0.
+        bank, second_bank, dtype, kernel_shape, input_grad_groups: as :func:`mix_fwd`.
+
+    Returns:
+        mix_fwd's three outputs, then routing (B, k, d) and pooled (B, C), float32 (float64
+        for float64 partials), which the backward reads.
+    """
+    check_launchable(partials, mlp_weight, mlp_bias, bank, second_bank)
+    batch, _, channels = partials.shape
+    num_groups = bank.shape[0]
+    routing = torch.empty((batch, num_groups, num_cardinals), dtype=partials.dtype,
+                          device=partials.device)
+    pooled = torch.empty((batch, channels), dtype=partials.dtype, device=partials.device)
+    route = ((tuple(partials.shape), partials.stride(), mlp_weight.stride(),
+              None if mlp_bias is None else mlp_bias.stride(0), pixels),
+             (partials, mlp_weight, mlp_bias, pooled), temperature_pair(temperature))
+    outputs = _launch(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
+                      input_grad_groups, route)
+    return (*outputs, routing, pooled)
+
+
+def _launch(routing, bank, second_bank, dtype, kernel_shape, input_grad_groups, route=None):
+    """mix_fwd_kernel's launch; ``route``: None, or (plan key, (partials, mlp_weight,
+    mlp_bias, pooled), temperature pair) to compute the routing into ``routing``."""
     has_second = second_bank is not None
     output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
-        routing.shape, routing.stride(), bank.shape, bank.stride(), bank.dtype,
-        second_bank.shape if has_second else None, second_bank.stride() if has_second else None,
-        dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None)
+        tuple(routing.shape), routing.stride(), tuple(bank.shape), bank.stride(), bank.dtype,
+        tuple(second_bank.shape) if has_second else None,
+        second_bank.stride() if has_second else None,
+        dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None,
+        route[0] if route is not None else None)
     if kernel_shape is None:
         output = torch.empty(output_shape, dtype=dtype, device=bank.device)
     else:
@@ -396,10 +478,16 @@ def mix_fwd(
                                               bank.device)
     if output_shape[0] == 0:
         return output, second_output, copy
+    if route is None:
+        route_tensors, temperature = (routing, routing, routing, routing), (1.0, 0.0)
+    else:
+        (partials, mlp_weight, mlp_bias, pooled), temperature = route[1], route[2]
+        route_tensors = (partials, mlp_weight, mlp_bias if mlp_bias is not None else mlp_weight,
+                         pooled)
     mix_fwd_kernel[grid](
         routing, bank, second_bank if has_second else bank,
         output, second_output if has_second else output, copy if copy is not None else output,
-        *args, **constexprs)
+        *route_tensors, *args, *temperature, **constexprs)
     return output, second_output, copy
 
 

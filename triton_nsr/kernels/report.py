@@ -201,6 +201,93 @@ def render_version(data: dict) -> list[str]:
     return out
 
 
+# Why a (kernel, precision, layout) misses the Hopper criteria, where it misses them on more
+# than the odd shape. Each names the fallback the kernel takes instead.
+_TAP_SHIFT = ("NCHW stores a row's pixels contiguously, and a tap moves the pixel tile by one "
+              "element")
+MISS_CAUSES = {
+    ("conv_fwd_kernel", "bf16", "nchw"): (
+        _TAP_SHIFT + " (2 bytes): below cp.async's 4-byte minimum, so the gather's loads are "
+        "synchronous 2-byte `ld.global` with nothing in flight to overlap (wait depth 0). A TMA "
+        "box at the tap-shifted column would take it, but every such launch faulted on an H200 "
+        "(illegal instruction, lease of 2026-11-30) and the interpreter refuses it, so "
+        "`input_route` sends NCHW to the gather, the named fallback, until a GPU shows why. The "
+        "fast path is channels_last, where a tap moves the tile by whole pixels of C channels."),
+    ("conv_fwd_kernel", "tf32", "nchw"): (
+        _TAP_SHIFT + " (4 bytes in float32): cp.async of 4 bytes, pipelined (wait depth 1) but "
+        "one instruction per element; the gather is the fallback, as for bf16."),
+    ("conv_bwd_weight_kernel", "bf16", "nchw"): (
+        "The kernel gradient's K axis is the pixels, and x is read at tap-shifted pixels: 2 bytes "
+        "off in bf16 NCHW, so x comes by synchronous 2-byte loads (dy, unshifted, by 16-byte "
+        "cp.async but on the odd shape) and the MMA is waited on at every step."),
+    ("conv_bwd_weight_kernel", "tf32", "nchw"): (
+        "x is read at tap-shifted pixels, 4 bytes off in float32 NCHW: cp.async of 4 bytes "
+        "(dy too, on the odd shape)."),
+    ("conv_bwd_weight_kernel", "tf32", "channels_last"): (
+        "TF32 wgmma reads only K-major operands from shared memory, and K is the pixel axis: "
+        "channels_last stores dy as (pixels, out) and x as (pixels, in), both MN-major, so Triton "
+        "loads them element by element (cp.async 4B) to transpose them on the way. wgmma could "
+        "take one of them from registers (its A), but the other would still need a transposed "
+        "copy of dy or x in memory, an extra dy- or x-sized pass per step. 16-bit wgmma takes "
+        "MN-major operands from shared memory, which is why bf16 channels_last is on the fast "
+        "path."),
+}
+MISS_CAUSES[("conv_bwd_input_kernel", "bf16", "nchw")] = MISS_CAUSES[
+    ("conv_fwd_kernel", "bf16", "nchw")]
+MISS_CAUSES[("conv_bwd_input_kernel", "tf32", "nchw")] = MISS_CAUSES[
+    ("conv_fwd_kernel", "tf32", "nchw")]
+ODD_CAUSE = ("Only the odd shape: its 24 channels (channels_last) or 29 columns (NCHW) give "
+             "strides that Triton's JIT cannot prove divisible by 16 elements (it specialises "
+             "integers on divisibility by 16 only), so it cannot emit 16-byte vectors there.")
+WEIGHT_GRAD_BUDGET = 3.0
+
+
+def render_misses(data: dict) -> list[str]:
+    """Where bf16 and TF32 kept configs miss the criteria, on which shapes, and why; then the
+    kernel gradient's L2 budget."""
+    out = [f"## Where bf16 and TF32 miss the criteria, and why (Triton {data['triton']})", "",
+           "| kernel | precision | layout | shapes that miss | what they miss | why |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for kernel in GEMM_KERNELS:
+        for precision in ("bf16", "tf32"):
+            for layout in LAYOUT_NAMES:
+                shapes, misses = [], set()
+                for r in data["rows"]:
+                    if (r["kernel"], r["precision"], r["layout"]) != (kernel, precision, layout):
+                        continue
+                    found = hopper_shortfalls(_as_compiled(data["compiles"][str(r["compile"])]))
+                    misses.update(found)
+                    if found and r["shape"] not in shapes:
+                        shapes.append(r["shape"])
+                if not shapes:
+                    continue
+                why = (ODD_CAUSE if shapes == ["odd"] else
+                       MISS_CAUSES.get((kernel, precision, layout),
+                                       "Not explained yet: to be investigated."))
+                out.append(f"| `{kernel}` | {precision} | {layout} | {', '.join(shapes)} | "
+                           f"{'; '.join(sorted(misses))} | {why} |")
+    spilling = sorted({(r["shape"], r["layout"], r["precision"]) for r in data["rows"]
+                       if r["kernel"] in GEMM_KERNELS and r["precision"] in ("bf16", "tf32")
+                       and data["compiles"][str(r["compile"])]["spill_bytes"]})
+    if spilling:
+        out += ["", "Spills (bf16 and TF32) only on: " + ", ".join(
+            f"{shape} {layout} {precision}" for shape, layout, precision in spilling)
+            + "; the compile tables above name the configs. Those tiles stay in the lists for "
+            "the shapes where they compile clean, and the autotuner measures what it keeps."]
+    ratios = [r["traffic"][0] / r["traffic"][1] for r in data["rows"]
+              if r["kernel"] == "conv_bwd_weight_kernel" and r["traffic"]
+              and r["shape"] != "odd" and r["precision"] == "bf16"]
+    if ratios:
+        verdict = "within" if max(ratios) <= WEIGHT_GRAD_BUDGET else "over"
+        out += ["", f"The kernel gradient's L2 -> SM bytes on W1 and W4 are {min(ratios):.1f}-"
+                f"{max(ratios):.1f}x the unique bytes of x and dy: {verdict} the budget of "
+                f"{WEIGHT_GRAD_BUDGET:.0f}x. The per-tap kernel re-reads both for every tap; the "
+                "all-taps kernel (`conv_bwd_weight_3x3_kernel`, about 2-3.3x by the same model) "
+                "is the way under the budget, and stays off until its 16-bit gradients, wrong "
+                "on an H200 and right in the interpreter, are debugged on a GPU."]
+    return out
+
+
 def render_traffic(data: dict) -> list[str]:
     """L2 -> SM bytes of every GEMM kernel's tiling on W1 and W4 (bf16, NCHW)."""
     out = ["## L2 -> SM bytes of the tilings (bf16)", "",
@@ -304,6 +391,8 @@ def render(reports: list[dict]) -> str:
               "list only kept configs.", ""]
     for data in reports:
         lines += render_version(data) + [""]
+    if reports:
+        lines += render_misses(reports[-1]) + [""]
     if reports:
         lines += render_traffic(reports[-1]) + [""]
     lines += render_weight_layouts()

@@ -16,6 +16,13 @@ Backward, for g = d loss / d s (B, k, d):
 The last line is returned as ``mean_grad`` (B, C) and added by the input-gradient kernel's
 epilogue (``conv_backward.conv_bwd_input``), so no x-sized tensor is made for it.
 
+The forward is two pieces in two launches that the layer runs anyway: ``router_pool_kernel``
+sums pixel chunks of every sample (B * chunks programs, so a batch of one large image still
+fills the GPU) and :func:`route_samples`, called by the mixing kernel
+(``mix.mix_fwd(..., route=...)``), adds the chunks, applies the MLP, the temperature and the
+softmax for the samples and the cardinal one mixing program needs, and stores the routing and
+the means for the backward.
+
 Everything runs in float32 whatever the input dtype (float64 for float64 input), as
 ``triton_nsr.router`` explains; the MLP parameters are read in their own dtype.
 """
@@ -29,11 +36,10 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
-from triton_nsr.kernels.mix import contiguous_strides, power_of_2_at_least
-from triton_nsr.kernels.tiling import cdiv
+from triton_nsr.kernels.tiling import cdiv, contiguous_strides, power_of_2_at_least
 
 # The first config is the interpreter's.
-_ROUTER_FWD_CONFIGS = [
+_ROUTER_POOL_CONFIGS = [
     triton.Config({"BLOCK_C": 16, "BLOCK_P": 64}, num_warps=4),
     triton.Config({"BLOCK_C": 32, "BLOCK_P": 128}, num_warps=4),
     triton.Config({"BLOCK_C": 16, "BLOCK_P": 256}, num_warps=8),
@@ -44,6 +50,13 @@ _ROUTER_BWD_CONFIGS = [
     triton.Config({"BLOCK_C": 32}, num_warps=4),
     triton.Config({"BLOCK_C": 64}, num_warps=8),
 ]
+# Pooling: a sample's pixels are cut into chunks of at least MIN_CHUNK_PIXELS so that about
+# POOL_PROGRAMS programs share the pass over x (one per sample left W4's 512x512 image, 33.5 MB
+# in bf16, to a single SM), and no more, since every mixing program adds the chunks again.
+MIN_CHUNK_PIXELS = 4096
+POOL_PROGRAMS = 128
+# Channels per step when route_samples adds the chunks and applies the MLP.
+ROUTE_BLOCK_C = 32
 
 
 @triton.jit
@@ -53,71 +66,102 @@ def _temperature(temperature_hi, temperature_lo, ACC_DTYPE: tl.constexpr):
     return tl.cast(temperature_hi, ACC_DTYPE) + tl.cast(temperature_lo, ACC_DTYPE)
 
 
-@tuned(_ROUTER_FWD_CONFIGS, key=["channels", "num_groups", "num_cardinals", "input_w_stride"])
+@tuned(_ROUTER_POOL_CONFIGS, key=["channels", "input_w_stride"])
 @triton.jit
-def router_fwd_kernel(
-    input_pointer, mlp_weight_pointer, mlp_bias_pointer, pooled_pointer, routing_pointer,
-    channels, width, pixels, num_groups, num_cardinals, temperature_hi, temperature_lo,
+def router_pool_kernel(
+    input_pointer, partials_pointer,
+    channels, width, pixels, chunk_pixels, num_chunks,
     input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
-    mlp_weight_row_stride, mlp_weight_col_stride, mlp_bias_stride,
-    pooled_batch_stride, pooled_channel_stride,
-    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_GROUPS: tl.constexpr, BLOCK_CARDINALS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    partials_batch_stride, partials_chunk_stride, partials_channel_stride,
+    ACC_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """pooled = mean(x over H, W); routing = softmax((pooled @ W.T + b) / T over k).
+    """partials[b, q, c] = sum of x[b, c] over the pixels of chunk q (chunk_pixels each).
 
-    Pointers:
-        input (B, C, H, W), any strides (NCHW, channels_last, sliced).
-        mlp_weight (k*d, C), mlp_bias (k*d,) when HAS_BIAS: any strides.
-        pooled (B, C) and routing (B, k, d): outputs in ACC_DTYPE, any strides.
-    Grid: (B,). One program per sample: it streams the sample's pixels one channel block at a
-    time, and each block's means go straight into the logits, so the MLP costs no second pass.
+    Pointers: input (B, C, H, W), any strides (NCHW, channels_last, sliced); partials
+    (B, num_chunks, C) in ACC_DTYPE.
+    Grid: (B * num_chunks,), the chunk fastest: a program streams its chunk one channel block
+    at a time.
     """
-    sample = tl.program_id(0).to(tl.int64)
-    offs_j = tl.arange(0, BLOCK_GROUPS)
-    offs_d = tl.arange(0, BLOCK_CARDINALS)
-    mask_jd = (offs_j < num_groups)[:, None] & (offs_d < num_cardinals)[None, :]
-    rows = offs_j[:, None] * num_cardinals + offs_d[None, :]  # MLP row of (group, cardinal)
+    pid = tl.program_id(0)
+    chunk = pid % num_chunks
+    sample = (pid // num_chunks).to(tl.int64)
+    first = chunk * chunk_pixels
+    end = tl.minimum(first + chunk_pixels, pixels)
     input_sample = input_pointer + sample * input_batch_stride
-
-    logits = tl.zeros((BLOCK_GROUPS, BLOCK_CARDINALS), dtype=ACC_DTYPE)
+    partials_row = partials_pointer + sample * partials_batch_stride + chunk * partials_chunk_stride
     for c_start in range(0, channels, BLOCK_C):
         offs_c = c_start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < channels
         sums = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC_DTYPE)
-        for p_start in range(0, pixels, BLOCK_P):
+        for p_start in range(first, end, BLOCK_P):
             offs_p = p_start + tl.arange(0, BLOCK_P)
             pixel = (offs_p // width) * input_h_stride + (offs_p % width) * input_w_stride
             values = tl.load(input_sample + offs_c[:, None] * input_channel_stride
                              + pixel[None, :],
-                             mask=mask_c[:, None] & (offs_p < pixels)[None, :], other=0.0)
+                             mask=mask_c[:, None] & (offs_p < end)[None, :], other=0.0)
             sums += values.to(ACC_DTYPE)
-        # Divided by the integer count: exact in float64, unlike a float32 reciprocal.
-        mean = tl.sum(sums, axis=1) / pixels
-        tl.store(pooled_pointer + sample * pooled_batch_stride + offs_c * pooled_channel_stride,
-                 mean.to(pooled_pointer.dtype.element_ty), mask=mask_c)
-        weights = tl.load(mlp_weight_pointer + rows[:, :, None] * mlp_weight_row_stride
-                          + offs_c[None, None, :] * mlp_weight_col_stride,
-                          mask=mask_jd[:, :, None] & mask_c[None, None, :], other=0.0)
-        logits += tl.sum(weights.to(ACC_DTYPE) * mean[None, None, :], axis=2)
+        tl.store(partials_row + offs_c * partials_channel_stride,
+                 tl.sum(sums, axis=1).to(partials_pointer.dtype.element_ty), mask=mask_c)
 
-    if HAS_BIAS:
-        logits += tl.load(mlp_bias_pointer + rows * mlp_bias_stride, mask=mask_jd,
+
+@triton.jit
+def route_samples(
+    partials_pointer, mlp_weight_pointer, mlp_bias_pointer, pooled_pointer, routing_pointer,
+    offs_b, mask_b, cardinal, store_routing, store_pooled,
+    channels, pixels, num_chunks, num_groups, num_cardinals, temperature_hi, temperature_lo,
+    partials_batch_stride, partials_chunk_stride, partials_channel_stride,
+    mlp_weight_row_stride, mlp_weight_col_stride, mlp_bias_stride,
+    pooled_batch_stride, pooled_channel_stride,
+    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
+    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """s[b, :, cardinal] for the BLOCK_B samples offs_b: (BLOCK_B, BLOCK_GROUPS) in ACC_DTYPE.
+
+    Adds the sample's pooling chunks in order (deterministic), divides by the pixel count,
+    applies the k MLP rows of this cardinal, the bias and the temperature, and the softmax over
+    the k groups (padding groups get probability 0). Stores the routing column when
+    store_routing and the means (B, C) when store_pooled (runtime flags: the launcher's
+    programs agree that exactly one writes each value); the backward reads both.
+    """
+    offs_j = tl.arange(0, BLOCK_GROUPS)
+    mask_j = offs_j < num_groups
+    rows = offs_j * num_cardinals + cardinal  # MLP rows of (group, cardinal)
+    partials_rows = partials_pointer + offs_b.to(tl.int64) * partials_batch_stride
+    logits = tl.zeros((BLOCK_B, BLOCK_GROUPS), dtype=ACC_DTYPE)
+    for c_start in range(0, channels, BLOCK_C):
+        offs_c = c_start + tl.arange(0, BLOCK_C)
+        mask_bc = mask_b[:, None] & (offs_c < channels)[None, :]
+        sums = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC_DTYPE)
+        for chunk in range(num_chunks):
+            sums += tl.load(partials_rows[:, None] + chunk * partials_chunk_stride
+                            + offs_c[None, :] * partials_channel_stride,
+                            mask=mask_bc, other=0.0).to(ACC_DTYPE)
+        # Divided by the integer count: exact in float64, unlike a float32 reciprocal.
+        means = sums / pixels
+        if store_pooled:
+            tl.store(pooled_pointer + offs_b.to(tl.int64)[:, None] * pooled_batch_stride
+                     + offs_c[None, :] * pooled_channel_stride,
+                     means.to(pooled_pointer.dtype.element_ty), mask=mask_bc)
+        weights = tl.load(mlp_weight_pointer + rows[:, None] * mlp_weight_row_stride
+                          + offs_c[None, :] * mlp_weight_col_stride,
+                          mask=mask_j[:, None] & (offs_c < channels)[None, :],
                           other=0.0).to(ACC_DTYPE)
+        logits += tl.sum(means[:, None, :] * weights[None, :, :], axis=2)
+    if HAS_BIAS:
+        logits += tl.load(mlp_bias_pointer + rows * mlp_bias_stride, mask=mask_j,
+                          other=0.0).to(ACC_DTYPE)[None, :]
     logits = logits / _temperature(temperature_hi, temperature_lo, ACC_DTYPE)
-    logits = tl.where(mask_jd, logits, float("-inf"))
-    # Padding cardinals have no finite logit: a zero peak and a unit total keep them from
-    # computing inf - inf and 0 / 0.
-    mask_d = offs_d < num_cardinals
-    peak = tl.where(mask_d, tl.max(logits, axis=0), 0.0)
-    exps = tl.exp(logits - peak[None, :])
-    total = tl.where(mask_d, tl.sum(exps, axis=0), 1.0)
-    routing = exps / total[None, :]
-    tl.store(routing_pointer + sample * routing_batch_stride
-             + offs_j[:, None] * routing_group_stride + offs_d[None, :] * routing_cardinal_stride,
-             routing.to(routing_pointer.dtype.element_ty), mask=mask_jd)
+    logits = tl.where(mask_j[None, :], logits, float("-inf"))
+    peak = tl.max(logits, axis=1)  # finite: every sample has k >= 1 real groups
+    exps = tl.exp(logits - peak[:, None])
+    routing = exps / tl.sum(exps, axis=1)[:, None]
+    if store_routing:
+        tl.store(routing_pointer + offs_b.to(tl.int64)[:, None] * routing_batch_stride
+                 + offs_j[None, :] * routing_group_stride + cardinal * routing_cardinal_stride,
+                 routing.to(routing_pointer.dtype.element_ty),
+                 mask=mask_b[:, None] & mask_j[None, :])
+    return routing
 
 
 @tuned(_ROUTER_BWD_CONFIGS, key=["channels", "num_groups", "num_cardinals"])
@@ -204,62 +248,51 @@ def routing_dtype(input_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if input_dtype == torch.float64 else torch.float32
 
 
-def _temperature_pair(temperature: float) -> tuple[float, float]:
+def temperature_pair(temperature: float) -> tuple[float, float]:
     """(hi, lo): float32 values whose float64 sum is ``temperature`` to about 2**-48."""
     hi = struct.unpack("f", struct.pack("f", temperature))[0]
     return hi, temperature - hi
 
 
+def pool_chunks(batch: int, pixels: int) -> int:
+    """Into how many chunks router_pool cuts each sample's pixels: enough for about
+    POOL_PROGRAMS programs in all, each of at least MIN_CHUNK_PIXELS pixels (1 for a batch of
+    16 at 48x48, 64 for one 512x512 image)."""
+    return max(1, min(cdiv(pixels, MIN_CHUNK_PIXELS), cdiv(POOL_PROGRAMS, max(batch, 1))))
+
+
 @launch_plan
-def _router_fwd_plan(input_shape, input_stride, input_dtype, mlp_weight_stride, mlp_bias_stride,
-                     num_groups, num_cardinals, temperature):
-    """Everything router_fwd decides from shapes, strides and dtypes, once per shape class:
-    (routing dtype, routing shape, pooled shape, grid, integer arguments, constexprs)."""
+def _router_pool_plan(input_shape, input_stride, input_dtype):
+    """router_pool's decisions per shape class: (partials dtype and shape, grid, integer
+    arguments, constexprs)."""
     batch, channels, height, width = input_shape
+    pixels = height * width
     dtype = routing_dtype(input_dtype)
-    routing_shape = (batch, num_groups, num_cardinals)
-    pooled_shape = (batch, channels)
-    args = (channels, width, height * width, num_groups, num_cardinals,
-            *_temperature_pair(temperature), *input_stride, *mlp_weight_stride,
-            mlp_bias_stride if mlp_bias_stride is not None else 0,
-            *contiguous_strides(pooled_shape), *contiguous_strides(routing_shape))
-    constexprs = {"HAS_BIAS": mlp_bias_stride is not None,
-                  "ACC_DTYPE": accumulator_dtype(dtype),
-                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
-                  "BLOCK_CARDINALS": power_of_2_at_least(num_cardinals)}
-    return dtype, routing_shape, pooled_shape, (batch,), args, constexprs
+    chunks = pool_chunks(batch, pixels)
+    partials_shape = (batch, chunks, channels)
+    args = (channels, width, pixels, cdiv(pixels, chunks), chunks, *input_stride,
+            *contiguous_strides(partials_shape))
+    return dtype, partials_shape, (batch * chunks,), args, {"ACC_DTYPE": accumulator_dtype(dtype)}
 
 
-def router_fwd(
-    input: torch.Tensor,
-    mlp_weight: torch.Tensor,
-    mlp_bias: torch.Tensor | None,
-    num_groups: int,
-    num_cardinals: int,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routing weights and the pooled input, in one launch.
+def router_pool(input: torch.Tensor) -> torch.Tensor:
+    """The router's first half, in one launch: per-chunk channel sums of the input.
 
     Args:
         input: (B, C, H, W), any dtype and layout, H*W > 0 unless B == 0.
-        mlp_weight: (k*d, C); mlp_bias: (k*d,) or None.
 
     Returns:
-        routing (B, k, d) and pooled (B, C), float32 (float64 for float64 input).
+        partials (B, chunks, C), float32 (float64 for float64 input), chunks = pool_chunks(B,
+        H*W); mix.route_and_mix adds them and computes the routing.
     """
-    check_launchable(input, mlp_weight, mlp_bias)
-    dtype, routing_shape, pooled_shape, grid, args, constexprs = _router_fwd_plan(
-        input.shape, input.stride(), input.dtype, mlp_weight.stride(),
-        None if mlp_bias is None else mlp_bias.stride(0), num_groups, num_cardinals,
-        temperature)
-    routing = torch.empty(routing_shape, dtype=dtype, device=input.device)
-    pooled = torch.empty(pooled_shape, dtype=dtype, device=input.device)
+    check_launchable(input)
+    dtype, shape, grid, args, constexprs = _router_pool_plan(tuple(input.shape), input.stride(),
+                                                             input.dtype)
+    partials = torch.empty(shape, dtype=dtype, device=input.device)
     if grid[0] == 0:
-        return routing, pooled
-    router_fwd_kernel[grid](
-        input, mlp_weight, mlp_bias if mlp_bias is not None else mlp_weight, pooled, routing,
-        *args, **constexprs)
-    return routing, pooled
+        return partials
+    router_pool_kernel[grid](input, partials, *args, **constexprs)
+    return partials
 
 
 @launch_plan
@@ -271,7 +304,7 @@ def _router_bwd_plan(grad_routing_shape, grad_routing_stride, routing_shape, rou
     batch, num_groups, num_cardinals = routing_shape
     channels = pooled_shape[1]
     args = (batch, grad_routing_shape[0], channels, pixels, num_groups, num_cardinals,
-            *_temperature_pair(temperature),
+            *temperature_pair(temperature),
             *grad_routing_stride, *routing_stride, *pooled_stride, *mlp_weight_stride,
             *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
             1 if has_mlp_bias else 0)
@@ -294,7 +327,7 @@ def router_bwd(
     temperature: float,
     pixels: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients of :func:`router_fwd`, in one launch.
+    """Gradients of the router (router_pool, then route_samples in the mixing), in one launch.
 
     Args:
         grad_routing: (P, B, k, d), the routing gradient as P parts to add (P = 1: whole).

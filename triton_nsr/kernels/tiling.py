@@ -4,6 +4,9 @@ Grids are one flat axis (axis 0 has no 65535 limit, unlike axes 1 and 2, and B *
 it) ordered, fastest first: N tile, M tile, then whatever the kernel puts outside (sample and
 group, and for the kernel gradient the tap). N fastest means the programs that share an M tile
 of the input run back to back and find it in L2.
+
+The host side of every launcher's grid arithmetic lives here too (cdiv, power_of_2_at_least,
+contiguous_strides): plain integers, shared by the conv, mixing and router launchers.
 """
 
 import triton
@@ -70,3 +73,18 @@ def cdiv(size: int, block: int) -> int:
     """ceil(size / block) on the host. Not triton.cdiv: that is a constexpr function in Triton
     3.x, microseconds per call, and launchers call this per launch."""
     return -(-size // block)
+
+
+def power_of_2_at_least(size: int) -> int:
+    """The next power of two of size (1 for 0), as plain integers (not triton's constexpr
+    function, for the same reason as :func:`cdiv`)."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty gives a tensor of this shape."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
