@@ -1,0 +1,284 @@
+"""Kernel-by-kernel diagnosis on a GPU: each convolution kernel alone, per config, against conv2d.
+
+The lease's smoke checks the whole layer and so names no culprit; and the two GPU-only faults
+found so far are in single kernels: the all-taps weight gradient gave wrong 16-bit gradients
+on an H200, and TMA boxes at tap-shifted NCHW columns faulted ("illegal instruction"). Both are
+off on the layer's path. This command runs, case by case, one launcher (conv_fwd,
+conv_bwd_input, conv_bwd_weight) with one forced variant (the all-taps kernel switched on, or
+the NCHW TMA route forced) and one fixed config, and compares it with a float64 reference
+(F.conv2d and its gradients, per sample).
+
+A fault that breaks the CUDA context is sticky, so the cases run in a child process that
+reports one JSON line per case; when the child dies or a case leaves the context broken, the
+parent records that case as the fault and starts a fresh child at the next one. Cases run in
+priority order until the budget is spent; the rest are recorded as not reached.
+
+    python -m bench.diagnose --output-dir OUT [--budget-s 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULT_FILE = "diagnose.json"
+# name: (dtype, TF32 allowed, relative-error bound): bounds as bench/smoke.py's, one kernel.
+PRECISIONS = {
+    "bf16": (torch.bfloat16, False, 2e-2),
+    "fp16": (torch.float16, False, 5e-3),
+    "tf32": (torch.float32, True, 5e-3),
+    "fp32": (torch.float32, False, 1e-4),
+}
+# (batch, in, out, height, width): channel and width counts TMA takes (multiples of 16 bytes),
+# several tiles in every GEMM dimension, two samples.
+SHAPE = (2, 64, 96, 24, 40)
+CONFIGS_PER_KERNEL = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One launch to check: kernel, forced variant, precision, layout and config index."""
+
+    kernel: str  # "forward", "input_grad", "weight_grad"
+    variant: str  # "default", "all_taps" (weight_grad), "tma_nchw" (forward, input_grad)
+    precision: str
+    layout: str
+    config: int
+
+    def label(self) -> str:
+        return (f"{self.kernel}/{self.variant} {self.precision} {self.layout} "
+                f"config {self.config}")
+
+
+def cases() -> list[Case]:
+    """Every case, most informative first: the faulty kernels, then the layer's own."""
+    found = []
+    configs = range(CONFIGS_PER_KERNEL)
+    for precision in ("bf16", "fp16", "tf32"):  # the all-taps kernel's wrong gradients
+        for layout in ("nchw", "channels_last"):
+            found += [Case("weight_grad", "all_taps", precision, layout, c) for c in configs]
+    for precision in ("bf16", "tf32"):  # what the layer runs
+        for layout in ("channels_last", "nchw"):
+            for kernel in ("weight_grad", "forward", "input_grad"):
+                found += [Case(kernel, "default", precision, layout, c) for c in configs]
+    for precision in ("bf16", "tf32"):  # the NCHW TMA fault, one config each
+        found += [Case(kernel, "tma_nchw", precision, "nchw", 0)
+                  for kernel in ("forward", "input_grad")]
+    return found
+
+
+# ----------------------------------------------------------------------------- one case
+
+
+def _fixed_config(tuner, index: int):
+    """A stand-in for a tuned kernel that launches config ``index`` of its list as is."""
+    config = tuner.configs[index]
+
+    class Fixed:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                return tuner.fn[grid](*args, **kwargs, **config.kwargs,
+                                      num_warps=config.num_warps,
+                                      num_stages=config.num_stages)
+            return launch
+
+    return Fixed()
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual = actual.double()
+    if not torch.isfinite(actual).all():
+        return float("inf")
+    scale = expected.norm().item()
+    return (actual - expected).norm().item() / (scale if scale > 0 else 1.0)
+
+
+def run_case(case: Case, device: str, shape=SHAPE) -> dict:
+    """Launch the case's kernel once and compare it with the float64 reference.
+
+    shape: (batch, in, out, height, width) of a 3x3 convolution, padding 1, one group.
+    """
+    from triton_nsr.kernels import autotune, conv, conv_backward
+
+    dtype, tf32, tolerance = PRECISIONS[case.precision]
+    batch, cin, cout, height, width = shape
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cin, height, width, generator=generator).to(device, dtype)
+    w = (torch.randn(batch, cout, cin, 3, 3, generator=generator) / (3 * cin ** 0.5)).to(
+        device, dtype)
+    dy = torch.randn(batch, cout, height, width, generator=generator).to(device, dtype)
+    if case.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1, tf32)
+    module, name = {"forward": (conv, "conv_fwd_kernel"),
+                    "input_grad": (conv_backward, "conv_bwd_input_kernel"),
+                    "weight_grad": (conv_backward, "conv_bwd_weight_kernel")}[case.kernel]
+    saved = {}
+
+    def patch(target, attribute, value):
+        saved[(target, attribute)] = getattr(target, attribute)
+        setattr(target, attribute, value)
+
+    if case.variant == "all_taps":
+        patch(conv_backward, "ALL_TAPS_DTYPES", (dtype,))
+        name = "conv_bwd_weight_3x3_kernel"
+    if case.variant == "tma_nchw":
+        patch(module, "route_of", lambda *args, **kwargs: ("tma_nchw", ""))
+    tuner = getattr(module, name)
+    patch(module, name, _fixed_config(tuner, case.config))
+    autotune.clear_launch_plans()
+    row = {**asdict(case), "config_label": _config_label(tuner.configs[case.config]),
+           "tolerance": tolerance, "status": "error", "error": None, "message": ""}
+    try:
+        xd, wd, dyd = x.double(), w.double(), dy.double()
+        if case.kernel == "forward":
+            actual = conv.conv_fwd(x, w, None, *geometry)
+            expected = torch.cat([F.conv2d(xd[i:i + 1], wd[i], padding=1)
+                                  for i in range(batch)])
+        elif case.kernel == "input_grad":
+            actual = conv_backward.conv_bwd_input(dy, w, *geometry, torch.empty_like(x))
+            expected = torch.cat([torch.nn.grad.conv2d_input(
+                (1, cin, height, width), wd[i], dyd[i:i + 1], padding=1) for i in range(batch)])
+        else:
+            actual = torch.empty_like(w)
+            conv_backward.conv_bwd_weight(dy, x, (3, 3), *geometry, actual, None)
+            expected = torch.stack([torch.nn.grad.conv2d_weight(
+                xd[i:i + 1], wd[i].shape, dyd[i:i + 1], padding=1) for i in range(batch)])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        error = _relative_error(actual, expected)
+        row.update(error=error, status="passed" if error <= tolerance else "failed")
+    except Exception as failure:  # a compile error or a fault is this case's outcome
+        row["message"] = f"{type(failure).__name__}: {str(failure).splitlines()[0][:300]}"
+    finally:
+        for (target, attribute), value in saved.items():
+            setattr(target, attribute, value)
+        autotune.clear_launch_plans()
+    return row
+
+
+def _config_label(config) -> str:
+    tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
+    return f"{tiles} w{config.num_warps} s{config.num_stages}"
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def child(cases_path: Path, start: int, device: str) -> None:
+    """Run the cases from ``start`` on, printing one JSON line each; stop after a case that
+    leaves the CUDA context broken (the parent goes on in a fresh process)."""
+    from bench.lease import broken_context
+
+    stored = json.loads(cases_path.read_text())
+    listed = [Case(**fields) for fields in stored["cases"]]
+    for index in range(start, len(listed)):
+        row = run_case(listed[index], device, tuple(stored["shape"]))
+        broken = broken_context(device)
+        if broken:
+            row.update(status="fault", message=row["message"] or broken)
+        print(json.dumps({"index": index, **row}), flush=True)
+        if broken:
+            return
+
+
+def diagnose(output_dir: Path, budget_s: float, device: str, listed=None,
+             shape=SHAPE) -> dict:
+    """Run every case (default: :func:`cases`) on ``shape`` within ``budget_s`` seconds; write
+    and return OUT/diagnose.json."""
+    listed = cases() if listed is None else listed
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cases_path = output_dir / "diagnose_cases.json"
+    cases_path.write_text(json.dumps({"shape": list(shape),
+                                      "cases": [asdict(case) for case in listed]}))
+    started = time.perf_counter()
+    results: dict[int, dict] = {}
+    start = 0
+    while start < len(listed) and time.perf_counter() - started < budget_s:
+        left = budget_s - (time.perf_counter() - started)
+        command = [sys.executable, "-m", "bench.diagnose", "--child", str(cases_path),
+                   "--start", str(start), "--device", device]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=left,
+                                  env=os.environ.copy())
+            output, tail = done.stdout, done.stderr[-500:]
+        except subprocess.TimeoutExpired as timeout:
+            output = (timeout.stdout or b"").decode() if isinstance(timeout.stdout, bytes) \
+                else (timeout.stdout or "")
+            tail = "the budget ran out during this case"
+        for line in output.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                results[row.pop("index")] = row
+        reached = max(results, default=start - 1) + 1
+        if reached == start:
+            # The child died inside this case (a crash, not an exception): it is the fault.
+            results[start] = {**asdict(listed[start]), "status": "fault",
+                              "message": tail.strip().splitlines()[-1] if tail.strip() else
+                              "the child process died"}
+            reached = start + 1
+        start = reached
+    rows = [results.get(i) or {**asdict(case), "status": "not reached",
+                               "message": "not reached: the budget ran out"}
+            for i, case in enumerate(listed)]
+    record = {"device": _device_name(device), "torch": torch.__version__,
+              "triton": _triton_version(), "shape": list(shape), "budget_s": budget_s,
+              "elapsed_s": round(time.perf_counter() - started, 1), "cases": rows}
+    (output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    cases_path.unlink()
+    return record
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def summary(record: dict) -> str:
+    """One line per case: status, error, label."""
+    lines = []
+    for row in record["cases"]:
+        error = row.get("error")
+        shown = f"{error:.1e}" if isinstance(error, float) else "-"
+        label = Case(**{k: row[k] for k in ("kernel", "variant", "precision", "layout",
+                                             "config")}).label()
+        lines.append(f"{row['status']:>11}  {shown:>8}  {label}  {row.get('message', '')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path)
+    parser.add_argument("--budget-s", type=float, default=120.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.start, args.device)
+        return 0
+    if args.output_dir is None:
+        parser.error("--output-dir is required")
+    record = diagnose(args.output_dir, args.budget_s, args.device)
+    print(summary(record))
+    return int(any(row["status"] in ("failed", "fault", "error") for row in record["cases"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
