@@ -156,3 +156,16 @@ def test_float32_training_makes_no_copy_either(monkeypatch, allow_tf32):
     assert mixing.named["HAS_COPY"] is allow_tf32
     # TF32 reads the copy: output channels (the GEMM's K) contiguous.
     assert (input_grad.named["weight_out_stride"] == 1) is allow_tf32
+
+
+def test_kernel_gradient_splits_fill_one_wave(monkeypatch):
+    # Splits are float32 partial sums the mixing backward reads again: one wave of two
+    # programs per SM and no more (rounded down: no second, nearly empty wave), each split
+    # keeping at least MIN_PIXELS_PER_SPLIT pixels; CPU tensors (the interpreter) never split.
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(conv_backward, "multiprocessor_count", lambda device: 132)
+    assert conv_backward.weight_grad_splits(cuda, 9, 512 * 512) == 29  # W4: 261 programs
+    assert conv_backward.weight_grad_splits(cuda, 9, 48 * 48) == 1  # too few pixels
+    assert conv_backward.weight_grad_splits(cuda, 500, 512 * 512) == 1  # already a wave
+    monkeypatch.setattr(conv_backward, "multiprocessor_count", lambda device: 0)
+    assert conv_backward.weight_grad_splits(torch.device("cpu"), 9, 512 * 512) == 1
