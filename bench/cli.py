@@ -236,7 +236,7 @@ def command_costs() -> int:
           "gradient):")
     print(bytes_table(main_workloads()))
     print()
-    print("MB per kernel (forward+backward; W3 forward only):")
+    print("MB per kernel (forward+backward; W3 forward only; channels_last input):")
     print(kernel_bytes_table(main_workloads()))
     return 0
 

@@ -80,7 +80,8 @@ def bound_note(workloads: list[Workload]) -> str:
 
 # ----------------------------------------------------------------------------- HBM bytes
 
-BYTES_HEADERS = ("workload", "pass", "launches", "moved MB", "floor MB", "ratio", "target")
+BYTES_HEADERS = ("workload", "layout", "pass", "launches", "moved MB", "floor MB", "ratio",
+                 "target")
 # Issue 11's targets, bfloat16 activations: (workload, pass) -> most moved bytes / floor.
 BYTES_TARGETS = {
     ("W3", FORWARD): 1.25, ("W4", FORWARD): 1.55,
@@ -134,11 +135,16 @@ class TensorBytes:
         return splits * self.mixed * ROUTER_BYTES // ACTIVATION_BYTES
 
 
-def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
-    """HBM bytes of one launch: every tensor it reads or writes, once (no L2 credit)."""
+def kernel_bytes(kernel: str, t: TensorBytes, splits: int, named: dict | None = None) -> int:
+    """HBM bytes of one launch: every tensor it reads or writes, once (no L2 credit).
+
+    ``named``: the launch's arguments, where they change what it moves (the pooling's
+    channels_last copy of an NCHW input, WRITE_COPY).
+    """
     grad_parts = t.kernel_gradient(splits)
+    copy = t.x if (named or {}).get("WRITE_COPY") else 0
     moved = {
-        "router_pool_kernel": t.x + t.partials,
+        "router_pool_kernel": t.x + t.partials + copy,
         # Finishes the router (partial sums and MLP in, routing and means out) and mixes.
         "mix_fwd_kernel": t.partials + t.mlp + t.routing + t.per_sample + t.bank + t.mixed,
         "conv_fwd_kernel": t.x + t.mixed + t.y,
@@ -158,9 +164,13 @@ def kernel_bytes(kernel: str, t: TensorBytes, splits: int) -> int:
     return moved[kernel]
 
 
-def recorded_launches(w: Workload) -> tuple[list, list]:
-    """(forward, backward) launches of the layer, recorded on meta tensors (nothing runs, no
-    memory is used) with the kernel gradient's pixel splits sized for an H200."""
+LAYOUTS = ("channels_last", "nchw")
+
+
+def recorded_launches(w: Workload, layout: str = "channels_last") -> tuple[list, list]:
+    """(forward, backward) launches of the layer on an input in ``layout``, recorded on meta
+    tensors (nothing runs, no memory is used) with the kernel gradient's pixel splits sized for
+    an H200."""
     from triton_nsr import ops
     from triton_nsr.arguments import check_nsr_conv2d
     from triton_nsr.kernels.capture import recording
@@ -169,6 +179,8 @@ def recorded_launches(w: Workload) -> tuple[list, list]:
         return torch.empty(size, dtype=dtype, device="meta", requires_grad=True)
 
     x = leaf(w.batch, w.in_channels, w.height, w.width, dtype=torch.bfloat16)
+    if layout == "channels_last":
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     params = (leaf(w.k * w.out_channels, w.in_channels, w.kernel_size, w.kernel_size),
               leaf(w.k * w.out_channels), leaf(w.k * w.d, w.in_channels), leaf(w.k * w.d))
     geometry = check_nsr_conv2d(torch.empty(x.shape, device="meta"), *params, w.k, w.d, 1,
@@ -180,21 +192,23 @@ def recorded_launches(w: Workload) -> tuple[list, list]:
     return forward, launches[len(forward):]
 
 
-def layer_bytes(w: Workload) -> dict:
-    """{pass: (launches, moved bytes, floor bytes, {kernel: bytes})} for the workload's passes.
+def layer_bytes(w: Workload, layout: str = "channels_last") -> dict:
+    """{pass: (launches, moved bytes, floor bytes, {kernel: bytes})} for the workload's passes
+    on an input in ``layout``.
 
     Floors: forward x + y + bank; backward dy + x + dx + bank + bank gradient (so
     forward+backward's floor is their sum).
     """
     t = TensorBytes.of(w)
-    forward, backward = recorded_launches(w)
+    forward, backward = recorded_launches(w, layout)
     splits = max([launch.named.get("num_splits", 1) for launch in backward] or [1])
 
     def moved(launches):
         per_kernel = {}
         for launch in launches:
             per_kernel[launch.kernel] = (per_kernel.get(launch.kernel, 0)
-                                         + kernel_bytes(launch.kernel, t, splits))
+                                         + kernel_bytes(launch.kernel, t, splits,
+                                                        launch.named))
         return per_kernel
 
     forward_kernels = moved(forward)
@@ -208,15 +222,18 @@ def layer_bytes(w: Workload) -> dict:
 
 
 def bytes_rows(workloads: list[Workload]) -> list[list[str]]:
+    """One row per workload, layout and pass. An NCHW input costs the pooling's channels_last
+    copy (one more write of x) where that copy gives the convolution TMA boxes."""
     rows = []
     for w in workloads:
-        for name, (launches, moved, floor, _) in layer_bytes(w).items():
-            target = BYTES_TARGETS.get((w.group if w.group != "W1" else w.name, name))
-            ratio = moved / floor
-            verdict = "" if target is None else (
-                f"<= {target} {'met' if ratio <= target else 'MISSED'}")
-            rows.append([w.name, name, str(launches), f"{moved / 1e6:.1f}",
-                         f"{floor / 1e6:.1f}", f"{ratio:.3f}x", verdict])
+        for layout in LAYOUTS:
+            for name, (launches, moved, floor, _) in layer_bytes(w, layout).items():
+                target = BYTES_TARGETS.get((w.group if w.group != "W1" else w.name, name))
+                ratio = moved / floor
+                verdict = "" if target is None else (
+                    f"<= {target} {'met' if ratio <= target else 'MISSED'}")
+                rows.append([w.name, layout, name, str(launches), f"{moved / 1e6:.1f}",
+                             f"{floor / 1e6:.1f}", f"{ratio:.3f}x", verdict])
     return rows
 
 
@@ -226,7 +243,8 @@ def bytes_table(workloads: list[Workload]) -> str:
 
 
 def kernel_bytes_table(workloads: list[Workload]) -> str:
-    """Where the bytes go: MB per kernel of forward+backward (forward only for inference)."""
+    """Where the bytes go: MB per kernel of forward+backward (forward only for inference),
+    channels_last input."""
     kernels = list(dict.fromkeys(k for w in workloads
                                  for *_, per_kernel in layer_bytes(w).values()
                                  for k in per_kernel))

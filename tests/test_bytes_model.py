@@ -63,12 +63,23 @@ def test_rows_state_targets_and_inference_has_no_backward():
     w3 = Workload("W3", "W3", 8, 32, 128, 48, 48, passes=(FORWARD,))
     assert list(layer_bytes(w3)) == [FORWARD]
     rows = bytes_rows([W4])
-    assert [row[1] for row in rows] == [FORWARD, FORWARD_BACKWARD]
+    assert [row[1:3] for row in rows] == [["channels_last", FORWARD],
+                                          ["channels_last", FORWARD_BACKWARD],
+                                          ["nchw", FORWARD], ["nchw", FORWARD_BACKWARD]]
     assert rows[0][-1].startswith("<= 1.55")
+
+
+def test_an_nchw_input_costs_the_pooling_one_more_pass_over_x():
+    # The pooling writes the channels_last copy the convolution boxes with TMA.
+    t = TensorBytes.of(W4)
+    channels_last = layer_bytes(W4, "channels_last")[FORWARD]
+    nchw = layer_bytes(W4, "nchw")[FORWARD]
+    assert nchw[1] - channels_last[1] == t.x
+    assert nchw[3]["router_pool_kernel"] == 2 * t.x + t.partials
 
 
 def test_costs_command_prints_the_bytes_model(capsys):
     assert cli.main(["costs"]) == 0
     out = capsys.readouterr().out
     assert "HBM bytes the triton path moves" in out
-    assert "| W4 | forward_backward | 7 |" in out
+    assert "| W4 | channels_last | forward_backward | 7 |" in out

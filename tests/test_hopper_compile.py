@@ -68,12 +68,18 @@ def routes(data, kernel, operand, layout):
 
 
 def test_operand_routes_read_from_the_ptx(odd_bf16):
-    # NCHW bf16 at width 29: rows 58 bytes apart, which TMA cannot take, so the input tile is
-    # gathered by pointers (a tap shift moves it by 2 bytes: synchronous 2-byte loads).
-    assert {r["path"] for r in odd_bf16["rows"] if r["kernel"] == "conv_fwd_kernel"
-            and r["layout"] == "nchw"} == {"gather"}
-    assert routes(odd_bf16, "conv_fwd_kernel", 0, "nchw") == {"ld.global 2B"}
-    # channels_last: 24 channels = 48 bytes per pixel, a TMA box at every tap.
+    # NCHW bf16 at width 29: rows 58 bytes apart, which TMA cannot take. The forward reads the
+    # channels_last copy the pooling pass writes (24 channels = 48 bytes per pixel: a TMA box
+    # at every tap); the input gradient gathers dy by pointers (a tap shift moves it by 2
+    # bytes: synchronous 2-byte loads).
+    def paths(kernel):
+        return {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
+                and r["layout"] == "nchw"}
+
+    assert paths("conv_fwd_kernel") == {"tma_channels_last"}
+    assert paths("conv_bwd_input_kernel") == {"gather"}
+    assert routes(odd_bf16, "conv_fwd_kernel", 0, "nchw") == {"TMA"}
+    assert routes(odd_bf16, "conv_bwd_input_kernel", 0, "nchw") == {"ld.global 2B"}
     assert routes(odd_bf16, "conv_fwd_kernel", 0, "channels_last") == {"TMA"}
     # The packed per-sample weights are contiguous along K with 16-element strides.
     for kernel in ("conv_fwd_kernel", "conv_bwd_input_kernel"):
@@ -94,10 +100,13 @@ def test_forward_and_input_gradient_tma_paths_meet_the_hopper_criteria(odd_bf16,
     # Every kept config on a TMA path: wgmma, operands by TMA or 16-byte cp.async, wait >= 1,
     # no spills. Launches TMA cannot take name the gather fallback instead.
     kernels = ("conv_fwd_kernel", "conv_bwd_input_kernel")
-    paths = {r["path"] for r in odd_bf16["rows"] if r["kernel"] in kernels
-             and (r["precision"], r["layout"]) == (precision, layout)}
-    expected = "gather" if layout == "nchw" else "tma_channels_last"  # width 29 is unaligned
-    assert paths == {expected}
+    for kernel in kernels:
+        paths = {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
+                 and (r["precision"], r["layout"]) == (precision, layout)}
+        # Width 29 is unaligned: the NCHW forward reads the pooling's channels_last copy, the
+        # NCHW input gradient gathers dy.
+        gathers = layout == "nchw" and kernel == "conv_bwd_input_kernel"
+        assert paths == {"gather" if gathers else "tma_channels_last"}, kernel
     for path in ("tma_nchw", "tma_channels_last"):
         for c in gemm_compiles(odd_bf16, layout, precision, kernels, path):
             assert meets_criteria(c), c

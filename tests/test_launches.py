@@ -169,3 +169,28 @@ def test_kernel_gradient_splits_fill_one_wave(monkeypatch):
     assert conv_backward.weight_grad_splits(cuda, 500, 512 * 512) == 1  # already a wave
     monkeypatch.setattr(conv_backward, "multiprocessor_count", lambda device: 0)
     assert conv_backward.weight_grad_splits(torch.device("cpu"), 9, 512 * 512) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dtype):
+    # NCHW float32 with 3x3 taps: TMA cannot box tap-shifted columns, so the pooling pass also
+    # writes a channels_last copy and the convolution reads it through TMA boxes; the output
+    # stays NCHW. float64 has no TMA path: no copy, the gather reads the input as it is.
+    from triton_nsr.kernels.capture import recording
+
+    layer = NSRConv2d(8, 16, 3, 2, 4, padding=1, backend="triton", dtype=dtype)
+    x = torch.empty(2, 8, 12, 16, dtype=dtype)
+    with recording(2) as launches, torch.no_grad():
+        output = layer(x)
+    assert output.is_contiguous()
+    pool, _, conv = launches
+    assert pool.named["WRITE_COPY"] is (dtype == torch.float32)
+    reads = conv.named["input_pointer"].data_ptr()
+    if dtype == torch.float32:
+        assert conv.named["INPUT_ROUTE"] == "tma_channels_last"
+        assert reads == pool.named["copy_pointer"].data_ptr() != x.data_ptr()
+        # channels_last strides: the channel stride is 1.
+        assert conv.named["input_channel_stride"] == 1 and conv.named["input_w_stride"] == 8
+    else:
+        assert conv.named["INPUT_ROUTE"] == "gather"
+        assert reads == x.data_ptr()

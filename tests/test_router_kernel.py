@@ -29,7 +29,9 @@ ROUTER_CASES = [
 def _route(x, mlp_weight, mlp_bias, k, d, temperature):
     """(routing, pooled) as the layer computes them: the pooling launch, then the mixing
     launch that finishes the router (here mixing a small stand-in bank)."""
-    partials = router_kernels.router_pool(x)
+    partials, copy = router_kernels.router_pool(x, channels_last_copy=True)
+    # The channels_last copy the convolution of an NCHW input reads, made on the same pass.
+    assert copy.is_contiguous(memory_format=torch.channels_last) and torch.equal(copy, x)
     assert partials.shape == (x.shape[0], router_kernels.pool_chunks(
         x.shape[0], x.shape[2] * x.shape[3]), x.shape[1])
     bank = torch.randn(k, d, 3, dtype=partials.dtype)

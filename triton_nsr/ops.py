@@ -33,7 +33,7 @@ from triton_nsr.kernels.autotune import dot_precision
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd, route_and_mix
-from triton_nsr.kernels.operands import empty_packed_forward_weight
+from triton_nsr.kernels.operands import channels_last_copy_helps, empty_packed_forward_weight
 from triton_nsr.kernels.router import router_bwd, router_pool, routing_dtype
 
 # ----------------------------------------------------------------------------- mixing
@@ -240,7 +240,8 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
                    num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32,
                    input_grad_weight=False):
-    """Three launches: pool, route and mix weight and bias, convolve.
+    """Three launches: pool (and copy an NCHW input to channels_last where that gives the
+    convolution TMA boxes), route and mix weight and bias, convolve.
 
     Returns (output (B, out, Ho, Wo), routing (B, k, d), pooled (B, C), weight_b
     (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad); the middle four are
@@ -251,7 +252,11 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
     out_channels = weight.shape[0] // num_groups
     # The pooling's chunks fill the GPU even at batch 1; the mixing kernel finishes the router
     # (MLP, temperature, softmax) for the samples and cardinal each of its programs mixes.
-    partials = router_pool(input)
+    # An NCHW input that TMA cannot box at tap-shifted columns is copied to channels_last on
+    # the pooling's pass, and the convolution reads the copy (its output stays NCHW).
+    copy = padded is None and channels_last_copy_helps(
+        input, input.shape[1] // groups, stride, pad, dilation, weight.shape[2:])
+    partials, channels_last = router_pool(input, copy)
     # weight_b comes in the convolution's packed layout: conv_fwd reads it without a copy.
     tf32_input_grad = input_grad_weight and dot_precision(input.dtype, allow_tf32) == "tf32"
     weight_b, bias_b, weight_b_input_grad, routing, pooled = route_and_mix(
@@ -261,8 +266,12 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
         (out_channels, *weight.shape[1:]), groups if tf32_input_grad else None)
     if bias_b is not None:
         bias_b = bias_b.view(batch, out_channels)
-    output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
-                      dilation, groups, allow_tf32)
+    if copy:
+        output = conv_fwd(channels_last, weight_b, bias_b, stride, pad, dilation, groups,
+                          allow_tf32, torch.contiguous_format)
+    else:
+        output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
+                          dilation, groups, allow_tf32)
     return output, routing, pooled, weight_b, bias_b, weight_b_input_grad
 
 

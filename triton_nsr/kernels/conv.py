@@ -214,14 +214,16 @@ def _dense_in_order(shape, strides, order) -> bool:
 
 @launch_plan
 def _conv_fwd_plan(input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
-                   weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32):
+                   weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
+                   memory_format):
     """conv_fwd's decisions per shape class: (output shape, memory format, grid, integer
-    arguments, constexprs). bias_stride is None without a bias."""
+    arguments, constexprs). bias_stride is None without a bias; memory_format None: the
+    input's."""
     batch, channels, in_h, in_w = input_shape
     out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
     out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
     output_shape = (batch, out_channels, out_h, out_w)
-    memory_format = output_format(input_shape, input_stride)
+    memory_format = memory_format or output_format(input_shape, input_stride)
     output_stride = format_strides(output_shape, memory_format)
     out_group_channels = out_channels // groups
     route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels, stride,
@@ -262,15 +264,18 @@ def conv_fwd(
     dilation: tuple[int, int],
     groups: int,
     allow_tf32: bool,
+    memory_format: torch.memory_format | None = None,
 ) -> torch.Tensor:
     """Per-sample convolution.
 
     Args:
         input: (B, C, H, W). weight: (B, out, C/groups, kh, kw). bias: (B, out) or None.
         pad: zero padding (top, bottom, left, right).
+        memory_format: of the output; None: channels_last when the input is (the layer asks
+            for contiguous output when it convolves a channels_last copy of an NCHW input).
 
     Returns:
-        (B, out, Ho, Wo), channels_last when the input is.
+        (B, out, Ho, Wo).
     """
     check_launchable(input, weight, bias)
     packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
@@ -278,7 +283,7 @@ def conv_fwd(
         tuple(input.shape), input.stride(), input.dtype,
         input.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
         weight_channels, None if bias is None else bias.stride(), tuple(stride), tuple(pad),
-        tuple(dilation), groups, allow_tf32)
+        tuple(dilation), groups, allow_tf32, memory_format)
     output = torch.empty(output_shape, dtype=input.dtype, device=input.device,
                          memory_format=memory_format)
     if output.numel() == 0:

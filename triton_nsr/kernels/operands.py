@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from triton_nsr.kernels.autotune import launch_plan
+
 # Strides of the packed weight copies are multiples of this many elements.
 PACK = 16
 # TMA needs 16-byte aligned base addresses and strides.
@@ -169,6 +171,35 @@ def route_of(shape, strides, dtype, aligned: bool, group_channels: int, stride, 
         if any(s % TMA_ALIGN_BYTES for s in shifts):
             return "gather", "tap-shifted columns are not 16-byte aligned for a TMA box"
     return route, ""
+
+
+def channels_last_copy_helps(input: torch.Tensor, group_channels: int, stride, pad, dilation,
+                             kernel_size) -> bool:
+    """Whether the convolution should read a channels_last copy of ``input`` rather than input.
+
+    True where TMA cannot take the input only because of its NCHW layout (a tap shifts its
+    columns off 16 bytes) and can take the same values in channels_last, where a tap moves by
+    whole pixels: the router's pooling pass, which reads all of x anyway, then writes the copy
+    (router.router_pool), one x-sized write in exchange for TMA boxes and a pipelined main loop
+    instead of synchronous 2-byte (bf16) or 4-byte (float32) pointer loads.
+    """
+    return _copy_helps(tuple(input.shape), input.stride(), input.dtype,
+                       input.data_ptr() % TMA_ALIGN_BYTES == 0, group_channels, tuple(stride),
+                       tuple(pad), tuple(dilation), tuple(kernel_size))
+
+
+@launch_plan
+def _copy_helps(shape, strides, dtype, aligned, group_channels, stride, pad, dilation,
+                kernel_size) -> bool:
+    route, _ = route_of(shape, strides, dtype, aligned, group_channels, stride, pad, dilation,
+                        kernel_size)
+    if route != "gather" or strides[3] != 1:
+        return False
+    batch, channels, height, width = shape
+    channels_last = (height * width * channels, 1, width * channels, channels)
+    copy_route, _ = route_of(shape, channels_last, dtype, True, group_channels, stride, pad,
+                             dilation, kernel_size)
+    return copy_route == "tma_channels_last"
 
 
 def scratch(size: int, alignment: int, stream) -> torch.Tensor:

@@ -69,16 +69,19 @@ def _temperature(temperature_hi, temperature_lo, ACC_DTYPE: tl.constexpr):
 @tuned(_ROUTER_POOL_CONFIGS, key=["channels", "input_w_stride"])
 @triton.jit
 def router_pool_kernel(
-    input_pointer, partials_pointer,
+    input_pointer, partials_pointer, copy_pointer,
     channels, width, pixels, chunk_pixels, num_chunks,
     input_batch_stride, input_channel_stride, input_h_stride, input_w_stride,
     partials_batch_stride, partials_chunk_stride, partials_channel_stride,
-    ACC_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
+    WRITE_COPY: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """partials[b, q, c] = sum of x[b, c] over the pixels of chunk q (chunk_pixels each).
 
     Pointers: input (B, C, H, W), any strides (NCHW, channels_last, sliced); partials
-    (B, num_chunks, C) in ACC_DTYPE.
+    (B, num_chunks, C) in ACC_DTYPE; with WRITE_COPY, copy (B, C, H, W) receives every value
+    read, in its own strides (the convolution's channels_last copy of an NCHW input).
     Grid: (B * num_chunks,), the chunk fastest: a program streams its chunk one channel block
     at a time.
     """
@@ -88,6 +91,7 @@ def router_pool_kernel(
     first = chunk * chunk_pixels
     end = tl.minimum(first + chunk_pixels, pixels)
     input_sample = input_pointer + sample * input_batch_stride
+    copy_sample = copy_pointer + sample * copy_batch_stride
     partials_row = partials_pointer + sample * partials_batch_stride + chunk * partials_chunk_stride
     for c_start in range(0, channels, BLOCK_C):
         offs_c = c_start + tl.arange(0, BLOCK_C)
@@ -95,10 +99,15 @@ def router_pool_kernel(
         sums = tl.zeros((BLOCK_C, BLOCK_P), dtype=ACC_DTYPE)
         for p_start in range(first, end, BLOCK_P):
             offs_p = p_start + tl.arange(0, BLOCK_P)
-            pixel = (offs_p // width) * input_h_stride + (offs_p % width) * input_w_stride
+            row, column = offs_p // width, offs_p % width
+            mask = mask_c[:, None] & (offs_p < end)[None, :]
             values = tl.load(input_sample + offs_c[:, None] * input_channel_stride
-                             + pixel[None, :],
-                             mask=mask_c[:, None] & (offs_p < end)[None, :], other=0.0)
+                             + (row * input_h_stride + column * input_w_stride)[None, :],
+                             mask=mask, other=0.0)
+            if WRITE_COPY:
+                tl.store(copy_sample + offs_c[:, None] * copy_channel_stride
+                         + (row * copy_h_stride + column * copy_w_stride)[None, :], values,
+                         mask=mask)
             sums += values.to(ACC_DTYPE)
         tl.store(partials_row + offs_c * partials_channel_stride,
                  tl.sum(sums, axis=1).to(partials_pointer.dtype.element_ty), mask=mask_c)
@@ -262,7 +271,7 @@ def pool_chunks(batch: int, pixels: int) -> int:
 
 
 @launch_plan
-def _router_pool_plan(input_shape, input_stride, input_dtype):
+def _router_pool_plan(input_shape, input_stride, input_dtype, write_copy):
     """router_pool's decisions per shape class: (partials dtype and shape, grid, integer
     arguments, constexprs)."""
     batch, channels, height, width = input_shape
@@ -270,29 +279,40 @@ def _router_pool_plan(input_shape, input_stride, input_dtype):
     dtype = routing_dtype(input_dtype)
     chunks = pool_chunks(batch, pixels)
     partials_shape = (batch, chunks, channels)
+    # The channels_last copy's strides, as torch.empty gives them.
+    copy_stride = ((height * width * channels, 1, width * channels, channels) if write_copy
+                   else (0, 0, 0, 0))
     args = (channels, width, pixels, cdiv(pixels, chunks), chunks, *input_stride,
-            *contiguous_strides(partials_shape))
-    return dtype, partials_shape, (batch * chunks,), args, {"ACC_DTYPE": accumulator_dtype(dtype)}
+            *contiguous_strides(partials_shape), *copy_stride)
+    constexprs = {"WRITE_COPY": write_copy, "ACC_DTYPE": accumulator_dtype(dtype)}
+    return dtype, partials_shape, (batch * chunks,), args, constexprs
 
 
-def router_pool(input: torch.Tensor) -> torch.Tensor:
-    """The router's first half, in one launch: per-chunk channel sums of the input.
+def router_pool(input: torch.Tensor,
+                channels_last_copy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The router's first half, in one launch: per-chunk channel sums of the input, and
+    optionally a channels_last copy of it made on the same pass.
 
     Args:
         input: (B, C, H, W), any dtype and layout, H*W > 0 unless B == 0.
+        channels_last_copy: also return input in channels_last memory format (the convolution
+            of an NCHW input reads it through TMA boxes; operands.channels_last_copy_helps).
 
     Returns:
         partials (B, chunks, C), float32 (float64 for float64 input), chunks = pool_chunks(B,
-        H*W); mix.route_and_mix adds them and computes the routing.
+        H*W), which mix.route_and_mix adds to compute the routing; and the copy, or None.
     """
     check_launchable(input)
-    dtype, shape, grid, args, constexprs = _router_pool_plan(tuple(input.shape), input.stride(),
-                                                             input.dtype)
+    dtype, shape, grid, args, constexprs = _router_pool_plan(
+        tuple(input.shape), input.stride(), input.dtype, channels_last_copy)
     partials = torch.empty(shape, dtype=dtype, device=input.device)
+    copy = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                        memory_format=torch.channels_last) if channels_last_copy else None)
     if grid[0] == 0:
-        return partials
-    router_pool_kernel[grid](input, partials, *args, **constexprs)
-    return partials
+        return partials, copy
+    router_pool_kernel[grid](input, partials, copy if copy is not None else partials, *args,
+                             **constexprs)
+    return partials, copy
 
 
 @launch_plan
