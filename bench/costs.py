@@ -138,17 +138,20 @@ class TensorBytes:
 def kernel_bytes(kernel: str, t: TensorBytes, splits: int, named: dict | None = None) -> int:
     """HBM bytes of one launch: every tensor it reads or writes, once (no L2 credit).
 
-    ``named``: the launch's arguments, where they change what it moves (the pooling's
-    channels_last copy of an NCHW input, WRITE_COPY).
+    ``named``: the launch's arguments, where they change what it moves (WRITE_COPY: the
+    channels_last copy of an NCHW x the pooling writes, or of an NCHW dy the kernel gradient
+    writes).
     """
     grad_parts = t.kernel_gradient(splits)
-    copy = t.x if (named or {}).get("WRITE_COPY") else 0
+    copies = bool((named or {}).get("WRITE_COPY"))
     moved = {
-        "router_pool_kernel": t.x + t.partials + copy,
+        # With an NCHW input: its channels_last copy for the forward's TMA boxes.
+        "router_pool_kernel": t.x + t.partials + copies * t.x,
         # Finishes the router (partial sums and MLP in, routing and means out) and mixes.
         "mix_fwd_kernel": t.partials + t.mlp + t.routing + t.per_sample + t.bank + t.mixed,
         "conv_fwd_kernel": t.x + t.mixed + t.y,
-        "conv_bwd_weight_kernel": t.y + t.x + grad_parts,
+        # With an NCHW dy: its channels_last copy for the input gradient's TMA boxes.
+        "conv_bwd_weight_kernel": t.y + t.x + grad_parts + copies * t.y,
         # The all-taps 3x3 variant (off while ALL_TAPS_DTYPES is empty) moves the same tensors.
         "conv_bwd_weight_3x3_kernel": t.y + t.x + grad_parts,
         # Reads the kernel gradient once for both gradients; writes the routing gradient in

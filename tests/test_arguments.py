@@ -141,3 +141,23 @@ def test_triton_backend_without_cuda_or_interpreter_is_a_clear_error(monkeypatch
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA"):
         resolve_backend("triton", torch.randn(1))
     assert resolve_backend("auto", torch.randn(1)) == "torch"
+
+
+def test_checked_geometry_is_reused_and_bad_arguments_still_raise():
+    from triton_nsr import arguments
+
+    x = torch.randn(2, 4, 6, 6)
+    weight, bias = torch.randn(12, 4, 3, 3), torch.randn(12)
+    mlp_weight, mlp_bias = torch.randn(6, 4), torch.randn(6)
+    args = (x, weight, bias, mlp_weight, mlp_bias, 2, 3, 1, [1, 1], 1, 1)
+    first = arguments.check_nsr_conv2d(*args)
+    assert arguments.check_nsr_conv2d(*args) is first  # the stored geometry
+    assert arguments._check_nsr_conv2d(*args) == first  # equal to a fresh check
+    # The key holds everything the checks read: another padding, dtype or MLP shape is
+    # checked again, and a failing set raises every time.
+    assert arguments.check_nsr_conv2d(*args[:8], [0, 0], *args[9:]).pad == (0, 0, 0, 0)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="mlp_weight must have shape"):
+            arguments.check_nsr_conv2d(x, weight, bias, torch.randn(6, 5), *args[4:])
+        with pytest.raises(TypeError, match="dtype"):
+            arguments.check_nsr_conv2d(x.double(), *args[1:])

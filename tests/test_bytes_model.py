@@ -69,13 +69,15 @@ def test_rows_state_targets_and_inference_has_no_backward():
     assert rows[0][-1].startswith("<= 1.55")
 
 
-def test_an_nchw_input_costs_the_pooling_one_more_pass_over_x():
-    # The pooling writes the channels_last copy the convolution boxes with TMA.
+def test_nchw_costs_one_more_write_of_x_and_of_dy():
+    # The pooling writes the channels_last copy of x the forward boxes with TMA, the kernel
+    # gradient the copy of dy the input gradient boxes.
     t = TensorBytes.of(W4)
-    channels_last = layer_bytes(W4, "channels_last")[FORWARD]
-    nchw = layer_bytes(W4, "nchw")[FORWARD]
-    assert nchw[1] - channels_last[1] == t.x
-    assert nchw[3]["router_pool_kernel"] == 2 * t.x + t.partials
+    channels_last = layer_bytes(W4, "channels_last")
+    nchw = layer_bytes(W4, "nchw")
+    assert nchw[FORWARD][1] - channels_last[FORWARD][1] == t.x
+    assert nchw[FORWARD][3]["router_pool_kernel"] == 2 * t.x + t.partials
+    assert (nchw[FORWARD_BACKWARD][1] - channels_last[FORWARD_BACKWARD][1]) == t.x + t.y
 
 
 def test_costs_command_prints_the_bytes_model(capsys):

@@ -69,18 +69,16 @@ def routes(data, kernel, operand, layout):
 
 def test_operand_routes_read_from_the_ptx(odd_bf16):
     # NCHW bf16 at width 29: rows 58 bytes apart, which TMA cannot take. The forward reads the
-    # channels_last copy the pooling pass writes (24 channels = 48 bytes per pixel: a TMA box
-    # at every tap); the input gradient gathers dy by pointers (a tap shift moves it by 2
-    # bytes: synchronous 2-byte loads).
-    def paths(kernel):
-        return {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
-                and r["layout"] == "nchw"}
-
-    assert paths("conv_fwd_kernel") == {"tma_channels_last"}
-    assert paths("conv_bwd_input_kernel") == {"gather"}
-    assert routes(odd_bf16, "conv_fwd_kernel", 0, "nchw") == {"TMA"}
-    assert routes(odd_bf16, "conv_bwd_input_kernel", 0, "nchw") == {"ld.global 2B"}
-    assert routes(odd_bf16, "conv_fwd_kernel", 0, "channels_last") == {"TMA"}
+    # channels_last copy of x the pooling pass writes (24 channels = 48 bytes per pixel: a TMA
+    # box at every tap), the input gradient the copy of dy the kernel gradient writes; the
+    # kernel gradient itself gathers x by pointers (a tap shift moves it by 2 bytes:
+    # synchronous 2-byte loads).
+    for kernel in ("conv_fwd_kernel", "conv_bwd_input_kernel"):
+        assert {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
+                and r["layout"] == "nchw"} == {"tma_channels_last"}
+        for layout in ("nchw", "channels_last"):
+            assert routes(odd_bf16, kernel, 0, layout) == {"TMA"}
+    assert routes(odd_bf16, "conv_bwd_weight_kernel", 1, "nchw") == {"ld.global 2B"}
     # The packed per-sample weights are contiguous along K with 16-element strides.
     for kernel in ("conv_fwd_kernel", "conv_bwd_input_kernel"):
         for layout in ("nchw", "channels_last"):
@@ -100,13 +98,10 @@ def test_forward_and_input_gradient_tma_paths_meet_the_hopper_criteria(odd_bf16,
     # Every kept config on a TMA path: wgmma, operands by TMA or 16-byte cp.async, wait >= 1,
     # no spills. Launches TMA cannot take name the gather fallback instead.
     kernels = ("conv_fwd_kernel", "conv_bwd_input_kernel")
-    for kernel in kernels:
-        paths = {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
-                 and (r["precision"], r["layout"]) == (precision, layout)}
-        # Width 29 is unaligned: the NCHW forward reads the pooling's channels_last copy, the
-        # NCHW input gradient gathers dy.
-        gathers = layout == "nchw" and kernel == "conv_bwd_input_kernel"
-        assert paths == {"gather" if gathers else "tma_channels_last"}, kernel
+    paths = {r["path"] for r in odd_bf16["rows"] if r["kernel"] in kernels
+             and (r["precision"], r["layout"]) == (precision, layout)}
+    # Width 29 is unaligned: in NCHW both read the channels_last copies of x and dy.
+    assert paths == {"tma_channels_last"}
     for path in ("tma_nchw", "tma_channels_last"):
         for c in gemm_compiles(odd_bf16, layout, precision, kernels, path):
             assert meets_criteria(c), c
@@ -132,7 +127,9 @@ from triton_nsr.kernels.report import SHAPES, kept_configs
 from triton_nsr.kernels.traffic import l2_to_sm_bytes
 ratios = {}
 for shape in SHAPES[:3]:
-    for launch in capture(shape, "bf16", "nchw"):
+    # channels_last: an NCHW dy has the kernel gradient write its copy, which the per-tap
+    # kernel does (the all-taps one is then not used).
+    for launch in capture(shape, "bf16", "channels_last"):
         if launch.kernel.startswith("conv_bwd_weight"):
             tuner = kernels()[launch.kernel]
             for i in kept_configs(tuner, launch):

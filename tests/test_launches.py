@@ -174,23 +174,32 @@ def test_kernel_gradient_splits_fill_one_wave(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dtype):
     # NCHW float32 with 3x3 taps: TMA cannot box tap-shifted columns, so the pooling pass also
-    # writes a channels_last copy and the convolution reads it through TMA boxes; the output
-    # stays NCHW. float64 has no TMA path: no copy, the gather reads the input as it is.
+    # writes a channels_last copy of x that the forward reads through TMA boxes, and the kernel
+    # gradient, which reads all of dy first, writes one of dy for the input gradient; outputs
+    # stay NCHW. float64 has no TMA path: no copies, the gathers read the tensors as they are.
     from triton_nsr.kernels.capture import recording
 
     layer = NSRConv2d(8, 16, 3, 2, 4, padding=1, backend="triton", dtype=dtype)
-    x = torch.empty(2, 8, 12, 16, dtype=dtype)
-    with recording(2) as launches, torch.no_grad():
+    x = torch.empty(2, 8, 12, 16, dtype=dtype, requires_grad=True)
+    with recording(2) as launches:
         output = layer(x)
-    assert output.is_contiguous()
-    pool, _, conv = launches
-    assert pool.named["WRITE_COPY"] is (dtype == torch.float32)
-    reads = conv.named["input_pointer"].data_ptr()
-    if dtype == torch.float32:
-        assert conv.named["INPUT_ROUTE"] == "tma_channels_last"
-        assert reads == pool.named["copy_pointer"].data_ptr() != x.data_ptr()
+        grad_output = torch.empty_like(output)
+        grad_input, = torch.autograd.grad(output, [x], grad_output)
+    assert output.is_contiguous() and grad_input.is_contiguous()
+    pool, _, conv, weight_grad, _, _, input_grad = launches
+    copies = dtype == torch.float32
+    assert pool.named["WRITE_COPY"] is copies
+    assert weight_grad.named["WRITE_COPY"] is copies
+    forward_reads = conv.named["input_pointer"].data_ptr()
+    backward_reads = input_grad.named["grad_output_pointer"].data_ptr()
+    if copies:
+        assert conv.named["INPUT_ROUTE"] == input_grad.named["INPUT_ROUTE"] == "tma_channels_last"
+        assert forward_reads == pool.named["copy_pointer"].data_ptr() != x.data_ptr()
+        assert backward_reads == weight_grad.named["copy_pointer"].data_ptr()
+        assert backward_reads != grad_output.data_ptr()
         # channels_last strides: the channel stride is 1.
         assert conv.named["input_channel_stride"] == 1 and conv.named["input_w_stride"] == 8
+        assert input_grad.named["grad_output_channel_stride"] == 1
     else:
-        assert conv.named["INPUT_ROUTE"] == "gather"
-        assert reads == x.data_ptr()
+        assert conv.named["INPUT_ROUTE"] == input_grad.named["INPUT_ROUTE"] == "gather"
+        assert forward_reads == x.data_ptr() and backward_reads == grad_output.data_ptr()

@@ -146,6 +146,13 @@ def _check_tensor(tensor, name: str, like: torch.Tensor | None, shape: tuple | N
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
+# Geometries of argument sets that passed the checks, by everything the checks read (shapes,
+# dtypes, devices, the integer arguments): a layer called again on the same shapes does not
+# re-derive its geometry. Failing arguments are never stored, so they raise every time.
+_CHECKED: dict[tuple, ConvGeometry] = {}
+_CHECKED_MAX = 256
+
+
 def check_nsr_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -164,6 +171,55 @@ def check_nsr_conv2d(
     Shapes: input (B, C, H, W); weight (k*out, C/groups, kh, kw); bias (k*out,);
     mlp_weight (k*d, C); mlp_bias (k*d,).
     """
+    key = _checked_key(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
+                       num_sparsity_cardinals, stride, padding, dilation, groups)
+    geometry = _CHECKED.get(key) if key is not None else None
+    if geometry is None:
+        geometry = _check_nsr_conv2d(input, weight, bias, mlp_weight, mlp_bias,
+                                     num_sparsity_groups, num_sparsity_cardinals, stride,
+                                     padding, dilation, groups)
+        if key is not None:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[key] = geometry
+    return geometry
+
+
+def _checked_key(*args) -> tuple | None:
+    """A hashable key of the arguments, or None where one cannot be made cheaply and surely
+    (tracing under torch.compile, symbolic sizes, int-likes other than int)."""
+    if torch.compiler.is_compiling():
+        return None
+    key = []
+    for arg in args:
+        if arg is None or type(arg) in (int, str):
+            key.append(arg)
+        elif isinstance(arg, torch.Tensor):
+            shape = tuple(arg.shape)
+            if not all(type(size) is int for size in shape):
+                return None
+            key.append((shape, arg.dtype, arg.device))
+        elif type(arg) in (tuple, list) and all(type(item) is int for item in arg):
+            key.append((type(arg), tuple(arg)))
+        else:
+            return None
+    return tuple(key)
+
+
+def _check_nsr_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mlp_weight: torch.Tensor,
+    mlp_bias: torch.Tensor | None,
+    num_sparsity_groups: int,
+    num_sparsity_cardinals: int,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+) -> ConvGeometry:
+    """check_nsr_conv2d's checks, run for every argument set not seen before."""
     k = check_positive_int(num_sparsity_groups, "num_sparsity_groups")
     d = check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals")
     groups = check_positive_int(groups, "groups")

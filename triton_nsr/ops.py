@@ -299,14 +299,24 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
     need_routing = need_input or need_mlp_weight or need_mlp_bias
     need_banks = need_weight or need_bias
     grad_weight = grad_bias = mean_grad = grad_mlp_weight = grad_mlp_bias = None
+    need_conv_input = (need_input and padded is None) or need_padded
+    grad_output_copy = None
     if need_routing or need_banks:
+        if need_conv_input and channels_last_copy_helps(
+                grad_output, out_channels // groups, stride, pad, dilation,
+                weight_b.shape[3:]):
+            # The kernel gradient reads all of dy first: it also writes the channels_last copy
+            # that the input gradient boxes with TMA (an NCHW dy cannot be boxed at its taps).
+            grad_output_copy = torch.empty(grad_output.shape, dtype=grad_output.dtype,
+                                           device=grad_output.device,
+                                           memory_format=torch.channels_last)
         # The kernel gradient as S pixel-split partial sums (S = 1 but for few large images);
         # the mixing backward adds them as it reads them.
         weight_parts, bias_parts = conv_bwd_weight(
             grad_output, conv_input, tuple(weight_b.shape[3:]), stride, pad, dilation, groups,
             allow_tf32, weight_b.new_empty(weight_b.shape),
             None if bias is None else weight_b.new_empty((batch, out_channels)),
-            sum_splits=False)
+            sum_splits=False, grad_output_copy=grad_output_copy)
         splits = weight_parts.shape[0]
         routing_parts, grad_weight, grad_bias = mix_bwd(
             weight_parts.view(splits, batch, num_cardinals, -1),
@@ -319,9 +329,10 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
             mean_grad, grad_mlp_weight, grad_mlp_bias = router_bwd(
                 routing_parts, routing, pooled, mlp_weight, has_mlp_bias, temperature, pixels)
     grad_conv_input = None
-    if (need_input and padded is None) or need_padded:
+    if need_conv_input:
         grad_conv_input = conv_bwd_input(
-            grad_output, weight_b, stride, pad, dilation, groups, allow_tf32,
+            grad_output if grad_output_copy is None else grad_output_copy, weight_b, stride,
+            pad, dilation, groups, allow_tf32,
             torch.empty_like(conv_input), mean_grad if padded is None else None,
             weight_b_input_grad)
     return (grad_conv_input, mean_grad,

@@ -221,7 +221,7 @@ def conv_bwd_input_kernel(
        prune=fits_shape("out_group_channels", "in_group_channels", "tuning_pixels"))
 @triton.jit
 def conv_bwd_weight_kernel(
-    grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer,
+    grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer, copy_pointer,
     groups, in_group_channels, out_group_channels, out_pixels, tuning_pixels,
     in_h, in_w, out_h, out_w, kernel_h, kernel_w,
     stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
@@ -232,11 +232,16 @@ def conv_bwd_weight_kernel(
     grad_weight_split_stride, grad_weight_batch_stride, grad_weight_out_stride,
     grad_weight_in_stride, grad_weight_h_stride, grad_weight_w_stride,
     grad_bias_split_stride, grad_bias_batch_stride, grad_bias_channel_stride,
+    copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    INDEX_DTYPE: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr, WRITE_COPY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[b] = correlate(x[b], dy[b]) and dbias[b] = dy[b] summed over pixels, for every b.
+
+    With WRITE_COPY the programs of tap 0 and the first input-channel tile, which between them
+    load every dy element once, also store it to copy (B, out, Ho, Wo) in the copy's strides
+    (the input gradient's channels_last copy of an NCHW dy).
 
     Pointers:
         grad_output (B, out, Ho, Wo), input (B, C, H, W): any strides.
@@ -265,6 +270,9 @@ def conv_bwd_weight_kernel(
                         + out_channel[:, None] * grad_output_channel_stride)
     input_cols = (input_pointer + sample * input_batch_stride
                   + in_channel[None, :] * input_channel_stride)
+    copy_rows = (copy_pointer + sample * copy_batch_stride
+                 + out_channel[:, None] * copy_channel_stride)
+    copier = (tap == 0) & (n_block == 0)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
@@ -286,6 +294,11 @@ def conv_bwd_weight_kernel(
         acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:
             bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
+        if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
+            if copier:
+                tl.store(copy_rows
+                         + (out_row * copy_h_stride + out_col * copy_w_stride)[None, :], dy,
+                         mask=mask_m[:, None] & mask_k[None, :])
 
     grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
                    + sample * grad_weight_batch_stride
@@ -582,10 +595,10 @@ def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> 
 def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
                           dtype, aligned, kernel_size, stride, pad, dilation, groups,
                           allow_tf32, grad_weight_stride, grad_bias_stride, num_splits,
-                          all_taps):
+                          all_taps, copy_stride):
     """conv_bwd_weight's decisions per shape class: (partial sums' dtype (None: written straight
     into grad_weight and grad_bias), grid, integer arguments, constexprs). grad_bias_stride is
-    None without a bias gradient."""
+    None without a bias gradient, copy_stride without a copy of dy to write."""
     batch, channels, in_h, in_w = input_shape
     out_channels, out_h, out_w = grad_output_shape[1:]
     kernel_h, kernel_w = kernel_size
@@ -605,10 +618,12 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
         weight_parts_stride = contiguous_strides((num_splits, *weight_shape))
         bias_parts_stride = (contiguous_strides((num_splits, batch, out_channels))
                              if grad_bias_stride else (0, 0, 0))
-    index = index_dtype_of(
-        [(grad_output_shape, grad_output_stride), (input_shape, input_stride),
-         (weight_shape, weight_parts_stride[1:]), ((batch, out_channels), bias_parts_stride[1:])],
-        pad, dilation, kernel_size)
+    layouts = [(grad_output_shape, grad_output_stride), (input_shape, input_stride),
+               (weight_shape, weight_parts_stride[1:]),
+               ((batch, out_channels), bias_parts_stride[1:])]
+    if copy_stride is not None:
+        layouts.append((grad_output_shape, copy_stride))
+    index = index_dtype_of(layouts, pad, dilation, kernel_size)
     constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
                   "PRECISION": dot_precision(dtype, allow_tf32), "INDEX_DTYPE": index}
     if all_taps:
@@ -635,7 +650,9 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
                 size_class(out_pixels), in_h, in_w, out_h, out_w, kernel_h, kernel_w,
                 stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
                 *grad_output_stride, *input_stride,
-                num_splits, *weight_parts_stride, *bias_parts_stride)
+                num_splits, *weight_parts_stride, *bias_parts_stride,
+                *(copy_stride or (0, 0, 0, 0)))
+        constexprs["WRITE_COPY"] = copy_stride is not None
     return partial, grid, args, constexprs
 
 
@@ -651,6 +668,7 @@ def conv_bwd_weight(
     grad_weight: torch.Tensor,
     grad_bias: torch.Tensor | None,
     sum_splits: bool = True,
+    grad_output_copy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Write d loss / d weight (B, out, Cg, kh, kw) and, if given, d loss / d bias (B, out).
 
@@ -660,6 +678,9 @@ def conv_bwd_weight(
             False they are returned as they are, for a consumer that adds them as it reads
             (the mixing backward), and grad_weight and grad_bias are written only when there
             is a single split.
+        grad_output_copy: (B, out, Ho, Wo) in other strides, or None: every value of
+            grad_output is also written there as it is read (the per-tap kernel does it; the
+            all-taps kernel is not used then).
 
     Returns:
         The gradients as S partial sums, (S, B, out, Cg, kh, kw) and (S, B, out) or None
@@ -672,7 +693,7 @@ def conv_bwd_weight(
                                           tuple(dilation))
     # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy once, x three times).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-                and input.dtype in ALL_TAPS_DTYPES)
+                and input.dtype in ALL_TAPS_DTYPES and grad_output_copy is None)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
     programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
                 * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
@@ -684,7 +705,8 @@ def conv_bwd_weight(
         tuple(grad_output.shape), grad_output.stride(), tuple(input.shape), input.stride(),
         input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
         dilation, groups, allow_tf32, grad_weight.stride(),
-        None if grad_bias is None else grad_bias.stride(), num_splits, all_taps)
+        None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
+        None if grad_output_copy is None else grad_output_copy.stride())
     if partial is None:
         weight_parts = grad_weight.unsqueeze(0)
         bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
@@ -692,13 +714,16 @@ def conv_bwd_weight(
         weight_parts = grad_weight.new_empty((num_splits, *grad_weight.shape), dtype=partial)
         bias_parts = (grad_bias.new_empty((num_splits, *grad_bias.shape), dtype=partial)
                       if grad_bias is not None else None)
-    kernel = conv_bwd_weight_kernel
+    tensors = (grad_output, input, weight_parts,
+               bias_parts if bias_parts is not None else weight_parts)
     if all_taps:
-        kernel = conv_bwd_weight_3x3_kernel
         if constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(input)
-    kernel[grid](grad_output, input, weight_parts,
-                 bias_parts if bias_parts is not None else weight_parts, *args, **constexprs)
+        conv_bwd_weight_3x3_kernel[grid](*tensors, *args, **constexprs)
+    else:
+        conv_bwd_weight_kernel[grid](
+            *tensors, grad_output_copy if grad_output_copy is not None else grad_output, *args,
+            **constexprs)
     if partial is not None and sum_splits:
         grad_weight.copy_(weight_parts.sum(dim=0))
         if grad_bias is not None:

@@ -212,14 +212,14 @@ MISS_CAUSES = {
         "box at the tap-shifted column would take it, but every such launch faulted on an H200 "
         "(illegal instruction, lease of 2026-11-30) and the interpreter refuses it, so "
         "`input_route` sends NCHW to the gather, the named fallback, until a GPU shows why. "
-        "The layer's forward avoids it: the router's pooling pass writes a channels_last copy "
-        "of an NCHW input (one more x-sized write) and the forward boxes that with TMA, where a "
-        "tap moves the tile by whole pixels of C channels. dy arrives in NCHW and has no such "
-        "pass before the input gradient."),
+        "The layer avoids it where the channels_last form can be boxed: the router's pooling "
+        "pass writes a channels_last copy of an NCHW input for the forward, the kernel "
+        "gradient one of an NCHW dy for the input gradient (one more x- or dy-sized write "
+        "each), and TMA boxes those, where a tap moves the tile by whole pixels of C channels."),
     ("conv_fwd_kernel", "tf32", "nchw"): (
         _TAP_SHIFT + " (4 bytes in float32): cp.async of 4 bytes, pipelined (wait depth 1) but "
-        "one instruction per element; the gather is the fallback, as for bf16 (and the layer's "
-        "forward reads the pooling's channels_last copy instead)."),
+        "one instruction per element; the gather is the fallback, as for bf16 (and the layer "
+        "reads channels_last copies instead)."),
     ("conv_bwd_weight_kernel", "bf16", "nchw"): (
         "The kernel gradient's K axis is the pixels, and x is read at tap-shifted pixels: 2 bytes "
         "off in bf16 NCHW, so x comes by synchronous 2-byte loads (dy, unshifted, by 16-byte "
@@ -376,9 +376,10 @@ def render(reports: list[dict]) -> str:
              "spill B from the cubin (cuobjdump), smem B from Triton's metadata.", "",
              "Paths: the forward and input gradient read their pixel operand through a TMA "
              "descriptor at tap-shifted coordinates (`tma_nchw`, `tma_channels_last`; the zero "
-             "fill is the padding) where kernels/operands.py's `input_route` allows it (the "
-             "layer's forward of an NCHW input reads the channels_last copy the router's pooling "
-             "pass writes, where that copy is what TMA can take), else by "
+             "fill is the padding) where kernels/operands.py's `input_route` allows it (for an "
+             "NCHW input the layer's forward reads the channels_last copy the router's pooling "
+             "pass writes, and its input gradient the copy of dy the kernel gradient writes, "
+             "where those are what TMA can take), else by "
              "the pointer gather (`gather`, the fallback: stride > 1, strides that are not "
              "multiples of 16 bytes such as a bf16 width not divisible by 8, sliced or expanded "
              "inputs, float64, and NCHW columns that a tap shifts off 16 bytes: such boxes "
