@@ -70,9 +70,9 @@ def routes(data, kernel, operand, layout):
 def test_operand_routes_read_from_the_ptx(odd_bf16):
     # NCHW bf16 at width 29: rows 58 bytes apart, which TMA cannot take. The forward reads the
     # channels_last copy of x the pooling pass writes (24 channels = 48 bytes per pixel: a TMA
-    # box at every tap), the input gradient the copy of dy the kernel gradient writes; the
-    # kernel gradient itself gathers x by pointers (a tap shift moves it by 2 bytes:
-    # synchronous 2-byte loads).
+    # box at every tap), the input gradient the copy of dy the kernel gradient writes. The
+    # kernel gradient reads the copy of x by pointers: 24 channels give no stride Triton can
+    # prove 16-byte aligned, so 2-byte loads (on W1 and W4 they are 16-byte cp.async).
     for kernel in ("conv_fwd_kernel", "conv_bwd_input_kernel"):
         assert {r["path"] for r in odd_bf16["rows"] if r["kernel"] == kernel
                 and r["layout"] == "nchw"} == {"tma_channels_last"}

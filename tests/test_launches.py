@@ -174,9 +174,10 @@ def test_kernel_gradient_splits_fill_one_wave(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dtype):
     # NCHW float32 with 3x3 taps: TMA cannot box tap-shifted columns, so the pooling pass also
-    # writes a channels_last copy of x that the forward reads through TMA boxes, and the kernel
-    # gradient, which reads all of dy first, writes one of dy for the input gradient; outputs
-    # stay NCHW. float64 has no TMA path: no copies, the gathers read the tensors as they are.
+    # writes a channels_last copy of x that the forward reads through TMA boxes (and the kernel
+    # gradient after it), and the kernel gradient, which reads all of dy first, writes one of dy
+    # for the input gradient; outputs and gradients stay NCHW. float64 has no TMA path: no
+    # copies, the gathers read the tensors as they are.
     from triton_nsr.kernels.capture import recording
 
     layer = NSRConv2d(8, 16, 3, 2, 4, padding=1, backend="triton", dtype=dtype)
@@ -195,6 +196,8 @@ def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dt
     if copies:
         assert conv.named["INPUT_ROUTE"] == input_grad.named["INPUT_ROUTE"] == "tma_channels_last"
         assert forward_reads == pool.named["copy_pointer"].data_ptr() != x.data_ptr()
+        # The Function saved the copy in place of x: the kernel gradient reads it too.
+        assert weight_grad.named["input_pointer"].data_ptr() == forward_reads
         assert backward_reads == weight_grad.named["copy_pointer"].data_ptr()
         assert backward_reads != grad_output.data_ptr()
         # channels_last strides: the channel stride is 1.

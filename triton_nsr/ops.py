@@ -244,9 +244,10 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
     convolution TMA boxes), route and mix weight and bias, convolve.
 
     Returns (output (B, out, Ho, Wo), routing (B, k, d), pooled (B, C), weight_b
-    (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad); the middle four are
-    what the backward needs. With ``input_grad_weight`` and TF32, the mixing also writes
-    weight_b in the layout the TF32 input gradient reads (else None: it reads weight_b).
+    (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad, input_copy); the middle
+    four are what the backward needs. With ``input_grad_weight`` and TF32, the mixing also
+    writes weight_b in the layout the TF32 input gradient reads (else None: it reads weight_b).
+    input_copy is the channels_last copy of input the convolution read, or None.
     """
     batch = input.shape[0]
     out_channels = weight.shape[0] // num_groups
@@ -272,17 +273,20 @@ def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups
     else:
         output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
                           dilation, groups, allow_tf32)
-    return output, routing, pooled, weight_b, bias_b, weight_b_input_grad
+    return output, routing, pooled, weight_b, bias_b, weight_b_input_grad, channels_last
 
 
 def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
                     routing, pooled, weight_b, num_groups, num_cardinals, temperature, stride,
-                    pad, dilation, groups, allow_tf32, output_mask, weight_b_input_grad=None):
+                    pad, dilation, groups, allow_tf32, output_mask, weight_b_input_grad=None,
+                    input_is_copy=False):
     """At most four launches, in the order each one's inputs become ready.
 
     ``output_mask`` says which of (input, padded, weight, bias, mlp_weight, mlp_bias) need a
     gradient; ``weight_b_input_grad`` is the forward's TF32 input-gradient layout of weight_b,
-    or None (conv_bwd_input then packs one if the precision wants it).
+    or None (conv_bwd_input then packs one if the precision wants it). With ``input_is_copy``
+    ``input`` is the forward's channels_last copy of an NCHW input (the kernel gradient reads
+    it without tap-shifted 2-byte loads) and the input's gradient is made NCHW.
 
     Returns (grad of the convolution's input, mean_grad (B, C), grad_weight, grad_bias,
     grad_mlp_weight, grad_mlp_bias), None where not needed. Without ``padded``
@@ -333,7 +337,9 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
         grad_conv_input = conv_bwd_input(
             grad_output if grad_output_copy is None else grad_output_copy, weight_b, stride,
             pad, dilation, groups, allow_tf32,
-            torch.empty_like(conv_input), mean_grad if padded is None else None,
+            torch.empty_like(conv_input, memory_format=torch.contiguous_format)
+            if input_is_copy else torch.empty_like(conv_input),
+            mean_grad if padded is None else None,
             weight_b_input_grad)
     return (grad_conv_input, mean_grad,
             None if grad_weight is None else grad_weight.view(weight.shape),
@@ -368,10 +374,15 @@ def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     return grad_input, grad_conv_input
 
 
-def _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad=None) -> None:
+def _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad=None,
+          input_copy=None) -> None:
+    """Save what the backward reads; the forward's channels_last copy of the input, when it
+    made one, in place of the input (same values, and it is what the kernel gradient reads
+    best: one x-sized tensor either way)."""
     (input, padded, weight, bias, mlp_weight, mlp_bias, *static) = args
-    ctx.save_for_backward(input, padded, weight, bias, mlp_weight, routing, pooled, weight_b,
-                          weight_b_input_grad)
+    ctx.save_for_backward(input if input_copy is None else input_copy, padded, weight, bias,
+                          mlp_weight, routing, pooled, weight_b, weight_b_input_grad)
+    ctx.input_is_copy = input_copy is not None
     ctx.has_padded = padded is not None
     ctx.has_mlp_bias = mlp_bias is not None
     ctx.static = static
@@ -392,9 +403,9 @@ class NSRLayerFunction(torch.autograd.Function):
     def forward(ctx, *args):
         # The convolution's input gradient is wanted (of input, or of its padded copy).
         input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        output, routing, pooled, weight_b, _, weight_b_input_grad = _layer_forward(
+        output, routing, pooled, weight_b, _, weight_b_input_grad, input_copy = _layer_forward(
             *args, input_grad_weight=input_grad)
-        _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad)
+        _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad, input_copy)
         return output
 
     @staticmethod
@@ -404,7 +415,8 @@ class NSRLayerFunction(torch.autograd.Function):
          weight_b_input_grad) = ctx.saved_tensors
         grad_conv_input, mean_grad, *param_grads = _layer_backward(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
-            pooled, weight_b, *ctx.static, _output_mask(ctx), weight_b_input_grad)
+            pooled, weight_b, *ctx.static, _output_mask(ctx), weight_b_input_grad,
+            ctx.input_is_copy)
         return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
                 *([None] * len(ctx.static)))
 
@@ -486,7 +498,7 @@ def nsr_layer_op(
 
     bias_b has 0 elements without a bias. Shapes as :func:`nsr_layer` and ``_layer_forward``.
     """
-    output, routing, pooled, weight_b, bias_b, _ = _layer_forward(
+    output, routing, pooled, weight_b, bias_b, *_ = _layer_forward(
         input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,
         temperature, stride, pad, dilation, groups, allow_tf32)
     return (output, routing, pooled, weight_b,

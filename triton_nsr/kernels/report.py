@@ -222,11 +222,15 @@ MISS_CAUSES = {
         "reads channels_last copies instead)."),
     ("conv_bwd_weight_kernel", "bf16", "nchw"): (
         "The kernel gradient's K axis is the pixels, and x is read at tap-shifted pixels: 2 bytes "
-        "off in bf16 NCHW, so x comes by synchronous 2-byte loads (dy, unshifted, by 16-byte "
-        "cp.async but on the odd shape) and the MMA is waited on at every step."),
+        "off in bf16 NCHW, so an NCHW x comes by synchronous 2-byte loads (dy, unshifted, by "
+        "16-byte cp.async but on the odd shape) and the MMA is waited on at every step; in the "
+        "layer x arrives as the forward's channels_last copy instead."),
     ("conv_bwd_weight_kernel", "tf32", "nchw"): (
-        "x is read at tap-shifted pixels, 4 bytes off in float32 NCHW: cp.async of 4 bytes "
-        "(dy too, on the odd shape)."),
+        "In the layer an NCHW x reaches the kernel gradient as the forward's channels_last "
+        "copy, (pixels, in): MN-major, which TF32 wgmma cannot read from shared memory (see "
+        "channels_last below), so it comes element by element (cp.async 4B); dy, NCHW, is "
+        "K-major and loads 16 bytes but on the odd shape. Reading x in NCHW instead would put "
+        "it 4 bytes off at every tap."),
     ("conv_bwd_weight_kernel", "tf32", "channels_last"): (
         "TF32 wgmma reads only K-major operands from shared memory, and K is the pixel axis: "
         "channels_last stores dy as (pixels, out) and x as (pixels, in), both MN-major, so Triton "
