@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tests.utils import assert_close
 from triton_nsr.models import WDSRNSR
 
 WORLD_SIZE = 2
+RANK_TIMEOUT_S = 120
 
 
 def tiny(backend="torch"):
@@ -38,6 +40,9 @@ def train_step_on_rank(rank, port, state, inputs, targets, result_path, backend)
         F.l1_loss(ddp(inputs[rank]), targets[rank]).backward()
         grads = {name: p.grad for name, p in model.named_parameters()}
         torch.save(grads, f"{result_path}.{rank}")
+        # DDP's reducer goes before its process group: destroyed after it, when this frame
+        # unwinds, it sometimes hung the rank in gloo's teardown.
+        del ddp
     finally:
         dist.destroy_process_group()
 
@@ -53,8 +58,16 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path, backend):
     inputs = torch.rand(WORLD_SIZE, 2, 3, 8, 8, dtype=torch.float64)
     targets = torch.rand(WORLD_SIZE, 2, 3, 16, 16, dtype=torch.float64)
     result_path = str(tmp_path / "grads")
-    mp.spawn(train_step_on_rank, nprocs=WORLD_SIZE, join=True,
-             args=(free_port(), model.state_dict(), inputs, targets, result_path, backend))
+    ranks = mp.spawn(train_step_on_rank, nprocs=WORLD_SIZE, join=False,
+                     args=(free_port(), model.state_dict(), inputs, targets, result_path,
+                           backend))
+    # A rank stuck in the process group's teardown must fail this test, not hang the suite.
+    deadline = time.monotonic() + RANK_TIMEOUT_S
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {RANK_TIMEOUT_S} s")
 
     F.l1_loss(model(inputs.flatten(0, 1)), targets.flatten(0, 1)).backward()
     for rank in range(WORLD_SIZE):

@@ -17,6 +17,11 @@ summed over both banks for d s. One backward kernel computes both, reading the g
 The gradient may come as S partial sums (S, B, d, F) (the kernel gradient's pixel splits,
 ``conv_backward.conv_bwd_weight``): the kernel adds the S parts as it reads them, so no summed
 copy is made.
+
+In the layer the forward kernel also finishes the router (:func:`route_and_mix`): each program
+computes the routing of its samples and cardinal from the pooling's partial sums
+(``router.route_samples``) instead of reading s, and writes the kernels straight into the
+convolution's packed layouts (``operands``).
 """
 
 from __future__ import annotations
