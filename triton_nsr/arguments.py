@@ -7,6 +7,7 @@ backend re-derives padding or output sizes on its own.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -153,36 +154,22 @@ _CHECKED: dict[tuple, ConvGeometry] = {}
 _CHECKED_MAX = 256
 
 
-def check_nsr_conv2d(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mlp_weight: torch.Tensor,
-    mlp_bias: torch.Tensor | None,
-    num_sparsity_groups: int,
-    num_sparsity_cardinals: int,
-    stride,
-    padding,
-    dilation,
-    groups: int,
-) -> ConvGeometry:
-    """Validate the arguments of ``nsr_conv2d`` for a 4-D ``input`` and return its geometry.
+def _reuse_checked(check):
+    """Wrap ``check`` so that an argument set it passed before returns its stored geometry."""
 
-    Shapes: input (B, C, H, W); weight (k*out, C/groups, kh, kw); bias (k*out,);
-    mlp_weight (k*d, C); mlp_bias (k*d,).
-    """
-    key = _checked_key(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
-                       num_sparsity_cardinals, stride, padding, dilation, groups)
-    geometry = _CHECKED.get(key) if key is not None else None
-    if geometry is None:
-        geometry = _check_nsr_conv2d(input, weight, bias, mlp_weight, mlp_bias,
-                                     num_sparsity_groups, num_sparsity_cardinals, stride,
-                                     padding, dilation, groups)
-        if key is not None:
-            if len(_CHECKED) >= _CHECKED_MAX:
-                _CHECKED.clear()
-            _CHECKED[key] = geometry
-    return geometry
+    @functools.wraps(check)
+    def checked(*args, **kwargs):
+        key = None if kwargs else _checked_key(*args)
+        geometry = _CHECKED.get(key) if key is not None else None
+        if geometry is None:
+            geometry = check(*args, **kwargs)
+            if key is not None:
+                if len(_CHECKED) >= _CHECKED_MAX:
+                    _CHECKED.clear()
+                _CHECKED[key] = geometry
+        return geometry
+
+    return checked
 
 
 def _checked_key(*args) -> tuple | None:
@@ -206,7 +193,8 @@ def _checked_key(*args) -> tuple | None:
     return tuple(key)
 
 
-def _check_nsr_conv2d(
+@_reuse_checked
+def check_nsr_conv2d(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -219,7 +207,11 @@ def _check_nsr_conv2d(
     dilation,
     groups: int,
 ) -> ConvGeometry:
-    """check_nsr_conv2d's checks, run for every argument set not seen before."""
+    """Validate the arguments of ``nsr_conv2d`` for a 4-D ``input`` and return its geometry.
+
+    Shapes: input (B, C, H, W); weight (k*out, C/groups, kh, kw); bias (k*out,);
+    mlp_weight (k*d, C); mlp_bias (k*d,).
+    """
     k = check_positive_int(num_sparsity_groups, "num_sparsity_groups")
     d = check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals")
     groups = check_positive_int(groups, "groups")

@@ -89,20 +89,15 @@ def check_launchable(*tensors: torch.Tensor) -> None:
             )
 
 
-def index_dtype(tensors, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
-    """int32 offsets inside a sample when they cannot overflow, else int64.
+def index_dtype_of(layouts, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
+    """int32 offsets inside a sample when they cannot overflow, else int64, for tensors given
+    as (shape, strides) pairs (what the launchers' plans know of them).
 
     The kernels add the sample's base offset in int64 and everything inside a sample in this
     dtype. Masked-off lanes may point up to a block, plus the padding and the kernel's reach,
     past an edge, so every dimension but the batch gets that much room before the int32 limit
     is checked.
     """
-    return index_dtype_of([(tuple(t.shape), t.stride()) for t in tensors if t is not None],
-                          pad, dilation, kernel_size)
-
-
-def index_dtype_of(layouts, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1)):
-    """:func:`index_dtype` from (shape, strides) pairs, as the launchers' plans know them."""
     room = 1024 + max(pad) + max(dilation) * max(kernel_size)
     for shape, strides in layouts:
         extent = sum(abs(stride) * (size + room) for size, stride in zip(shape[1:], strides[1:]))

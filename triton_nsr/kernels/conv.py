@@ -35,6 +35,7 @@ from triton_nsr.kernels.operands import (
 )
 from triton_nsr.kernels.tiling import (
     cdiv,
+    format_strides,
     program_blocks,
     sample_and_group,
     spatial_tile,
@@ -186,16 +187,6 @@ def output_format(shape, strides) -> torch.memory_format:
     channels_last = (len(shape) == 4 and not _dense_in_order(shape, strides, (3, 2, 1, 0))
                      and _dense_in_order(shape, strides, (1, 3, 2, 0)))
     return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def format_strides(shape, memory_format: torch.memory_format) -> tuple[int, ...]:
-    """The strides torch.empty gives a (B, C, H, W) tensor of this memory format."""
-    order = (1, 3, 2, 0) if memory_format == torch.channels_last else (3, 2, 1, 0)
-    strides, step = [0] * len(shape), 1
-    for dim in order:
-        strides[dim] = step
-        step *= max(shape[dim], 1)
-    return tuple(strides)
 
 
 def _dense_in_order(shape, strides, order) -> bool:

@@ -29,6 +29,7 @@ import torch
 import triton
 
 from triton_nsr.kernels.autotune import launch_plan
+from triton_nsr.kernels.tiling import format_strides
 
 # Strides of the packed weight copies are multiples of this many elements.
 PACK = 16
@@ -195,10 +196,8 @@ def _copy_helps(shape, strides, dtype, aligned, group_channels, stride, pad, dil
                         kernel_size)
     if route != "gather" or strides[3] != 1:
         return False
-    batch, channels, height, width = shape
-    channels_last = (height * width * channels, 1, width * channels, channels)
-    copy_route, _ = route_of(shape, channels_last, dtype, True, group_channels, stride, pad,
-                             dilation, kernel_size)
+    copy_route, _ = route_of(shape, format_strides(shape, torch.channels_last), dtype, True,
+                             group_channels, stride, pad, dilation, kernel_size)
     return copy_route == "tma_channels_last"
 
 

@@ -19,7 +19,7 @@ epilogue (``conv_backward.conv_bwd_input``), so no x-sized tensor is made for it
 The forward is two pieces in two launches that the layer runs anyway: ``router_pool_kernel``
 sums pixel chunks of every sample (B * chunks programs, so a batch of one large image still
 fills the GPU) and :func:`route_samples`, called by the mixing kernel
-(``mix.mix_fwd(..., route=...)``), adds the chunks, applies the MLP, the temperature and the
+(``mix.route_and_mix``), adds the chunks, applies the MLP, the temperature and the
 softmax for the samples and the cardinal one mixing program needs, and stores the routing and
 the means for the backward.
 
@@ -36,7 +36,12 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
-from triton_nsr.kernels.tiling import cdiv, contiguous_strides, power_of_2_at_least
+from triton_nsr.kernels.tiling import (
+    cdiv,
+    contiguous_strides,
+    format_strides,
+    power_of_2_at_least,
+)
 
 # The first config is the interpreter's.
 _ROUTER_POOL_CONFIGS = [
@@ -279,8 +284,7 @@ def _router_pool_plan(input_shape, input_stride, input_dtype, write_copy):
     dtype = routing_dtype(input_dtype)
     chunks = pool_chunks(batch, pixels)
     partials_shape = (batch, chunks, channels)
-    # The channels_last copy's strides, as torch.empty gives them.
-    copy_stride = ((height * width * channels, 1, width * channels, channels) if write_copy
+    copy_stride = (format_strides(input_shape, torch.channels_last) if write_copy
                    else (0, 0, 0, 0))
     args = (channels, width, pixels, cdiv(pixels, chunks), chunks, *input_stride,
             *contiguous_strides(partials_shape), *copy_stride)

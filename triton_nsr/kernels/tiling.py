@@ -5,10 +5,12 @@ it) ordered, fastest first: N tile, M tile, then whatever the kernel puts outsid
 group, and for the kernel gradient the tap). N fastest means the programs that share an M tile
 of the input run back to back and find it in L2.
 
-The host side of every launcher's grid arithmetic lives here too (cdiv, power_of_2_at_least,
-contiguous_strides): plain integers, shared by the conv, mixing and router launchers.
+The host side of every launcher's grid and stride arithmetic lives here too (cdiv,
+power_of_2_at_least, contiguous_strides, format_strides): plain integers, shared by the conv,
+mixing and router launchers.
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -88,3 +90,13 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
+
+
+def format_strides(shape, memory_format: torch.memory_format) -> tuple[int, ...]:
+    """The strides torch.empty gives a (B, C, H, W) tensor of this memory format."""
+    order = (1, 3, 2, 0) if memory_format == torch.channels_last else (3, 2, 1, 0)
+    strides, step = [0] * len(shape), 1
+    for dim in order:
+        strides[dim] = step
+        step *= max(shape[dim], 1)
+    return tuple(strides)
