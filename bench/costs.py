@@ -152,8 +152,8 @@ def kernel_bytes(kernel: str, t: TensorBytes, splits: int, named: dict | None = 
         "conv_fwd_kernel": t.x + t.mixed + t.y,
         # With an NCHW dy: its channels_last copy for the input gradient's TMA boxes.
         "conv_bwd_weight_kernel": t.y + t.x + grad_parts + copies * t.y,
-        # The all-taps 3x3 variant (off while ALL_TAPS_DTYPES is empty) moves the same tensors.
-        "conv_bwd_weight_3x3_kernel": t.y + t.x + grad_parts,
+        # The all-taps 3x3 variant (16-bit) moves the same tensors.
+        "conv_bwd_weight_3x3_kernel": t.y + t.x + grad_parts + copies * t.y,
         # Reads the kernel gradient once for both gradients; writes the routing gradient in
         # one part per F tile, which the router's backward reads and adds.
         "mix_bwd_kernel": t.routing + t.bank + grad_parts + t.bank + t.routing_parts,

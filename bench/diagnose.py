@@ -2,10 +2,11 @@
 
 The lease's smoke checks the whole layer and so names no culprit; and the two GPU-only faults
 found so far are in single kernels: the all-taps weight gradient gave wrong 16-bit gradients
-on an H200, and TMA boxes at tap-shifted NCHW columns faulted ("illegal instruction"). Both are
-off on the layer's path. This command runs, case by case, one launcher (conv_fwd,
-conv_bwd_input, conv_bwd_weight) with one forced variant (the all-taps kernel switched on, or
-the NCHW TMA route forced) and one fixed config, and compares it with a float64 reference
+on an H200 (a dy row Triton's frontend left uncarried, fixed since; the 16-bit path runs it),
+and TMA boxes at tap-shifted NCHW columns faulted ("illegal instruction"; off on the layer's
+path). This command runs, case by case, one launcher (conv_fwd, conv_bwd_input,
+conv_bwd_weight) with one variant (the all-taps kernel in every dtype, the per-tap one, or the
+NCHW TMA route forced) and one fixed config, and compares it with a float64 reference
 (F.conv2d and its gradients, per sample).
 
 A fault that breaks the CUDA context is sticky, so the cases run in a child process that
@@ -49,7 +50,7 @@ class Case:
     """One launch to check: kernel, forced variant, precision, layout and config index."""
 
     kernel: str  # "forward", "input_grad", "weight_grad"
-    variant: str  # "default", "all_taps" (weight_grad), "tma_nchw" (forward, input_grad)
+    variant: str  # "default" (weight_grad: per tap), "all_taps" (weight_grad), "tma_nchw"
     precision: str
     layout: str
     config: int
@@ -63,7 +64,7 @@ def cases() -> list[Case]:
     """Every case, most informative first: the faulty kernels, then the layer's own."""
     found = []
     configs = range(CONFIGS_PER_KERNEL)
-    for precision in ("bf16", "fp16", "tf32"):  # the all-taps kernel's wrong gradients
+    for precision in ("bf16", "fp16", "tf32"):  # the all-taps kernel, wrong until 2026-11-30
         for layout in ("nchw", "channels_last"):
             found += [Case("weight_grad", "all_taps", precision, layout, c) for c in configs]
     for precision in ("bf16", "tf32"):  # what the layer runs
@@ -132,6 +133,8 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
     if case.variant == "all_taps":
         patch(conv_backward, "ALL_TAPS_DTYPES", (dtype,))
         name = "conv_bwd_weight_3x3_kernel"
+    elif case.kernel == "weight_grad":
+        patch(conv_backward, "ALL_TAPS_DTYPES", ())  # the per-tap kernel, every dtype
     if case.variant == "tma_nchw":
         patch(module, "route_of", lambda *args, **kwargs: ("tma_nchw", ""))
     tuner = getattr(module, name)

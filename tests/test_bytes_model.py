@@ -49,7 +49,7 @@ def test_training_floor_and_the_split_kernel_gradient_of_w4():
     assert floor == forward_floor + t.y + t.x + t.x + t.bank + t.bank
     # Batch 1 at 512x512: the kernel gradient comes in float32 split partial sums, written
     # once and read once (by the one mixing backward kernel).
-    parts = per_kernel["conv_bwd_weight_kernel"] - t.y - t.x
+    parts = per_kernel["conv_bwd_weight_3x3_kernel"] - t.y - t.x
     assert parts > t.mixed
     assert per_kernel["mix_bwd_kernel"] - parts == 2 * t.bank + t.routing + t.routing_parts
 

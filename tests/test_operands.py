@@ -100,17 +100,21 @@ def test_tma_routes_match_conv2d(case):
     assert_close(grad_bias, b_ref.grad)
 
 
+@pytest.mark.parametrize("splits", [3, 4])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last):
-    # The all-taps kernel runs for 16-bit inputs on a GPU; here it runs in float32, several
-    # output- and input-channel tiles, rows split into bands, padding 2 on one side.
+def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last, splits):
+    # The all-taps kernel runs for 16-bit inputs; here in float32 (the interpreter has no
+    # bfloat16 arithmetic), several output- and input-channel tiles, rows split into bands of
+    # 3 (the last one short) or 2, padding 2 on one side; channels_last boxes x with TMA. With
+    # an NCHW dy it also writes dy's channels_last copy (NaN-poisoned before).
     from triton_nsr.kernels import conv_backward
 
     monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 3)
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: splits)
     x = torch.randn(2, 36, 7, 5)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
+    assert route_of(x, pad=(2, 2, 1, 1)) == ("tma_channels_last" if channels_last else "gather")
     weight = torch.randn(2, 66, 36, 3, 3, requires_grad=True)
     pad = (2, 2, 1, 1)
     expected = torch.cat([F.conv2d(F.pad(x[i:i + 1], (1, 1, 2, 2)), weight[i])
@@ -118,9 +122,14 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last):
     dy = torch.randn_like(expected)
     expected.backward(dy)
     grad_weight, grad_bias = torch.empty_like(weight), torch.empty(2, 66)
-    conv_bwd_weight(dy, x, (3, 3), (1, 1), pad, (1, 1), 1, False, grad_weight, grad_bias)
+    copy = None if channels_last else torch.full_like(
+        dy, float("nan"), memory_format=torch.channels_last)
+    conv_bwd_weight(dy, x, (3, 3), (1, 1), pad, (1, 1), 1, False, grad_weight, grad_bias,
+                    grad_output_copy=copy)
     assert_close(grad_weight, weight.grad, "grad_weight")
     assert_close(grad_bias, dy.sum(dim=(2, 3)), "grad_bias")
+    if copy is not None:
+        assert torch.equal(copy, dy)
 
 
 @pytest.mark.parametrize("in_channels", [5, 16])

@@ -31,7 +31,7 @@ DOT_OPERANDS = {
     "conv_fwd_kernel": (("a", "a"), ("w", "w")),
     "conv_bwd_input_kernel": (("a", "a"), ("w", "w")),
     "conv_bwd_weight_kernel": (("dy", "dy"), ("x", "x")),
-    "conv_bwd_weight_3x3_kernel": (("dy", "dy_new"), ("x", "x0|x1|x2")),
+    "conv_bwd_weight_3x3_kernel": (("dy", "dy_new|dy_old"), ("x", "x0|x1|x2")),
 }
 # Hopper (H100/H200): 227 KiB of shared memory per block at most.
 HOPPER_SHARED_MEMORY = 232448

@@ -74,24 +74,38 @@ REMOVED_WEIGHT_GRAD_CONFIGS = [
     (triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}, num_warps=2, num_stages=3),
      "2 warps and BLOCK_M 16: compiles to mma.sync"),
 ]
-# All 9 taps' accumulators live in registers: 9 * BLOCK_M * BLOCK_N float32 per program.
+# All 9 taps' accumulators live in registers: 9 * BLOCK_M * BLOCK_N float32 per program, with
+# the carried dy row (float32) beside them.
 WEIGHT_GRAD_3X3_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=4),
 ]
 REMOVED_WEIGHT_GRAD_3X3_CONFIGS = [
     (triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-     "9 accumulators and three carried dy tiles pass 255 registers on 4 warps: 16-80 B spilled"),
+     "9 accumulators and the dy tiles pass 255 registers on 4 warps: 16-80 B spilled"),
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+     "the carried 64-pixel dy row beside 9 accumulators reaches 255 registers: 24 B spilled on "
+     "W4; replaced by the same tile with BLOCK_K=32"),
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+     "a fourth stage with the NCHW dy copy's stores: 40 B spilled on W4; the same tile runs "
+     "with 3 stages"),
+    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+     "the 64-pixel dy tiles with the NCHW dy copy's stores: 136 B spilled on W1-expand; the "
+     "same tile runs with BLOCK_K=32"),
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=16, num_stages=3),
+     "16 warps get 128 registers each (65536 per SM): 9 accumulators spill 360-490 B"),
 ]
-# The dtypes the all-taps kernel runs for: none, for now. It was written for 16-bit inputs (in
-# float32 its operand tiles double and ptxas spills 8-1672 B in every config), and it matches
-# F.conv2d in the interpreter in float32 and float16, but on an H200 (Triton 3.6, the lease of
-# 2026-11-30) its bfloat16 and float16 kernel gradients were wrong (relative error 0.57-0.9)
-# while the per-tap kernel's float32 and TF32 ones were right. Until it is fixed and checked on a
-# GPU, every dtype takes the per-tap kernel. tests/test_operands.py still runs it in the
-# interpreter and the kernel report still compiles it, so it does not rot meanwhile.
-ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = ()
+# The dtypes the all-taps kernel runs for: 16-bit (in float32 its operand tiles double and
+# ptxas spills in every config). On an H200 (Triton 3.6, the lease of 2026-11-30) its bf16 and
+# fp16 kernel gradients were wrong by a relative 0.57 = sqrt(3/9), right in the interpreter: the
+# kernel row 2 taps were zero. The compiled IR showed why: Triton's frontend takes a loop's
+# carried variables to be the names whose value changes over one pass of the body, and the dy
+# row then carried over two steps was initialised from the same zero tile as the other, so it
+# looked unchanged, was never carried and its dots multiplied the constant. The kernel now
+# carries one dy row (float32) and loads the other again; tests/test_hopper_compile.py checks
+# in the sm_90 IR that every dot reads a loaded or carried operand, never a constant.
+ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 # Layouts of both operands, precision, pixel class and the split count.
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
@@ -329,7 +343,7 @@ def _tap_row(acc0, acc1, acc2, dy_new, dy_mid, dy_old, x, PRECISION: tl.constexp
        prune=fits_shape("out_group_channels", "in_group_channels", "tuning_pixels"))
 @triton.jit
 def conv_bwd_weight_3x3_kernel(
-    grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer,
+    grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer, copy_pointer,
     groups, in_group_channels, out_group_channels, tuning_pixels,
     in_h, in_w, out_h, out_w, pad_h, pad_w, rows_per_split,
     grad_output_batch_stride, grad_output_channel_stride, grad_output_h_stride,
@@ -339,22 +353,25 @@ def conv_bwd_weight_3x3_kernel(
     grad_weight_split_stride, grad_weight_batch_stride, grad_weight_out_stride,
     grad_weight_in_stride, grad_weight_h_stride, grad_weight_w_stride,
     grad_bias_split_stride, grad_bias_batch_stride, grad_bias_channel_stride,
+    copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    INDEX_DTYPE: tl.constexpr, INPUT_ROUTE: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr, INPUT_ROUTE: tl.constexpr, WRITE_COPY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """conv_bwd_weight_kernel for 3x3 kernels at stride 1 and dilation 1, all taps at once.
 
     The per-tap GEMMs of the general kernel read dy and x once per tap. Here a program keeps
-    the 9 taps' accumulators and walks its rows of the image: at x row j it loads the three
-    column-shifted x tiles (BLOCK_K pixels of the row, BLOCK_N channels) and multiplies them
-    with the dy rows j + pad_h - r of kernel rows r = 0, 1, 2, of which only the newest is
-    loaded; the two others are carried from the previous steps. dy is read once and x three
-    times (plus two halo rows per split), against 9 and 9 times per tap.
+    the 9 taps' accumulators and walks its rows of the image: at step h it loads x row
+    h - pad_h at the three column taps (BLOCK_K pixels of the row, BLOCK_N channels) and
+    multiplies them with dy rows h, h - 1 and h - 2 (kernel rows 0, 1, 2). Row h is loaded,
+    row h - 1 is carried from the previous step, row h - 2 is loaded again (an L2 hit): dy
+    is read twice and x three times (plus two halo rows per split), against 9 and 9 times.
 
-    Pointers and outputs as conv_bwd_weight_kernel; a split s covers the output rows
-    [s * rows_per_split, (s + 1) * rows_per_split). INPUT_ROUTE "tma_nchw" reads the x tiles
-    through a TMA descriptor, "gather" by pointers.
+    Pointers, outputs and WRITE_COPY as conv_bwd_weight_kernel (here the programs of the first
+    input-channel tile write the copy); a split s covers the output rows
+    [s * rows_per_split, (s + 1) * rows_per_split). INPUT_ROUTE "tma_channels_last" reads the
+    x tiles through a TMA descriptor (a tap moves the box by whole pixels; the zero fill is the
+    padding), "gather" by pointers.
     Grid: (B * groups * S * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),).
     """
     outer, m_block, n_block = program_blocks(
@@ -369,15 +386,18 @@ def conv_bwd_weight_3x3_kernel(
     out_channel = group * out_group_channels + offs_m
     grad_output_rows = (grad_output_pointer + sample * grad_output_batch_stride
                         + out_channel[:, None] * grad_output_channel_stride)
+    copy_rows = (copy_pointer + sample * copy_batch_stride
+                 + out_channel[:, None] * copy_channel_stride)
     input_sample = (input_pointer + sample * input_batch_stride
                     + group * in_group_channels * input_channel_stride)
-    if INPUT_ROUTE == "tma_nchw":
+    if INPUT_ROUTE == "tma_channels_last":
         input_boxes = tl.make_tensor_descriptor(
-            input_sample, shape=[in_group_channels, in_h, in_w],
-            strides=[input_channel_stride, input_h_stride, 1],
-            block_shape=[BLOCK_N, 1, BLOCK_K])
+            input_sample, shape=[in_h, in_w, in_group_channels],
+            strides=[input_h_stride, input_w_stride, 1],
+            block_shape=[1, BLOCK_K, BLOCK_N])
     first_row = split * rows_per_split
     last_row = tl.minimum(first_row + rows_per_split, out_h)
+    dy_element = grad_output_pointer.dtype.element_ty
 
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     acc00, acc01, acc02 = zero, zero, zero
@@ -386,30 +406,35 @@ def conv_bwd_weight_3x3_kernel(
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     for col_start in range(0, out_w, BLOCK_K):
         cols = (col_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
-        dy_mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=grad_output_pointer.dtype.element_ty)
-        dy_old = dy_mid
-        # Step h: dy row h (kernel row 0), h - 1 (row 1), h - 2 (row 2) all meet x row
-        # h - pad_h; two steps past the split's last row flush the carried dy rows.
+        # Why one dy row is carried and one loaded again, and why the carry is float32 (both
+        # read from the sm_90 compiles): Triton's pipeliner leaves the loop's loads synchronous
+        # when a loaded value is carried over two steps; and a bf16 tile carried as it is goes
+        # to wgmma through shared memory, each such MMA then waited for (depth 0), while its
+        # bf16 conversion of a float32 carry is a computed operand, which wgmma takes from
+        # registers with the MMAs kept in flight.
+        dy_mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         for h in range(first_row, last_row + 2):
             # The row index as a vector: its comparisons then mask like the columns'.
             row = tl.full((BLOCK_K,), 0, INDEX_DTYPE) + h
+            col_ok = cols < out_w
             dy_new = tl.load(grad_output_rows + h * grad_output_h_stride
                              + (cols * grad_output_w_stride)[None, :],
-                             mask=mask_m[:, None] & ((cols < out_w) & (row < last_row))[None, :],
+                             mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :],
+                             other=0.0)
+            dy_old = tl.load(grad_output_rows + (h - 2) * grad_output_h_stride
+                             + (cols * grad_output_w_stride)[None, :],
+                             mask=mask_m[:, None] & (col_ok & (row - 2 >= first_row))[None, :],
                              other=0.0)
             in_row = h - pad_h
-            row_ok = (row - pad_h >= 0) & (row - pad_h < in_h)
-            if INPUT_ROUTE == "tma_nchw":
-                x0 = tl.trans(tl.reshape(input_boxes.load([n_block * BLOCK_N,
-                                                           in_row, col_start - pad_w]),
-                                         (BLOCK_N, BLOCK_K)))
-                x1 = tl.trans(tl.reshape(input_boxes.load([n_block * BLOCK_N, in_row,
-                                                           col_start - pad_w + 1]),
-                                         (BLOCK_N, BLOCK_K)))
-                x2 = tl.trans(tl.reshape(input_boxes.load([n_block * BLOCK_N, in_row,
-                                                           col_start - pad_w + 2]),
-                                         (BLOCK_N, BLOCK_K)))
+            if INPUT_ROUTE == "tma_channels_last":
+                x0 = tl.reshape(input_boxes.load([in_row, col_start - pad_w,
+                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
+                x1 = tl.reshape(input_boxes.load([in_row, col_start - pad_w + 1,
+                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
+                x2 = tl.reshape(input_boxes.load([in_row, col_start - pad_w + 2,
+                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
             else:
+                row_ok = (row - pad_h >= 0) & (row - pad_h < in_h)
                 x_row = (input_sample + in_row * input_h_stride
                          + (offs_n * input_channel_stride)[None, :])
                 x0 = tl.load(x_row + ((cols - pad_w) * input_w_stride)[:, None],
@@ -423,16 +448,20 @@ def conv_bwd_weight_3x3_kernel(
                              mask=(row_ok & (cols - pad_w + 2 >= 0)
                                    & (cols - pad_w + 2 < in_w))[:, None] & mask_n[None, :],
                              other=0.0)
-            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, dy_new, dy_mid, dy_old, x0,
+            dy_carried = dy_mid.to(dy_element)
+            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, dy_new, dy_carried, dy_old, x0,
                                            PRECISION, ACC_DTYPE)
-            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, dy_new, dy_mid, dy_old, x1,
+            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, dy_new, dy_carried, dy_old, x1,
                                            PRECISION, ACC_DTYPE)
-            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, dy_new, dy_mid, dy_old, x2,
+            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, dy_new, dy_carried, dy_old, x2,
                                            PRECISION, ACC_DTYPE)
             if HAS_BIAS:
                 bias_acc += tl.sum(dy_new.to(ACC_DTYPE), axis=1)
-            dy_old = dy_mid
-            dy_mid = dy_new
+            if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
+                if n_block == 0:
+                    tl.store(copy_rows + h * copy_h_stride + (cols * copy_w_stride)[None, :],
+                             dy_new, mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :])
+            dy_mid = dy_new.to(tl.float32)
 
     grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
                    + sample * grad_weight_batch_stride
@@ -630,7 +659,9 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
         rows_per_split = cdiv(out_h, num_splits)
         route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
                             stride, pad, dilation, kernel_size)
-        constexprs["INPUT_ROUTE"] = "tma_nchw" if route == "tma_nchw" else "gather"
+        # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
+        constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
+                                     else "gather")
 
         def grid(meta):
             return (batch * groups * num_splits * cdiv(out_group_channels, meta["BLOCK_M"])
@@ -639,7 +670,8 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
         args = (groups, in_group_channels, out_group_channels, size_class(out_pixels),
                 in_h, in_w, out_h, out_w, pad[0], pad[2], rows_per_split,
                 *grad_output_stride, *input_stride,
-                num_splits, *weight_parts_stride, *bias_parts_stride)
+                num_splits, *weight_parts_stride, *bias_parts_stride,
+                *(copy_stride or (0, 0, 0, 0)))
     else:
         def grid(meta):
             return (batch * groups * kernel_h * kernel_w * num_splits
@@ -652,7 +684,7 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
                 *grad_output_stride, *input_stride,
                 num_splits, *weight_parts_stride, *bias_parts_stride,
                 *(copy_stride or (0, 0, 0, 0)))
-        constexprs["WRITE_COPY"] = copy_stride is not None
+    constexprs["WRITE_COPY"] = copy_stride is not None
     return partial, grid, args, constexprs
 
 
@@ -679,8 +711,7 @@ def conv_bwd_weight(
             (the mixing backward), and grad_weight and grad_bias are written only when there
             is a single split.
         grad_output_copy: (B, out, Ho, Wo) in other strides, or None: every value of
-            grad_output is also written there as it is read (the per-tap kernel does it; the
-            all-taps kernel is not used then).
+            grad_output is also written there as it is read.
 
     Returns:
         The gradients as S partial sums, (S, B, out, Cg, kh, kw) and (S, B, out) or None
@@ -691,9 +722,9 @@ def conv_bwd_weight(
     out_channels, out_h, out_w = grad_output.shape[1:]
     kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
                                           tuple(dilation))
-    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy once, x three times).
+    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice, x three times).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-                and input.dtype in ALL_TAPS_DTYPES and grad_output_copy is None)
+                and input.dtype in ALL_TAPS_DTYPES)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
     programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
                 * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
@@ -715,15 +746,14 @@ def conv_bwd_weight(
         bias_parts = (grad_bias.new_empty((num_splits, *grad_bias.shape), dtype=partial)
                       if grad_bias is not None else None)
     tensors = (grad_output, input, weight_parts,
-               bias_parts if bias_parts is not None else weight_parts)
+               bias_parts if bias_parts is not None else weight_parts,
+               grad_output_copy if grad_output_copy is not None else grad_output)
     if all_taps:
         if constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(input)
         conv_bwd_weight_3x3_kernel[grid](*tensors, *args, **constexprs)
     else:
-        conv_bwd_weight_kernel[grid](
-            *tensors, grad_output_copy if grad_output_copy is not None else grad_output, *args,
-            **constexprs)
+        conv_bwd_weight_kernel[grid](*tensors, *args, **constexprs)
     if partial is not None and sum_splits:
         grad_weight.copy_(weight_parts.sum(dim=0))
         if grad_bias is not None:
