@@ -374,13 +374,10 @@ def conv_bwd_weight_3x3_kernel(
     padding), "gather" by pointers.
     Grid: (B * groups * S * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),).
     """
-    outer, m_block, n_block = program_blocks(
-        tl.program_id(0), tl.cdiv(out_group_channels, BLOCK_M),
-        tl.cdiv(in_group_channels, BLOCK_N))
+    outer, n_block, offs_m, offs_n = program_tile(
+        tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
     split = outer % num_splits
     sample, group = sample_and_group(outer // num_splits, groups, INDEX_DTYPE)
-    offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
-    offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     mask_m = offs_m < out_group_channels
     mask_n = offs_n < in_group_channels
     out_channel = group * out_group_channels + offs_m

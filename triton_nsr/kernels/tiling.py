@@ -22,11 +22,8 @@ def program_tile(pid, size_m, size_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
 
     The outer index counts the (sample, group[, tap]) block the tile belongs to.
     """
-    num_n_blocks = tl.cdiv(size_n, BLOCK_N)
-    num_m_blocks = tl.cdiv(size_m, BLOCK_M)
-    n_block = pid % num_n_blocks
-    m_block = (pid // num_n_blocks) % num_m_blocks
-    outer = pid // (num_n_blocks * num_m_blocks)
+    outer, m_block, n_block = program_blocks(pid, tl.cdiv(size_m, BLOCK_M),
+                                             tl.cdiv(size_n, BLOCK_N))
     offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
     offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
     return outer, n_block, offs_m, offs_n
