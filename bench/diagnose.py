@@ -50,7 +50,9 @@ class Case:
     """One launch to check: kernel, forced variant, precision, layout and config index."""
 
     kernel: str  # "forward", "input_grad", "weight_grad"
-    variant: str  # "default" (weight_grad: per tap), "all_taps" (weight_grad), "tma_nchw"
+    # "default" (weight_grad: per tap), "all_taps" (weight_grad), "all_taps_transposed"
+    # (weight_grad, in and out channels swapped: x's rows carried), "tma_nchw"
+    variant: str
     precision: str
     layout: str
     config: int
@@ -67,6 +69,9 @@ def cases() -> list[Case]:
     for precision in ("bf16", "fp16", "tf32"):  # the all-taps kernel, wrong until 2026-11-30
         for layout in ("nchw", "channels_last"):
             found += [Case("weight_grad", "all_taps", precision, layout, c) for c in configs]
+    for precision in ("bf16", "fp16"):  # TRANSPOSED, new on 2026-11-30: channels_last only
+        found += [Case("weight_grad", "all_taps_transposed", precision, "channels_last", c)
+                  for c in configs]
     for precision in ("bf16", "tf32"):  # what the layer runs
         for layout in ("channels_last", "nchw"):
             for kernel in ("weight_grad", "forward", "input_grad"):
@@ -112,6 +117,8 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
 
     dtype, tf32, tolerance = PRECISIONS[case.precision]
     batch, cin, cout, height, width = shape
+    if case.variant == "all_taps_transposed":
+        cin, cout = max(cin, cout), min(cin, cout)  # more input than output channels
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cin, height, width, generator=generator).to(device, dtype)
     w = (torch.randn(batch, cout, cin, 3, 3, generator=generator) / (3 * cin ** 0.5)).to(
@@ -130,7 +137,7 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
         saved[(target, attribute)] = getattr(target, attribute)
         setattr(target, attribute, value)
 
-    if case.variant == "all_taps":
+    if case.variant.startswith("all_taps"):
         patch(conv_backward, "ALL_TAPS_DTYPES", (dtype,))
         name = "conv_bwd_weight_3x3_kernel"
     elif case.kernel == "weight_grad":
@@ -153,13 +160,15 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
             expected = torch.cat([torch.nn.grad.conv2d_input(
                 (1, cin, height, width), wd[i], dyd[i:i + 1], padding=1) for i in range(batch)])
         else:
-            actual = torch.empty_like(w)
-            conv_backward.conv_bwd_weight(dy, x, (3, 3), *geometry, actual, None)
+            actual, actual_bias = torch.empty_like(w), dy.new_empty((batch, cout))
+            conv_backward.conv_bwd_weight(dy, x, (3, 3), *geometry, actual, actual_bias)
             expected = torch.stack([torch.nn.grad.conv2d_weight(
                 xd[i:i + 1], wd[i].shape, dyd[i:i + 1], padding=1) for i in range(batch)])
         if device == "cuda":
             torch.cuda.synchronize()
         error = _relative_error(actual, expected)
+        if case.kernel == "weight_grad":
+            error = max(error, _relative_error(actual_bias, dyd.sum(dim=(2, 3))))
         row.update(error=error, status="passed" if error <= tolerance else "failed")
     except Exception as failure:  # a compile error or a fault is this case's outcome
         row["message"] = f"{type(failure).__name__}: {str(failure).splitlines()[0][:300]}"

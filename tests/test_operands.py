@@ -132,6 +132,43 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last, spl
         assert torch.equal(copy, dy)
 
 
+@pytest.mark.parametrize("in_channels,out_channels,groups,x_channels_last",
+                         [(72, 12, 1, True), (48, 16, 2, True), (48, 16, 1, False)])
+def test_transposed_all_taps_weight_gradient_matches_conv2d(monkeypatch, in_channels,
+                                                            out_channels, groups,
+                                                            x_channels_last):
+    # More input than output channels, dy channels_last, padding 1: the all-taps kernel carries
+    # x's rows and shifts dy (TRANSPOSED), writing the taps flipped and the bias from dy. 72
+    # input channels take two M tiles (only the first writes the bias); 2 groups move the
+    # group offset to N; x's rows are read in either layout; 3 bands of rows, the last one
+    # short; outputs NaN-poisoned.
+    from triton_nsr.kernels import conv_backward
+
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 3)
+    decided = []
+    transposes = conv_backward._transposes
+    monkeypatch.setattr(conv_backward, "_transposes",
+                        lambda *args: decided.append(transposes(*args)) or decided[-1])
+    conv_backward._conv_bwd_weight_plan.cache_clear()
+    x = torch.randn(2, in_channels, 7, 5)
+    if x_channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, out_channels, in_channels // groups, 3, 3, requires_grad=True)
+    bias = torch.randn(2, out_channels, requires_grad=True)
+    expected = torch.cat([F.conv2d(x[i:i + 1], weight[i], bias[i], padding=1, groups=groups)
+                          for i in range(2)])
+    dy = torch.randn_like(expected).contiguous(memory_format=torch.channels_last)
+    expected.backward(dy)
+    grad_weight = torch.full_like(weight, float("nan"))
+    grad_bias = torch.full_like(bias, float("nan"))
+    conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), groups, False, grad_weight,
+                    grad_bias)
+    assert decided == [True]
+    assert_close(grad_weight, weight.grad, "grad_weight")
+    assert_close(grad_bias, bias.grad, "grad_bias")
+
+
 @pytest.mark.parametrize("in_channels", [5, 16])
 def test_mixing_writes_the_forward_packed_layout_that_conv_reads_as_is(in_channels):
     """The layer's mixing writes the per-sample kernels straight into the forward's packed

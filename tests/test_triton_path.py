@@ -378,3 +378,33 @@ def test_split_pixel_sum_of_the_kernel_gradient(monkeypatch, num_splits):
     params = make_params(4, 6, 3, 2, 3, groups=2)
     monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: num_splits)
     assert_triton_matches_reference(x, params, 2, 3, 1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,channels_last",
+                         [(20, 8, True), (20, 8, False), (8, 20, True)],
+                         ids=["transposed", "nchw-dy", "dy-rows"])
+def test_all_taps_kernel_gradient_in_the_layer(monkeypatch, in_channels, out_channels,
+                                               channels_last):
+    """The layer with the all-taps kernel gradient (16-bit only on a GPU; here float32): with
+    more input than output channels and a channels_last dy it runs TRANSPOSED (x's rows carried,
+    the bias gradient summed from the shifted dy), with an NCHW dy it carries dy's rows and
+    writes dy's copy for the input gradient; rows in 2 bands."""
+    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels.autotune import clear_launch_plans
+
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 2)
+    decided = []
+    transposes = conv_backward._transposes
+    monkeypatch.setattr(conv_backward, "_transposes",
+                        lambda *args: decided.append(transposes(*args)) or decided[-1])
+    clear_launch_plans()
+    x = torch.randn(2, in_channels, 7, 6)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    params = make_params(in_channels, out_channels, 3, 2, 2, 1, True, dtype=torch.float32)
+    try:
+        assert_triton_matches_reference(x, params, 2, 2, 1, 1, 1, 1)
+    finally:
+        clear_launch_plans()
+    assert decided == [channels_last and in_channels > out_channels]

@@ -26,12 +26,14 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 
 # The dot operands of each GEMM kernel: (A, B) as (name, the kernel source's variables), where
-# "x0|x1|x2" is one operand loaded into three variables (the column taps).
+# "shifted0|shifted1|shifted2" is one operand loaded into three variables (the column taps). The
+# all-taps kernel's rows are dy and its shifted operand x, or the other way round (TRANSPOSED).
 DOT_OPERANDS = {
     "conv_fwd_kernel": (("a", "a"), ("w", "w")),
     "conv_bwd_input_kernel": (("a", "a"), ("w", "w")),
     "conv_bwd_weight_kernel": (("dy", "dy"), ("x", "x")),
-    "conv_bwd_weight_3x3_kernel": (("dy", "dy_new|dy_old"), ("x", "x0|x1|x2")),
+    "conv_bwd_weight_3x3_kernel": (("rows", "rows_new|rows_old"),
+                                   ("shifted", "shifted0|shifted1|shifted2")),
 }
 # Hopper (H100/H200): 227 KiB of shared memory per block at most.
 HOPPER_SHARED_MEMORY = 232448

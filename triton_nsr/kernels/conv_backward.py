@@ -75,7 +75,7 @@ REMOVED_WEIGHT_GRAD_CONFIGS = [
      "2 warps and BLOCK_M 16: compiles to mma.sync"),
 ]
 # All 9 taps' accumulators live in registers: 9 * BLOCK_M * BLOCK_N float32 per program, with
-# the carried dy row (float32) beside them.
+# the carried row (float32; dy's, or x's when TRANSPOSED) beside them.
 WEIGHT_GRAD_3X3_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=8, num_stages=4),
@@ -106,7 +106,9 @@ REMOVED_WEIGHT_GRAD_3X3_CONFIGS = [
 # carries one dy row (float32) and loads the other again; tests/test_hopper_compile.py checks
 # in the sm_90 IR that every dot reads a loaded or carried operand, never a constant.
 ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-# Layouts of both operands, precision, pixel class and the split count.
+# Layouts of both operands, precision, pixel class and the split count. A TRANSPOSED all-taps
+# launch passes x and dy swapped, so it keys like the untransposed launch of a layer with in and
+# out channels swapped: the same GEMMs, and the same best tile.
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
                    "PRECISION"]
@@ -267,7 +269,7 @@ def conv_bwd_weight_kernel(
     Offsets inside a sample use INDEX_DTYPE (see conv_fwd_kernel); tuning_pixels (the key's
     size class of Ho*Wo) is not read by the body.
     """
-    outer, n_block, offs_m, offs_n = program_tile(
+    outer, _, n_block, offs_m, offs_n = program_tile(
         tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
     split = outer % num_splits
     tap = (outer // num_splits) % (kernel_h * kernel_w)
@@ -330,13 +332,23 @@ def conv_bwd_weight_kernel(
 
 
 @triton.jit
-def _tap_row(acc0, acc1, acc2, dy_new, dy_mid, dy_old, x, PRECISION: tl.constexpr,
+def _tap_row(acc0, acc1, acc2, rows_new, rows_mid, rows_old, shifted, PRECISION: tl.constexpr,
              ACC_DTYPE: tl.constexpr):
-    """One x row at one column tap against the dy rows of kernel rows 0, 1 and 2."""
-    acc0 = tl.dot(dy_new, x, acc0, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-    acc1 = tl.dot(dy_mid, x, acc1, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-    acc2 = tl.dot(dy_old, x, acc2, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    """One shifted row at one column tap against the rows of kernel rows 0, 1 and 2."""
+    acc0 = tl.dot(rows_new, shifted, acc0, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    acc1 = tl.dot(rows_mid, shifted, acc1, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+    acc2 = tl.dot(rows_old, shifted, acc2, input_precision=PRECISION, out_dtype=ACC_DTYPE)
     return acc0, acc1, acc2
+
+
+@triton.jit
+def _store_tap(grad_weight, h_stride, w_stride, kh: tl.constexpr, kw: tl.constexpr, acc, mask,
+               TRANSPOSED: tl.constexpr):
+    """Write the accumulator of kernel tap (kh, kw); TRANSPOSED computed tap (2 - kh, 2 - kw)."""
+    tap_h: tl.constexpr = 2 - kh if TRANSPOSED else kh
+    tap_w: tl.constexpr = 2 - kw if TRANSPOSED else kw
+    tl.store(grad_weight + tap_h * h_stride + tap_w * w_stride,
+             acc.to(grad_weight.dtype.element_ty), mask=mask)
 
 
 @tuned(WEIGHT_GRAD_3X3_CONFIGS, key=WEIGHT_GRAD_KEY,
@@ -356,134 +368,168 @@ def conv_bwd_weight_3x3_kernel(
     copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     INDEX_DTYPE: tl.constexpr, INPUT_ROUTE: tl.constexpr, WRITE_COPY: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """conv_bwd_weight_kernel for 3x3 kernels at stride 1 and dilation 1, all taps at once.
 
     The per-tap GEMMs of the general kernel read dy and x once per tap. Here a program keeps
-    the 9 taps' accumulators and walks its rows of the image: at step h it loads x row
-    h - pad_h at the three column taps (BLOCK_K pixels of the row, BLOCK_N channels) and
-    multiplies them with dy rows h, h - 1 and h - 2 (kernel rows 0, 1, 2). Row h is loaded,
-    row h - 1 is carried from the previous step, row h - 2 is loaded again (an L2 hit): dy
-    is read twice and x three times (plus two halo rows per split), against 9 and 9 times.
+    the 9 taps' accumulators and walks the rows of one tensor (the "rows", the GEMM's A): at
+    step h it loads row h - pad_h of the other (the "shifted", B) at the three column taps
+    (BLOCK_K pixels of the row, BLOCK_N channels) and multiplies them with rows h, h - 1 and
+    h - 2 (kernel rows 0, 1, 2). Row h is loaded, row h - 1 is carried from the previous step,
+    row h - 2 is loaded again (an L2 hit): the rows are read twice and the shifted tensor three
+    times (plus two halo rows per split), against 9 and 9 times.
 
-    Pointers, outputs and WRITE_COPY as conv_bwd_weight_kernel (here the programs of the first
-    input-channel tile write the copy); a split s covers the output rows
-    [s * rows_per_split, (s + 1) * rows_per_split). INPUT_ROUTE "tma_channels_last" reads the
-    x tiles through a TMA descriptor (a tap moves the box by whole pixels; the zero fill is the
-    padding), "gather" by pointers.
-    Grid: (B * groups * S * cdiv(OG, BLOCK_M) * cdiv(Cg, BLOCK_N),).
+    Without TRANSPOSED the rows are dy (M: output channels) and the shifted tensor is x (N:
+    input channels), as the names say. With TRANSPOSED the roles swap, for layers with more
+    input than output channels (x, the wider, read twice; M its channels): grad_output_* and
+    out_* describe x, input_* and in_* describe dy, pad is 2 - pad (1 for the padding-1 layers
+    it is used for), and since
+        dW[o, c, kh, kw] = sum_p dy[o, p] x[c, p + (kh, kw) - 1]
+                         = sum_p x[c, p] dy[o, p + (2 - kh, 2 - kw) - 1]
+    the accumulator of tap (kh, kw) holds dW^T at tap (2 - kh, 2 - kw): the launcher passes
+    grad_weight's in and out strides swapped, the bias gradient is summed from the shifted
+    dy's centre tap over the split's own rows, and the groups' offset moves to N.
+
+    Pointers, outputs and WRITE_COPY (not with TRANSPOSED) as conv_bwd_weight_kernel (here the
+    programs of the first N tile write the copy); a split s covers rows
+    [s * rows_per_split, (s + 1) * rows_per_split) of the rows tensor. INPUT_ROUTE
+    "tma_channels_last" reads the shifted tiles through a TMA descriptor (a tap moves the box
+    by whole pixels; the zero fill is the padding), "gather" by pointers.
+    Grid: (B * groups * S * cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),).
     """
-    outer, n_block, offs_m, offs_n = program_tile(
+    tl.static_assert(not (TRANSPOSED and WRITE_COPY), "the copy is of an unshifted dy")
+    outer, m_block, n_block, offs_m, offs_n = program_tile(
         tl.program_id(0), out_group_channels, in_group_channels, BLOCK_M, BLOCK_N, INDEX_DTYPE)
     split = outer % num_splits
     sample, group = sample_and_group(outer // num_splits, groups, INDEX_DTYPE)
     mask_m = offs_m < out_group_channels
     mask_n = offs_n < in_group_channels
-    out_channel = group * out_group_channels + offs_m
-    grad_output_rows = (grad_output_pointer + sample * grad_output_batch_stride
-                        + out_channel[:, None] * grad_output_channel_stride)
+    rows_channel = group * out_group_channels + offs_m
+    rows_start = (grad_output_pointer + sample * grad_output_batch_stride
+                  + rows_channel[:, None] * grad_output_channel_stride)
     copy_rows = (copy_pointer + sample * copy_batch_stride
-                 + out_channel[:, None] * copy_channel_stride)
-    input_sample = (input_pointer + sample * input_batch_stride
-                    + group * in_group_channels * input_channel_stride)
+                 + rows_channel[:, None] * copy_channel_stride)
+    shifted_sample = (input_pointer + sample * input_batch_stride
+                      + group * in_group_channels * input_channel_stride)
     if INPUT_ROUTE == "tma_channels_last":
-        input_boxes = tl.make_tensor_descriptor(
-            input_sample, shape=[in_h, in_w, in_group_channels],
+        shifted_boxes = tl.make_tensor_descriptor(
+            shifted_sample, shape=[in_h, in_w, in_group_channels],
             strides=[input_h_stride, input_w_stride, 1],
             block_shape=[1, BLOCK_K, BLOCK_N])
     first_row = split * rows_per_split
     last_row = tl.minimum(first_row + rows_per_split, out_h)
-    dy_element = grad_output_pointer.dtype.element_ty
+    rows_element = grad_output_pointer.dtype.element_ty
 
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     acc00, acc01, acc02 = zero, zero, zero
     acc10, acc11, acc12 = zero, zero, zero
     acc20, acc21, acc22 = zero, zero, zero
-    bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    # The bias gradient sums dy: the rows (per M channel), or with TRANSPOSED the shifted
+    # tensor (per N channel).
+    if TRANSPOSED:
+        bias_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    else:
+        bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     for col_start in range(0, out_w, BLOCK_K):
         cols = (col_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
-        # Why one dy row is carried and one loaded again, and why the carry is float32 (both
-        # read from the sm_90 compiles): Triton's pipeliner leaves the loop's loads synchronous
-        # when a loaded value is carried over two steps; and a bf16 tile carried as it is goes
-        # to wgmma through shared memory, each such MMA then waited for (depth 0), while its
-        # bf16 conversion of a float32 carry is a computed operand, which wgmma takes from
-        # registers with the MMAs kept in flight.
-        dy_mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        # Why one row is carried and one loaded again, and why the carry is float32 (both read
+        # from the sm_90 compiles): Triton's pipeliner leaves the loop's loads synchronous when
+        # a loaded value is carried over two steps; and a bf16 tile carried as it is goes to
+        # wgmma through shared memory, each such MMA then waited for (depth 0), while its bf16
+        # conversion of a float32 carry is a computed operand, which wgmma takes from registers
+        # with the MMAs kept in flight.
+        rows_mid = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         for h in range(first_row, last_row + 2):
             # The row index as a vector: its comparisons then mask like the columns'.
             row = tl.full((BLOCK_K,), 0, INDEX_DTYPE) + h
             col_ok = cols < out_w
-            dy_new = tl.load(grad_output_rows + h * grad_output_h_stride
-                             + (cols * grad_output_w_stride)[None, :],
-                             mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :],
-                             other=0.0)
-            dy_old = tl.load(grad_output_rows + (h - 2) * grad_output_h_stride
-                             + (cols * grad_output_w_stride)[None, :],
-                             mask=mask_m[:, None] & (col_ok & (row - 2 >= first_row))[None, :],
-                             other=0.0)
+            rows_new = tl.load(rows_start + h * grad_output_h_stride
+                               + (cols * grad_output_w_stride)[None, :],
+                               mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :],
+                               other=0.0)
+            rows_old = tl.load(rows_start + (h - 2) * grad_output_h_stride
+                               + (cols * grad_output_w_stride)[None, :],
+                               mask=mask_m[:, None] & (col_ok & (row - 2 >= first_row))[None, :],
+                               other=0.0)
             in_row = h - pad_h
             if INPUT_ROUTE == "tma_channels_last":
-                x0 = tl.reshape(input_boxes.load([in_row, col_start - pad_w,
-                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
-                x1 = tl.reshape(input_boxes.load([in_row, col_start - pad_w + 1,
-                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
-                x2 = tl.reshape(input_boxes.load([in_row, col_start - pad_w + 2,
-                                                  n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
+                shifted0 = tl.reshape(shifted_boxes.load([in_row, col_start - pad_w,
+                                                          n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
+                shifted1 = tl.reshape(shifted_boxes.load([in_row, col_start - pad_w + 1,
+                                                          n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
+                shifted2 = tl.reshape(shifted_boxes.load([in_row, col_start - pad_w + 2,
+                                                          n_block * BLOCK_N]), (BLOCK_K, BLOCK_N))
             else:
                 row_ok = (row - pad_h >= 0) & (row - pad_h < in_h)
-                x_row = (input_sample + in_row * input_h_stride
-                         + (offs_n * input_channel_stride)[None, :])
-                x0 = tl.load(x_row + ((cols - pad_w) * input_w_stride)[:, None],
-                             mask=(row_ok & (cols - pad_w >= 0) & (cols - pad_w < in_w))[:, None]
-                             & mask_n[None, :], other=0.0)
-                x1 = tl.load(x_row + ((cols - pad_w + 1) * input_w_stride)[:, None],
-                             mask=(row_ok & (cols - pad_w + 1 >= 0)
-                                   & (cols - pad_w + 1 < in_w))[:, None] & mask_n[None, :],
-                             other=0.0)
-                x2 = tl.load(x_row + ((cols - pad_w + 2) * input_w_stride)[:, None],
-                             mask=(row_ok & (cols - pad_w + 2 >= 0)
-                                   & (cols - pad_w + 2 < in_w))[:, None] & mask_n[None, :],
-                             other=0.0)
-            dy_carried = dy_mid.to(dy_element)
-            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, dy_new, dy_carried, dy_old, x0,
-                                           PRECISION, ACC_DTYPE)
-            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, dy_new, dy_carried, dy_old, x1,
-                                           PRECISION, ACC_DTYPE)
-            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, dy_new, dy_carried, dy_old, x2,
-                                           PRECISION, ACC_DTYPE)
+                shifted_row = (shifted_sample + in_row * input_h_stride
+                               + (offs_n * input_channel_stride)[None, :])
+                shifted0 = tl.load(shifted_row + ((cols - pad_w) * input_w_stride)[:, None],
+                                   mask=(row_ok & (cols - pad_w >= 0)
+                                         & (cols - pad_w < in_w))[:, None] & mask_n[None, :],
+                                   other=0.0)
+                shifted1 = tl.load(shifted_row + ((cols - pad_w + 1) * input_w_stride)[:, None],
+                                   mask=(row_ok & (cols - pad_w + 1 >= 0)
+                                         & (cols - pad_w + 1 < in_w))[:, None] & mask_n[None, :],
+                                   other=0.0)
+                shifted2 = tl.load(shifted_row + ((cols - pad_w + 2) * input_w_stride)[:, None],
+                                   mask=(row_ok & (cols - pad_w + 2 >= 0)
+                                         & (cols - pad_w + 2 < in_w))[:, None] & mask_n[None, :],
+                                   other=0.0)
+            rows_carried = rows_mid.to(rows_element)
+            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, rows_new, rows_carried, rows_old,
+                                           shifted0, PRECISION, ACC_DTYPE)
+            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, rows_new, rows_carried, rows_old,
+                                           shifted1, PRECISION, ACC_DTYPE)
+            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, rows_new, rows_carried, rows_old,
+                                           shifted2, PRECISION, ACC_DTYPE)
             if HAS_BIAS:
-                bias_acc += tl.sum(dy_new.to(ACC_DTYPE), axis=1)
+                if TRANSPOSED:
+                    # The centre tap (pad 1) is dy's row in_row unshifted; each dy row is summed
+                    # by the split whose rows hold it.
+                    own = ((row - pad_h >= first_row) & (row - pad_h < last_row))[:, None]
+                    bias_acc += tl.sum(tl.where(own, shifted1.to(ACC_DTYPE), 0.0), axis=0)
+                else:
+                    bias_acc += tl.sum(rows_new.to(ACC_DTYPE), axis=1)
             if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
                 if n_block == 0:
                     tl.store(copy_rows + h * copy_h_stride + (cols * copy_w_stride)[None, :],
-                             dy_new, mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :])
-            dy_mid = dy_new.to(tl.float32)
+                             rows_new, mask=mask_m[:, None] & (col_ok & (row < last_row))[None, :])
+            rows_mid = rows_new.to(tl.float32)
 
+    # With TRANSPOSED, M indexes input channels (no group offset in grad_weight), N output
+    # channels.
+    weight_m = offs_m if TRANSPOSED else rows_channel
+    weight_n = group * in_group_channels + offs_n if TRANSPOSED else offs_n
     grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
                    + sample * grad_weight_batch_stride
-                   + out_channel[:, None] * grad_weight_out_stride
-                   + offs_n[None, :] * grad_weight_in_stride)
+                   + weight_m[:, None] * grad_weight_out_stride
+                   + weight_n[None, :] * grad_weight_in_stride)
     mask = mask_m[:, None] & mask_n[None, :]
-    element = grad_weight_pointer.dtype.element_ty
-    tl.store(grad_weight, acc00.to(element), mask=mask)
-    tl.store(grad_weight + grad_weight_w_stride, acc01.to(element), mask=mask)
-    tl.store(grad_weight + 2 * grad_weight_w_stride, acc02.to(element), mask=mask)
-    tl.store(grad_weight + grad_weight_h_stride, acc10.to(element), mask=mask)
-    tl.store(grad_weight + grad_weight_h_stride + grad_weight_w_stride, acc11.to(element),
-             mask=mask)
-    tl.store(grad_weight + grad_weight_h_stride + 2 * grad_weight_w_stride, acc12.to(element),
-             mask=mask)
-    tl.store(grad_weight + 2 * grad_weight_h_stride, acc20.to(element), mask=mask)
-    tl.store(grad_weight + 2 * grad_weight_h_stride + grad_weight_w_stride, acc21.to(element),
-             mask=mask)
-    tl.store(grad_weight + 2 * grad_weight_h_stride + 2 * grad_weight_w_stride,
-             acc22.to(element), mask=mask)
-    if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
-        if n_block == 0:
-            tl.store(grad_bias_pointer + split.to(tl.int64) * grad_bias_split_stride
-                     + sample * grad_bias_batch_stride + out_channel * grad_bias_channel_stride,
-                     bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
+    h_stride, w_stride = grad_weight_h_stride, grad_weight_w_stride
+    _store_tap(grad_weight, h_stride, w_stride, 0, 0, acc00, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 0, 1, acc01, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 0, 2, acc02, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 1, 0, acc10, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 1, 1, acc11, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 1, 2, acc12, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 2, 0, acc20, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 2, 1, acc21, mask, TRANSPOSED)
+    _store_tap(grad_weight, h_stride, w_stride, 2, 2, acc22, mask, TRANSPOSED)
+    if HAS_BIAS:
+        grad_bias = (grad_bias_pointer + split.to(tl.int64) * grad_bias_split_stride
+                     + sample * grad_bias_batch_stride)
+        element = grad_bias_pointer.dtype.element_ty
+        # One program per tile of output channels writes them: its other-axis tile is the first.
+        if TRANSPOSED:
+            if m_block == 0:
+                tl.store(grad_bias + (group * in_group_channels + offs_n)
+                         * grad_bias_channel_stride, bias_acc.to(element), mask=mask_n)
+        else:
+            if n_block == 0:
+                tl.store(grad_bias + rows_channel * grad_bias_channel_stride,
+                         bias_acc.to(element), mask=mask_m)
 
 
 @launch_plan
@@ -617,14 +663,34 @@ def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> 
     return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
 
 
+def _transposes(grad_output_shape, grad_output_stride, dtype, grad_output_aligned,
+                out_group_channels, in_group_channels, pad, copy_stride) -> bool:
+    """Whether the all-taps kernel runs TRANSPOSED (x the carried rows, dy the shifted tensor).
+
+    Its rows are read twice and its shifted tensor three times, and the rows' channels fill
+    wgmma's M (64 rows at least): the wider of dy and x should be the rows. Taken when x has
+    more channels per group than dy (W1-reduce: 128 against 32), at padding 1 and only where dy
+    can be boxed by TMA at tap-shifted pixels (channels_last): an NCHW dy shifted by a column
+    is 2-byte loads, and there the kernel also writes dy's channels_last copy, which it takes
+    from unshifted rows.
+    """
+    if in_group_channels <= out_group_channels or pad != (1, 1, 1, 1) or copy_stride:
+        return False
+    route, _ = route_of(grad_output_shape, grad_output_stride, dtype, grad_output_aligned,
+                        out_group_channels, (1, 1), pad, (1, 1), (3, 3))
+    return route == "tma_channels_last"
+
+
 @launch_plan
 def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
-                          dtype, aligned, kernel_size, stride, pad, dilation, groups,
-                          allow_tf32, grad_weight_stride, grad_bias_stride, num_splits,
-                          all_taps, copy_stride):
+                          dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
+                          dilation, groups, allow_tf32, grad_weight_stride, grad_bias_stride,
+                          num_splits, all_taps, copy_stride):
     """conv_bwd_weight's decisions per shape class: (partial sums' dtype (None: written straight
-    into grad_weight and grad_bias), grid, integer arguments, constexprs). grad_bias_stride is
-    None without a bias gradient, copy_stride without a copy of dy to write."""
+    into grad_weight and grad_bias), grid, integer arguments, constexprs). aligned and
+    grad_output_aligned: whether input's and grad_output's addresses are 16-byte aligned;
+    grad_bias_stride is None without a bias gradient, copy_stride without a copy of dy to
+    write."""
     batch, channels, in_h, in_w = input_shape
     out_channels, out_h, out_w = grad_output_shape[1:]
     kernel_h, kernel_w = kernel_size
@@ -653,20 +719,35 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
     constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
                   "PRECISION": dot_precision(dtype, allow_tf32), "INDEX_DTYPE": index}
     if all_taps:
-        rows_per_split = cdiv(out_h, num_splits)
-        route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
-                            stride, pad, dilation, kernel_size)
+        transposed = _transposes(grad_output_shape, grad_output_stride, dtype,
+                                 grad_output_aligned, out_group_channels, in_group_channels, pad,
+                                 copy_stride)
+        rows = (grad_output_shape, grad_output_stride, out_group_channels)
+        shifted = (input_shape, input_stride, in_group_channels, aligned)
+        if transposed:
+            # x is the rows, dy the shifted tensor (padding 2 - 1 = 1); grad_weight's out and
+            # in strides swap (see the kernel's docstring).
+            rows = (input_shape, input_stride, in_group_channels)
+            shifted = (grad_output_shape, grad_output_stride, out_group_channels,
+                       grad_output_aligned)
+            split_, batch_, out_, in_, h_, w_ = weight_parts_stride
+            weight_parts_stride = (split_, batch_, in_, out_, h_, w_)
+        rows_h, rows_w = rows[0][2:]
+        shifted_h, shifted_w = shifted[0][2:]
+        route, _ = route_of(shifted[0], shifted[1], dtype, shifted[3], shifted[2], stride, pad,
+                            dilation, kernel_size)
         # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
         constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
                                      else "gather")
+        constexprs["TRANSPOSED"] = transposed
 
         def grid(meta):
-            return (batch * groups * num_splits * cdiv(out_group_channels, meta["BLOCK_M"])
-                    * cdiv(in_group_channels, meta["BLOCK_N"]),)
+            return (batch * groups * num_splits * cdiv(rows[2], meta["BLOCK_M"])
+                    * cdiv(shifted[2], meta["BLOCK_N"]),)
 
-        args = (groups, in_group_channels, out_group_channels, size_class(out_pixels),
-                in_h, in_w, out_h, out_w, pad[0], pad[2], rows_per_split,
-                *grad_output_stride, *input_stride,
+        args = (groups, shifted[2], rows[2], size_class(out_pixels),
+                shifted_h, shifted_w, rows_h, rows_w, pad[0], pad[2], cdiv(rows_h, num_splits),
+                *rows[1], *shifted[1],
                 num_splits, *weight_parts_stride, *bias_parts_stride,
                 *(copy_stride or (0, 0, 0, 0)))
     else:
@@ -719,7 +800,8 @@ def conv_bwd_weight(
     out_channels, out_h, out_w = grad_output.shape[1:]
     kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
                                           tuple(dilation))
-    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice, x three times).
+    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice and x three
+    # times, or x twice and dy three times: _transposes).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
                 and input.dtype in ALL_TAPS_DTYPES)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
@@ -731,7 +813,8 @@ def conv_bwd_weight(
         num_splits = min(num_splits, out_h)
     partial, grid, args, constexprs = _conv_bwd_weight_plan(
         tuple(grad_output.shape), grad_output.stride(), tuple(input.shape), input.stride(),
-        input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
+        input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0,
+        grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
         dilation, groups, allow_tf32, grad_weight.stride(),
         None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
         None if grad_output_copy is None else grad_output_copy.stride())
@@ -748,6 +831,8 @@ def conv_bwd_weight(
     if all_taps:
         if constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(input)
+        if constexprs["TRANSPOSED"]:
+            tensors = (input, grad_output, *tensors[2:])
         conv_bwd_weight_3x3_kernel[grid](*tensors, *args, **constexprs)
     else:
         conv_bwd_weight_kernel[grid](*tensors, *args, **constexprs)

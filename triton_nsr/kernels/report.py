@@ -289,49 +289,56 @@ def render_misses(data: dict) -> list[str]:
             f"{shape} {layout} {precision}" for shape, layout, precision in spilling)
             + "; the compile tables above name the configs. Those tiles stay in the lists for "
             "the shapes where they compile clean, and the autotuner measures what it keeps."]
-    best: dict[str, float] = {}
+    best: dict[tuple[str, str], float] = {}
     for r in data["rows"]:
         if (r["kernel"].startswith("conv_bwd_weight") and r["traffic"] and r["shape"] != "odd"
                 and r["precision"] == "bf16"):
             ratio = r["traffic"][0] / r["traffic"][1]
-            best[r["shape"]] = min(best.get(r["shape"], ratio), ratio)
+            key = (r["shape"], r["layout"])
+            best[key] = min(best.get(key, ratio), ratio)
     if best:
-        over = [shape for shape, ratio in best.items() if ratio > WEIGHT_GRAD_BUDGET]
+        over = [f"{shape} {layout}" for (shape, layout), ratio in best.items()
+                if ratio > WEIGHT_GRAD_BUDGET]
         out += ["", "The bf16 kernel gradient's L2 -> SM bytes against the unique bytes of x and "
-                "dy, best kept config per shape: " + ", ".join(
-                    f"{shape} {ratio:.2f}x" for shape, ratio in best.items())
+                "dy, best kept config per shape and layout: " + ", ".join(
+                    f"{shape} {layout} {ratio:.2f}x" for (shape, layout), ratio in best.items())
                 + f"; the budget is {WEIGHT_GRAD_BUDGET:.0f}x"
-                + (f", missed on {', '.join(over)}." if over else ", met on every shape.")
-                + " The all-taps kernel reads dy twice and x three times (the per-tap kernel "
-                "9 times each)." + (" W1-reduce's 32 output channels fill half of wgmma's 64 "
-                                    "rows, and 9 float32 accumulators cap a tile at 64x64 "
-                                    "(64x128 on 16 warps gets 128 registers a thread and "
-                                    "spills), so its 128 input channels take two tiles, each "
-                                    "reading dy twice." if "W1-reduce" in over else "")]
+                + (f", missed on {', '.join(over)}." if over else ", met everywhere.")
+                + " The all-taps kernel reads its carried rows twice and its shifted tensor "
+                "three times (the per-tap kernel both 9 times); with more input than output "
+                "channels and a channels_last dy it carries x and shifts dy (TRANSPOSED), so "
+                "the wider tensor is read twice and fills wgmma's rows."
+                + (" An NCHW dy stays the rows (shifted by a column it would be 2-byte loads, "
+                   "and the kernel writes its channels_last copy from unshifted rows): "
+                   "W1-reduce's 32 output channels then fill half of wgmma's 64 rows, 9 float32 "
+                   "accumulators cap a tile at 64x64, and its 128 input channels take two "
+                   "tiles, each reading dy twice." if "W1-reduce nchw" in over else "")]
     return out
 
 
 def render_traffic(data: dict) -> list[str]:
-    """L2 -> SM bytes of every GEMM kernel's tiling on W1 and W4 (bf16, NCHW)."""
+    """L2 -> SM bytes of every GEMM kernel's tiling on W1 and W4 (bf16; NCHW, and for the
+    weight gradient, whose kernel's roles depend on dy's layout, channels_last too)."""
     out = ["## L2 -> SM bytes of the tilings (bf16)", "",
            "Bytes the programs of one launch read, against the unique bytes of its operands "
            "(kernels/traffic.py; TF32 and fp32 double both). The weight gradient's budget is 3x "
-           "the unique bytes of x and dy.", "",
-           "| kernel | shape | config | read MB | unique MB | read / unique |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "the unique bytes of x and dy. The forward and input gradient read the same bytes "
+           "in both layouts (NCHW reads the channels_last copies).", "",
+           "| kernel | shape | layout | config | read MB | unique MB | read / unique |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     seen = set()
     for r in data["rows"]:
-        if (r["traffic"] is None or r["precision"] != "bf16" or r["layout"] != "nchw"
-                or r["shape"] == "odd"):
+        if (r["traffic"] is None or r["precision"] != "bf16" or r["shape"] == "odd"
+                or (r["layout"] != "nchw" and not r["kernel"].startswith("conv_bwd_weight"))):
             continue
         config = data["compiles"][str(r["compile"])]["config"]
-        key = (r["kernel"], r["shape"], config)
+        key = (r["kernel"], r["shape"], r["layout"], config)
         if key in seen:
             continue
         seen.add(key)
         read, unique = r["traffic"]
-        out.append(f"| `{r['kernel']}` | {r['shape']} | {config} | {_mb(read)} | {_mb(unique)} "
-                   f"| {read / unique:.1f} |")
+        out.append(f"| `{r['kernel']}` | {r['shape']} | {r['layout']} | {config} | {_mb(read)} "
+                   f"| {_mb(unique)} | {read / unique:.1f} |")
     return out
 
 
@@ -387,7 +394,9 @@ def render(reports: list[dict]) -> str:
              "allow_tf32), fp32 (IEEE). Layouts: NCHW and channels_last.", "",
              "Columns: MMA is the tensor-core instruction in the PTX (wgmma, mma.sync, or none). "
              "A and B are the dot's operands (forward: input pixels x weights; input gradient: "
-             "dy x weights; weight gradient: dy x input), each as *route from global memory -> "
+             "dy x weights; all-taps weight gradient: its carried rows x its shifted tensor, "
+             "dy x input or, TRANSPOSED, input x dy; per-tap weight gradient: dy x input), "
+             "each as *route from global memory -> "
              "where the MMA reads it*: TMA (`cp.async.bulk.tensor`), `cp.async` of N bytes per "
              "instruction (pipelined through shared memory), or a synchronous `ld.global` of N "
              "bytes (no overlap), read from the PTX line table. wait is the deepest "
@@ -405,8 +414,10 @@ def render(reports: list[dict]) -> str:
              "faulted on an H200). Their per-sample weights come packed contiguous along K. The "
              "weight gradient of a 16-bit 3x3 layer at stride 1 runs the all-taps "
              "`conv_bwd_weight_3x3_kernel` (kernels/conv_backward.py `ALL_TAPS_DTYPES`; it "
-             "boxes a channels_last x, in the layer the NCHW input's copy, at tap-shifted "
-             "pixels by TMA), every other one the per-tap `conv_bwd_weight_kernel`.", ""]
+             "carries the rows of one tensor and boxes the other, channels_last, at tap-shifted "
+             "pixels by TMA: x, in the layer the NCHW input's copy, or, TRANSPOSED where x has "
+             "more channels than dy and dy is channels_last, dy), every other one the per-tap "
+             "`conv_bwd_weight_kernel`.", ""]
     removed = reports[-1]["removed"] if reports else []
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]

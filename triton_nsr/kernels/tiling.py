@@ -18,7 +18,8 @@ import triton.language as tl
 @triton.jit
 def program_tile(pid, size_m, size_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  INDEX_DTYPE: tl.constexpr):
-    """(outer index, N tile number, M offsets (BLOCK_M,), N offsets (BLOCK_N,)) of program pid.
+    """(outer index, M tile number, N tile number, M offsets (BLOCK_M,), N offsets (BLOCK_N,))
+    of program pid.
 
     The outer index counts the (sample, group[, tap]) block the tile belongs to.
     """
@@ -26,7 +27,7 @@ def program_tile(pid, size_m, size_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
                                              tl.cdiv(size_n, BLOCK_N))
     offs_m = (m_block * BLOCK_M + tl.arange(0, BLOCK_M)).to(INDEX_DTYPE)
     offs_n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N)).to(INDEX_DTYPE)
-    return outer, n_block, offs_m, offs_n
+    return outer, m_block, n_block, offs_m, offs_n
 
 
 @triton.jit

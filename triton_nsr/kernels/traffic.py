@@ -21,10 +21,11 @@ def gemm_reads(m: int, n: int, k: int, block_m: int, block_n: int) -> int:
     return k * (m * cdiv(n, block_n) + n * cdiv(m, block_m))
 
 
-def _band_x_rows(named: dict) -> int:
-    """x rows the all-taps kernel's row bands read, summed over the bands: each band of output
-    rows [first, last) reads x rows [first - pad, last + 2 - pad), those inside the image (the
-    others are masked or TMA's zero fill, no bytes)."""
+def _band_shifted_rows(named: dict) -> int:
+    """Rows of the shifted tensor the all-taps kernel's row bands read, summed over the bands:
+    each band of rows [first, last) reads shifted rows [first - pad, last + 2 - pad), those
+    inside the image (the others are masked or TMA's zero fill, no bytes). The rows and the
+    shifted tensor are dy and x, or x and dy (TRANSPOSED: the launch's out_* then describe x)."""
     out_h, in_h, pad = named["out_h"], named["in_h"], named["pad_h"]
     band = named["rows_per_split"]
     return sum(min(first + band, out_h) + 2 - pad - max(first - pad, 0)
@@ -55,12 +56,13 @@ def l2_to_sm_bytes(kernel: str, named: dict, tiles: dict, batch: int) -> tuple[i
         reads = gemm_reads(in_pixels, cg, taps * og, bm, bn)
         unique = og * out_pixels + og * cg * taps
     elif kernel == "conv_bwd_weight_3x3_kernel":
-        # All taps per program: dy twice per input-channel tile (each row loaded as kernel
-        # row 0's and again as row 2's; row 1's is carried); x three times (column taps) per
-        # output-channel tile, over the rows its split's band meets.
+        # All taps per program: the rows (dy, or x when TRANSPOSED, whose launch passes x as
+        # grad_output and its channels as out_group_channels) twice per N tile (each row
+        # loaded as kernel row 0's and again as row 2's; row 1's is carried); the shifted
+        # tensor three times (column taps) per M tile, over the rows its split's band meets.
         size = _itemsize(named, "input_pointer")
         reads = (2 * og * out_pixels * cdiv(cg, bn)
-                 + 3 * cg * _band_x_rows(named) * named["out_w"] * cdiv(og, bm))
+                 + 3 * cg * _band_shifted_rows(named) * named["out_w"] * cdiv(og, bm))
         unique = og * out_pixels + cg * in_pixels
     else:
         # One (OG, Cg) GEMM over the pixels per tap: dy and x are read again for every tap.
