@@ -118,6 +118,14 @@ def test_weight_gradient_meets_the_hopper_criteria(odd_bf16):
     assert len(compiles) >= 3
     for c in compiles:
         assert meets_criteria(c), c
+    # The NCHW fallback loads dy by 2 bytes and writes its copy. The 64x32 and 128x32 tiles do
+    # so without spilling (on 4 warps, or with BLOCK_K=32 at 128 rows, they spilled 190-290 B
+    # here; 64x64 spills 32 B with Triton 3.9, none with 3.6).
+    compiles = gemm_compiles(odd_bf16, "nchw", "bf16", ("conv_bwd_weight_3x3_kernel",))
+    assert sum("BLOCK_N=32" in c["config"] for c in compiles) == 2
+    for c in compiles:
+        assert c["mma"] == "wgmma", c
+        assert "BLOCK_N=32" not in c["config"] or c["spill_bytes"] == 0, c
 
 
 CARRIED_ROWS = r"""

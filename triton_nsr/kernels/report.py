@@ -241,12 +241,11 @@ MISS_CAUSES = {
         "path."),
 }
 MISS_CAUSES[("conv_bwd_weight_3x3_kernel", "bf16", "nchw")] = (
-    "The all-taps kernel reads an NCHW dy as it is and writes its channels_last copy for the "
+    "The all-taps kernel carries the rows of an NCHW dy as it is (never TRANSPOSED: a dy "
+    "shifted by a column would be 2-byte loads) and writes its channels_last copy for the "
     "input gradient. On the odd shape dy's rows of 29 columns are 58 bytes apart, which neither "
     "TMA nor 16-byte cp.async can take: synchronous 2-byte loads, the fallback, and no MMA left "
-    "in flight (wait depth 0). The copy's stores add addresses and masks beside 9 accumulators "
-    "and the carried dy row: where that passes 255 registers the compile spills (the tables "
-    "name the tiles; with Triton 3.6, the GPU machine's, W1 and W4 compile clean).")
+    "in flight (wait depth 0).")
 MISS_CAUSES[("conv_bwd_input_kernel", "bf16", "nchw")] = MISS_CAUSES[
     ("conv_fwd_kernel", "bf16", "nchw")]
 MISS_CAUSES[("conv_bwd_input_kernel", "tf32", "nchw")] = MISS_CAUSES[
