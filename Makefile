@@ -41,17 +41,21 @@ report: setup
 
 # A short GPU lease (bench/lease.py): the priority-ordered steps within BUDGET seconds, every
 # measurement stored in OUT as it happens, then the kernel-by-kernel diagnosis
-# (bench/diagnose.py) within DIAGNOSE_BUDGET seconds. Runs with the machine's own python3
-# (torch, triton), no venv, no network: `make gpu OUT=$OUT`, or without make:
-#   PYTHONPATH=. python3 -m bench lease --budget-s 420 --output-dir "$OUT"
+# (bench/diagnose.py) within DIAGNOSE_BUDGET seconds and the kernel gradient's split counts
+# timed (bench/splits.py) within SPLITS_BUDGET. Runs with the machine's own python3 (torch,
+# triton), no venv, no network: `make gpu OUT=$OUT`, or without make:
+#   PYTHONPATH=. python3 -m bench lease --budget-s 375 --output-dir "$OUT"
 #   PYTHONPATH=. python3 -m bench.diagnose --budget-s 120 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.splits --budget-s 45 --output-dir "$OUT"
 OUT ?= bench/results/lease
-BUDGET ?= 420
+BUDGET ?= 375
 DIAGNOSE_BUDGET ?= 120
+SPLITS_BUDGET ?= 45
 gpu:
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --output-dir $(OUT); \
 	status=$$?; \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.diagnose --budget-s $(DIAGNOSE_BUDGET) --output-dir $(OUT); \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.splits --budget-s $(SPLITS_BUDGET) --output-dir $(OUT); \
 	exit $$status
 
 # The lease's plan on any machine: steps, cases, expected compiles, seconds against BUDGET.
