@@ -121,6 +121,22 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert (mixing_backward.key[3] > 1) == (shape[0] == "W4")
 
 
+@pytest.mark.usefixtures("h200_split")
+def test_transposed_kernel_gradient_keys_like_the_layer_with_channels_swapped():
+    # W1-reduce (128 -> 32) in channels_last runs the all-taps kernel gradient TRANSPOSED, x and
+    # dy swapped: the same GEMMs as W1-expand's (32 -> 128), and so the same autotune key (one
+    # tuning for both). With an NCHW dy it is not transposed, and the keys differ.
+    keys = {}
+    for shape in SHAPES[:2]:
+        for layout in ("channels_last", "nchw"):
+            *_, launches = _forward_and_backward(*_layer_call(shape, layout))
+            keys[shape[0], layout] = next(launch.key for launch in launches if
+                                          launch.kernel.name == "conv_bwd_weight_3x3_kernel")
+    assert keys["W1-reduce", "channels_last"] == keys["W1-expand", "channels_last"]
+    assert keys["W1-reduce", "nchw"] != keys["W1-expand", "nchw"]
+    assert "tma_channels_last" in keys["W1-reduce", "channels_last"]
+
+
 @pytest.mark.parametrize("padding_mode,pad_op", [("reflect", "reflection_pad2d"),
                                                   ("replicate", "replication_pad2d")])
 def test_other_padding_modes_add_their_pad_only(padding_mode, pad_op):

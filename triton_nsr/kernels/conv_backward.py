@@ -112,12 +112,14 @@ REMOVED_WEIGHT_GRAD_3X3_CONFIGS = [
 # carries one dy row (float32) and loads the other again; tests/test_hopper_compile.py checks
 # in the sm_90 IR that every dot reads a loaded or carried operand, never a constant.
 ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-# Layouts of both operands, precision, pixel class and the split count. A TRANSPOSED all-taps
-# launch passes x and dy swapped, so it keys like the untransposed launch of a layer with in and
-# out channels swapped: the same GEMMs, and the same best tile.
+# Layouts of both operands, precision, pixel class, the split count and (all-taps kernel) the
+# shifted operand's route: TMA or gather at the same strides (an unaligned address) want
+# different tiles. A TRANSPOSED all-taps launch passes x and dy swapped, so it keys like the
+# untransposed launch of a layer with in and out channels swapped: the same GEMMs, and the same
+# best tile. Names a kernel lacks are skipped.
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
-                   "PRECISION"]
+                   "INPUT_ROUTE", "PRECISION"]
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
 
