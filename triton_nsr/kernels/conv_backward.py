@@ -730,32 +730,34 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
         transposed = _transposes(grad_output_shape, grad_output_stride, dtype,
                                  grad_output_aligned, out_group_channels, in_group_channels, pad,
                                  copy_stride)
-        rows = (grad_output_shape, grad_output_stride, out_group_channels)
-        shifted = (input_shape, input_stride, in_group_channels, aligned)
+        # The carried rows (the GEMM's M) and the shifted tensor (N): dy and x, or x and dy.
+        rows_shape, rows_stride, m_channels = (grad_output_shape, grad_output_stride,
+                                               out_group_channels)
+        shifted_shape, shifted_stride, n_channels, shifted_aligned = (
+            input_shape, input_stride, in_group_channels, aligned)
         if transposed:
-            # x is the rows, dy the shifted tensor (padding 2 - 1 = 1); grad_weight's out and
-            # in strides swap (see the kernel's docstring).
-            rows = (input_shape, input_stride, in_group_channels)
-            shifted = (grad_output_shape, grad_output_stride, out_group_channels,
-                       grad_output_aligned)
+            # Padding 2 - 1 = 1 either way; grad_weight's out and in strides swap (see the
+            # kernel's docstring).
+            rows_shape, rows_stride, m_channels = input_shape, input_stride, in_group_channels
+            shifted_shape, shifted_stride, n_channels, shifted_aligned = (
+                grad_output_shape, grad_output_stride, out_group_channels, grad_output_aligned)
             split_, batch_, out_, in_, h_, w_ = weight_parts_stride
             weight_parts_stride = (split_, batch_, in_, out_, h_, w_)
-        rows_h, rows_w = rows[0][2:]
-        shifted_h, shifted_w = shifted[0][2:]
-        route, _ = route_of(shifted[0], shifted[1], dtype, shifted[3], shifted[2], stride, pad,
-                            dilation, kernel_size)
+        route, _ = route_of(shifted_shape, shifted_stride, dtype, shifted_aligned, n_channels,
+                            stride, pad, dilation, kernel_size)
         # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
         constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
                                      else "gather")
         constexprs["TRANSPOSED"] = transposed
 
         def grid(meta):
-            return (batch * groups * num_splits * cdiv(rows[2], meta["BLOCK_M"])
-                    * cdiv(shifted[2], meta["BLOCK_N"]),)
+            return (batch * groups * num_splits * cdiv(m_channels, meta["BLOCK_M"])
+                    * cdiv(n_channels, meta["BLOCK_N"]),)
 
-        args = (groups, shifted[2], rows[2], size_class(out_pixels),
-                shifted_h, shifted_w, rows_h, rows_w, pad[0], pad[2], cdiv(rows_h, num_splits),
-                *rows[1], *shifted[1],
+        rows_h, rows_w = rows_shape[2:]
+        args = (groups, n_channels, m_channels, size_class(out_pixels),
+                *shifted_shape[2:], rows_h, rows_w, pad[0], pad[2], cdiv(rows_h, num_splits),
+                *rows_stride, *shifted_stride,
                 num_splits, *weight_parts_stride, *bias_parts_stride,
                 *(copy_stride or (0, 0, 0, 0)))
     else:
