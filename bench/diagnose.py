@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.results import environment
+
 RESULT_FILE = "diagnose.json"
 # name: (dtype, TF32 allowed, relative-error bound): bounds as bench/smoke.py's, one kernel.
 PRECISIONS = {
@@ -243,22 +245,11 @@ def diagnose(output_dir: Path, budget_s: float, device: str, listed=None,
     rows = [results.get(i) or {**asdict(case), "status": "not reached",
                                "message": "not reached: the budget ran out"}
             for i, case in enumerate(listed)]
-    record = {"device": _device_name(device), "torch": torch.__version__,
-              "triton": _triton_version(), "shape": list(shape), "budget_s": budget_s,
+    record = {"environment": environment(device), "shape": list(shape), "budget_s": budget_s,
               "elapsed_s": round(time.perf_counter() - started, 1), "cases": rows}
     (output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     cases_path.unlink()
     return record
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)"
-
-
-def _triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 def summary(record: dict) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench.results import environment
 from bench.timing import Timer, summarize
 from bench.workloads import main_workloads
 
@@ -122,19 +123,11 @@ def measure(output_dir: Path, budget_s: float, device: str, shapes=None,
                     expected = reference(shape, device, dtype)
                 error = (gradient - expected).norm().item() / (expected.norm().item() or 1.0)
                 rows.append({**row, **measured, "status": "measured", "error": error})
-    record = {"device": torch.cuda.get_device_name() if device == "cuda" else
-              "cpu (Triton interpreter)", "torch": torch.__version__,
-              "triton": _triton_version(), "dtype": str(dtype), "budget_s": budget_s,
+    record = {"environment": environment(device), "dtype": str(dtype), "budget_s": budget_s,
               "elapsed_s": round(time.perf_counter() - started, 1), "rows": rows}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
     return record
-
-
-def _triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 def summary(record: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.utils import assert_close
+from tests.utils import all_taps_in_float32, assert_close
 from triton_nsr.kernels import operands
 from triton_nsr.kernels.conv import conv_fwd
 from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
@@ -107,10 +107,7 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last, spl
     # bfloat16 arithmetic), several output- and input-channel tiles, rows split into bands of
     # 3 (the last one short) or 2, padding 2 on one side; channels_last boxes x with TMA. With
     # an NCHW dy it also writes dy's channels_last copy (NaN-poisoned before).
-    from triton_nsr.kernels import conv_backward
-
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: splits)
+    all_taps_in_float32(monkeypatch, splits)
     x = torch.randn(2, 36, 7, 5)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -142,15 +139,7 @@ def test_transposed_all_taps_weight_gradient_matches_conv2d(monkeypatch, in_chan
     # input channels take two M tiles (only the first writes the bias); 2 groups move the
     # group offset to N; x's rows are read in either layout; 3 bands of rows, the last one
     # short; outputs NaN-poisoned.
-    from triton_nsr.kernels import conv_backward
-
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 3)
-    decided = []
-    transposes = conv_backward._transposes
-    monkeypatch.setattr(conv_backward, "_transposes",
-                        lambda *args: decided.append(transposes(*args)) or decided[-1])
-    conv_backward._conv_bwd_weight_plan.cache_clear()
+    decided = all_taps_in_float32(monkeypatch, 3)
     x = torch.randn(2, in_channels, 7, 5)
     if x_channels_last:
         x = x.to(memory_format=torch.channels_last)

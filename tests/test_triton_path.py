@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.utils import (
     TOLERANCES,
+    all_taps_in_float32,
     assert_close,
     assert_same_outputs_and_grads,
     make_params,
@@ -389,16 +390,9 @@ def test_all_taps_kernel_gradient_in_the_layer(monkeypatch, in_channels, out_cha
     more input than output channels and a channels_last dy it runs TRANSPOSED (x's rows carried,
     the bias gradient summed from the shifted dy), with an NCHW dy it carries dy's rows and
     writes dy's copy for the input gradient; rows in 2 bands."""
-    from triton_nsr.kernels import conv_backward
     from triton_nsr.kernels.autotune import clear_launch_plans
 
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 2)
-    decided = []
-    transposes = conv_backward._transposes
-    monkeypatch.setattr(conv_backward, "_transposes",
-                        lambda *args: decided.append(transposes(*args)) or decided[-1])
-    clear_launch_plans()
+    decided = all_taps_in_float32(monkeypatch, 2)
     x = torch.randn(2, in_channels, 7, 6)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)

@@ -96,3 +96,20 @@ def assert_same_outputs_and_grads(fn, oracle, inputs, names, dtype=None):
             continue
         assert g is not None, f"no gradient for {name}"
         assert_close(g, rg, f"grad of {name}", dtype)
+
+
+def all_taps_in_float32(monkeypatch, splits: int) -> list[bool]:
+    """Make the kernel gradient run the all-taps kernel for float32 (16-bit only otherwise; the
+    interpreter has no bfloat16 arithmetic) with ``splits`` pixel splits, launch plans decided
+    afresh; returns the list each plan's TRANSPOSED decision is appended to."""
+    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels.autotune import clear_launch_plans
+
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: splits)
+    decided = []
+    transposes = conv_backward._transposes
+    monkeypatch.setattr(conv_backward, "_transposes",
+                        lambda *args: decided.append(transposes(*args)) or decided[-1])
+    clear_launch_plans()
+    return decided

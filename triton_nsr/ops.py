@@ -311,9 +311,7 @@ def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_ml
                 weight_b.shape[3:]):
             # The kernel gradient reads all of dy first: it also writes the channels_last copy
             # that the input gradient boxes with TMA (an NCHW dy cannot be boxed at its taps).
-            grad_output_copy = torch.empty(grad_output.shape, dtype=grad_output.dtype,
-                                           device=grad_output.device,
-                                           memory_format=torch.channels_last)
+            grad_output_copy = torch.empty_like(grad_output, memory_format=torch.channels_last)
         # The kernel gradient as S pixel-split partial sums (S = 1 but for few large images);
         # the mixing backward adds them as it reads them.
         weight_parts, bias_parts = conv_bwd_weight(

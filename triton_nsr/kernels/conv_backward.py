@@ -671,22 +671,19 @@ def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> 
     return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
 
 
-def _transposes(grad_output_shape, grad_output_stride, dtype, grad_output_aligned,
-                out_group_channels, in_group_channels, pad, copy_stride) -> bool:
+def _transposes(out_group_channels: int, in_group_channels: int, pad, copy_stride,
+                grad_output_route: str) -> bool:
     """Whether the all-taps kernel runs TRANSPOSED (x the carried rows, dy the shifted tensor).
 
     Its rows are read twice and its shifted tensor three times, and the rows' channels fill
     wgmma's M (64 rows at least): the wider of dy and x should be the rows. Taken when x has
     more channels per group than dy (W1-reduce: 128 against 32), at padding 1 and only where dy
-    can be boxed by TMA at tap-shifted pixels (channels_last): an NCHW dy shifted by a column
-    is 2-byte loads, and there the kernel also writes dy's channels_last copy, which it takes
-    from unshifted rows.
+    can be boxed by TMA at tap-shifted pixels (``grad_output_route``, operands.route_of:
+    channels_last): an NCHW dy shifted by a column is 2-byte loads, and there the kernel also
+    writes dy's channels_last copy, which it takes from unshifted rows.
     """
-    if in_group_channels <= out_group_channels or pad != (1, 1, 1, 1) or copy_stride:
-        return False
-    route, _ = route_of(grad_output_shape, grad_output_stride, dtype, grad_output_aligned,
-                        out_group_channels, (1, 1), pad, (1, 1), (3, 3))
-    return route == "tma_channels_last"
+    return (in_group_channels > out_group_channels and pad == (1, 1, 1, 1)
+            and copy_stride is None and grad_output_route == "tma_channels_last")
 
 
 @launch_plan
@@ -727,24 +724,29 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
     constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
                   "PRECISION": dot_precision(dtype, allow_tf32), "INDEX_DTYPE": index}
     if all_taps:
-        transposed = _transposes(grad_output_shape, grad_output_stride, dtype,
-                                 grad_output_aligned, out_group_channels, in_group_channels, pad,
-                                 copy_stride)
+        # dy's route: whether it can be the shifted tensor, and its route when it is.
+        grad_output_route, _ = route_of(grad_output_shape, grad_output_stride, dtype,
+                                        grad_output_aligned, out_group_channels, stride, pad,
+                                        dilation, kernel_size)
+        transposed = _transposes(out_group_channels, in_group_channels, pad, copy_stride,
+                                 grad_output_route)
         # The carried rows (the GEMM's M) and the shifted tensor (N): dy and x, or x and dy.
-        rows_shape, rows_stride, m_channels = (grad_output_shape, grad_output_stride,
-                                               out_group_channels)
-        shifted_shape, shifted_stride, n_channels, shifted_aligned = (
-            input_shape, input_stride, in_group_channels, aligned)
         if transposed:
             # Padding 2 - 1 = 1 either way; grad_weight's out and in strides swap (see the
             # kernel's docstring).
             rows_shape, rows_stride, m_channels = input_shape, input_stride, in_group_channels
-            shifted_shape, shifted_stride, n_channels, shifted_aligned = (
-                grad_output_shape, grad_output_stride, out_group_channels, grad_output_aligned)
+            shifted_shape, shifted_stride, n_channels = (grad_output_shape, grad_output_stride,
+                                                         out_group_channels)
+            route = grad_output_route
             split_, batch_, out_, in_, h_, w_ = weight_parts_stride
             weight_parts_stride = (split_, batch_, in_, out_, h_, w_)
-        route, _ = route_of(shifted_shape, shifted_stride, dtype, shifted_aligned, n_channels,
-                            stride, pad, dilation, kernel_size)
+        else:
+            rows_shape, rows_stride, m_channels = (grad_output_shape, grad_output_stride,
+                                                   out_group_channels)
+            shifted_shape, shifted_stride, n_channels = (input_shape, input_stride,
+                                                         in_group_channels)
+            route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
+                                stride, pad, dilation, kernel_size)
         # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
         constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
                                      else "gather")
