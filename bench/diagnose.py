@@ -192,8 +192,10 @@ def _config_label(config) -> str:
 def child(cases_path: Path, start: int, device: str) -> None:
     """Run the cases from ``start`` on, printing one JSON line each; stop after a case that
     leaves the CUDA context broken (the parent goes on in a fresh process)."""
+    from bench import jit_log
     from bench.lease import broken_context
 
+    jit_log.install("diagnose")
     stored = json.loads(cases_path.read_text())
     listed = [Case(**fields) for fields in stored["cases"]]
     for index in range(start, len(listed)):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench import hardware, harness, plan, providers, report, results, smoke
+from bench import hardware, harness, jit_log, plan, providers, report, results, smoke
 from bench.setup_time import SetupClock
 from bench.workloads import FORWARD, FORWARD_BACKWARD
 from triton_nsr.kernels import tuned_configs
@@ -239,6 +239,7 @@ class Lease:
             self.log(f"lease: {self.scale.name} shapes on {self.device}, budget "
                      f"{self.budget_s:.0f} s, writing {self.output_dir}")
             self.store()
+            jit_log.install("lease")
             self.clock.install()
             try:
                 with self._alarm(), hardware.cudnn_benchmark(self.device == "cuda"):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench import jit_log
 from bench.results import environment
 from bench.timing import Timer, summarize
 from bench.workloads import main_workloads
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=45.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    jit_log.install("splits")
     record = measure(args.output_dir, args.budget_s, args.device)
     print(summary(record))
     return int(any(row["status"] == "error" for row in record["rows"]))

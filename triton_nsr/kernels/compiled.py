@@ -61,6 +61,9 @@ class Compiled:
     shared_memory: int
     operands: list[Operand] = field(default_factory=list)
     error: str | None = None
+    # Triton's cache hash: equal for two compiles of the same source, specialisation, options
+    # and Triton version (a GPU run's JIT log names the same hash for the same launch).
+    hash: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -255,4 +258,6 @@ def compile_and_inspect(tuner, launch, config, arch: int = 90) -> Compiled:
     except Exception as exc:  # a failing config is a finding to report, not a crash
         return Compiled(tuner.fn.__name__, label, "none", None, 0, 0, 0,
                         error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-    return inspect_compiled(kernel, tuner.fn, label)
+    result = inspect_compiled(kernel, tuner.fn, label)
+    result.hash = kernel.hash
+    return result

@@ -1,0 +1,211 @@
+"""What Triton's JIT compiled on a GPU, beside the kernel report and the same compile made here.
+
+A GPU run with ``BENCH_JIT_LOG`` (``make gpu``) keeps every kernel of this package the JIT
+compiled, with its specialisation (bench/jit_log.py). For each distinct compile (cache hash)
+this command:
+
+1. reads the GPU's own PTX, TTGIR and cubin with the report's analysis (MMA, wgmma wait depth,
+   each GEMM operand's route from global memory and its home at the MMA, registers, spills,
+   shared memory) and applies the report's Hopper criteria;
+2. compiles the same specialisation here (the JIT's signature, constexprs, divisibility
+   attributes, warps and stages; sm_90) and reads it the same way: equal hashes mean the same
+   compiler inputs, equal findings the same binary's properties;
+3. looks the hash up in the stored kernel report of the same Triton version
+   (docs/kernels/triton-<version>.json): a hit means the report compiled that very launch.
+
+    python -m bench.jit_compare bench/results/<run>_jit.json            # a stored comparison
+    python -m bench.jit_compare OUT/jit_kernels.tar.xz --json OUT.json   # compare anew
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench import jit_log
+
+FINDINGS = ("mma", "wait_depth", "registers", "spill_bytes", "shared_memory", "operands")
+REPORTS = Path(__file__).resolve().parents[1] / "docs" / "kernels"
+
+
+def open_log(source: Path) -> tuple[list[dict], Path]:
+    """(manifest entries, the folder of per-hash files) from a log folder or its archive."""
+    source = Path(source)
+    if source.is_dir():
+        root = source
+    else:
+        root = Path(tempfile.mkdtemp(prefix="jit_log_"))
+        with tarfile.open(source) as archive:
+            archive.extractall(root, filter="data")
+        root = next(p.parent for p in root.rglob(jit_log.MANIFEST))
+    return jit_log.read(root), root / jit_log.FILES
+
+
+def kernel_function(entry: dict):
+    """The @triton.jit function the entry names (its module at this checkout; the module may
+    hold it inside its autotuning wrapper)."""
+    from triton.runtime.jit import JITFunction
+
+    found = getattr(importlib.import_module(entry["module"]), entry["kernel"])
+    return found if isinstance(found, JITFunction) else found.fn
+
+
+def _constexpr(value):
+    """A constexpr as the JIT passed it, from the log's JSON (jit_log._plain)."""
+    if isinstance(value, dict):
+        if "dtype" not in value:
+            raise ValueError(f"cannot rebuild the constexpr {value['repr']}")
+        import triton.language as tl
+
+        return tl.dtype(value["dtype"])
+    return value
+
+
+def config_label(entry: dict) -> str:
+    """'BLOCK_M=64 BLOCK_N=32 BLOCK_K=32 w4 s3', as the report labels a config."""
+    tiles = " ".join(f"{name}={value}" for name, value in entry["constexprs"].items()
+                     if name.startswith("BLOCK_"))
+    return f"{tiles} w{entry['num_warps']} s{entry['num_stages']}".strip()
+
+
+def inspect_gpu_files(entry: dict, files: Path):
+    """The report's findings on the files the GPU's JIT wrote for this entry."""
+    from triton_nsr.kernels.compiled import inspect_compiled
+
+    folder = files / entry["hash"]
+    name = entry["kernel"]
+    asm = {"ptx": (folder / f"{name}.ptx").read_text(),
+           "ttgir": (folder / f"{name}.ttgir").read_text(),
+           "cubin": (folder / f"{name}.cubin").read_bytes()}
+    kernel = SimpleNamespace(asm=asm, metadata=SimpleNamespace(shared=entry["shared"]))
+    result = inspect_compiled(kernel, kernel_function(entry), config_label(entry))
+    result.hash = entry["hash"]
+    return result
+
+
+def compile_here(entry: dict, arch: int = 90):
+    """The entry's specialisation compiled by this machine's Triton, with the same findings."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from triton_nsr.kernels.compiled import inspect_compiled
+
+    fn = kernel_function(entry)
+    index = {name: position for position, name in enumerate(fn.arg_names)}
+    attrs = {(index[name],): pairs for name, pairs in entry["attrs"].items()}
+    constexprs = {name: _constexpr(value) for name, value in entry["constexprs"].items()}
+    source = ASTSource(fn, entry["signature"], constexprs, attrs)
+    # JSON made the options' tuples lists; the cache key spells them as tuples.
+    options = {name: tuple(value) if isinstance(value, list) else value
+               for name, value in entry["options"].items()}
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    result = inspect_compiled(kernel, fn, config_label(entry))
+    result.hash = kernel.hash
+    return result
+
+
+def report_hashes(version: str) -> dict[str, dict]:
+    """hash -> the stored report's compile record, for the report of this Triton version."""
+    path = REPORTS / f"triton-{version}.json"
+    if not path.exists():
+        return {}
+    compiles = json.loads(path.read_text())["compiles"]
+    return {record["hash"]: record for record in compiles.values() if record.get("hash")}
+
+
+def compare(entries: list[dict], files: Path, triton_version: str | None = None,
+            recompile: bool = True) -> dict:
+    """One row per distinct compile: GPU findings, verdict, here-compile agreement, report hit."""
+    import triton
+
+    from triton_nsr.kernels.compiled import hopper_shortfalls
+    from triton_nsr.kernels.report import GEMM_KERNELS
+
+    here_version = triton.__version__
+    triton_version = triton_version or (entries[0]["triton"] if entries else here_version)
+    in_report = report_hashes(triton_version)
+    seen, rows = {}, []
+    for entry in entries:
+        if entry["hash"] in seen:
+            seen[entry["hash"]]["processes"].add(entry["process"])
+            continue
+        gpu = inspect_gpu_files(entry, files)
+        row = {"kernel": entry["kernel"], "config": gpu.config, "hash": entry["hash"],
+               "processes": {entry["process"]}, "gpu": gpu.as_dict(),
+               "shortfalls": hopper_shortfalls(gpu) if entry["kernel"] in GEMM_KERNELS else [],
+               "in_report": entry["hash"] in in_report}
+        if recompile:
+            here = compile_here(entry)
+            row["same_hash"] = here.hash == entry["hash"]
+            row["differences"] = {name: [getattr(gpu, name) if name != "operands" else
+                                         gpu.as_dict()["operands"],
+                                         getattr(here, name) if name != "operands" else
+                                         here.as_dict()["operands"]]
+                                  for name in FINDINGS
+                                  if gpu.as_dict()[name] != here.as_dict()[name]}
+        seen[entry["hash"]] = row
+        rows.append(row)
+    for row in rows:
+        row["processes"] = sorted(row["processes"])
+    return {"gpu_triton": triton_version, "here_triton": here_version,
+            "compiles": len(rows), "rows": rows}
+
+
+def summary(result: dict) -> str:
+    """Counts and the rows that differ, miss the criteria or are not in the report."""
+    rows = result["rows"]
+    gemm = [r for r in rows if r["kernel"].startswith("conv_")]
+    kinds = Counter(r["kernel"] for r in rows)
+    lines = [f"{result['compiles']} distinct compiles by the GPU's JIT (Triton "
+             f"{result['gpu_triton']}); here Triton {result['here_triton']}",
+             "  " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
+             f"GEMM compiles meeting the Hopper criteria: "
+             f"{sum(not r['shortfalls'] for r in gemm)} of {len(gemm)}",
+             f"in the stored report (same hash): {sum(r['in_report'] for r in rows)} of "
+             f"{len(rows)}"]
+    if rows and "same_hash" in rows[0]:
+        lines.append(f"same hash compiled here: {sum(r['same_hash'] for r in rows)} of "
+                     f"{len(rows)}; same findings: {sum(not r['differences'] for r in rows)} "
+                     f"of {len(rows)}")
+    for r in rows:
+        notes = []
+        if r["shortfalls"]:
+            notes.append("misses: " + "; ".join(r["shortfalls"]))
+        if r.get("differences"):
+            notes.append(f"differs here: {r['differences']}")
+        if notes:
+            lines.append(f"  {r['kernel']} {r['config']} [{r['hash'][:8]}]: " + " | ".join(notes))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path,
+                        help="a JIT log (folder or archive) or a stored comparison (.json)")
+    parser.add_argument("--json", type=Path, help="write the comparison here")
+    parser.add_argument("--gpu-triton", help="the GPU's Triton version (default: this one)")
+    parser.add_argument("--no-recompile", action="store_true",
+                        help="read the GPU's files only; compile nothing here")
+    args = parser.parse_args(argv)
+    if args.source.suffix == ".json":
+        result = json.loads(args.source.read_text())
+    else:
+        entries, files = open_log(args.source)
+        result = compare(entries, files, args.gpu_triton, recompile=not args.no_recompile)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
