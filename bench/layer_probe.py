@@ -1,0 +1,293 @@
+"""Where one layer call goes wrong or slow on a GPU: launcher by launcher, host and device.
+
+The lease times and checks whole layer calls; this command says which part is at fault:
+
+- **repeat**: the layer (forward and every gradient) run twice on the same inputs, each
+  launcher call (router pooling, mixing, convolution forward and backward, the mixing and
+  router backward) recorded: what it read, what it wrote. A launcher whose inputs are equal in
+  both runs but whose outputs differ is the source of a non-deterministic result; its outputs
+  are the arguments it wrote and the tensors it returned.
+- **host**: cProfile over repeated forward+backward calls: the Python functions where a layer
+  call spends its host time, per call.
+- **device**: torch.profiler over the same calls: each GPU kernel's time per call, against the
+  call's wall time.
+
+    python -m bench.layer_probe --output-dir OUT [--budget-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import hardware, jit_log, providers, smoke
+from bench.results import environment
+from bench.workloads import Workload, main_workloads
+
+RESULT_FILE = "probe.json"
+# The functions triton_nsr.ops imports from the kernel modules: every launcher a layer calls.
+LAUNCHERS = ("router_pool", "route_and_mix", "mix_fwd", "conv_fwd", "conv_bwd_input",
+             "conv_bwd_weight", "mix_bwd", "router_bwd")
+SMOKE_W4 = Workload("W4-256", "smoke", 1, 64, 64, 256, 256)
+# (workload, precision, layout): the smoke cases that differed run to run on the H200 first.
+REPEAT_CASES = (("W2", "tf32", "nchw"), ("W2", "tf32", "channels_last"),
+                ("W4-256", "tf32", "channels_last"), ("W2", "bf16", "channels_last"))
+# (workload, precision, layout, pass)
+PROFILE_CASES = (("W1-expand", "bf16", "channels_last", "forward_backward"),
+                 ("W1-expand", "bf16", "channels_last", "forward"),
+                 ("W4", "bf16", "channels_last", "forward_backward"),
+                 ("W3", "bf16", "channels_last", "forward"))
+CALLS = 20
+TOP_FUNCTIONS = 30
+
+
+def workloads() -> dict[str, Workload]:
+    return {w.name: w for w in [*main_workloads(), SMOKE_W4]}
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
+@contextlib.contextmanager
+def recorded_launchers(calls: list[dict]):
+    """Record every launcher call triton_nsr.ops makes: name, tensor arguments before and
+    after, returned tensors (copies, after a synchronisation)."""
+    from triton_nsr import ops
+
+    saved = {name: getattr(ops, name) for name in LAUNCHERS}
+
+    def wrap(name, launcher):
+        def recorded(*args, **kwargs):
+            _synchronize()
+            before = [t.detach().clone() for t in _tensors((args, kwargs))]
+            result = launcher(*args, **kwargs)
+            _synchronize()
+            after = [t.detach().clone() for t in _tensors((args, kwargs))]
+            calls.append({"name": name, "before": before, "after": after,
+                          "result": [t.detach().clone() for t in _tensors(result)]})
+            return result
+        return recorded
+
+    for name, launcher in saved.items():
+        setattr(ops, name, wrap(name, launcher))
+    try:
+        yield
+    finally:
+        for name, launcher in saved.items():
+            setattr(ops, name, launcher)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def repeat_case(workload: Workload, precision: str, layout: str, device: str) -> dict:
+    """Run the layer twice on the same inputs; per launcher call, whether what it read and what
+    it wrote agree between the runs."""
+    dtype, tf32 = smoke.PRECISIONS[precision]
+    runs = []
+    with hardware.tf32_mode(tf32):
+        inputs = providers.LayerInputs.create(workload, device, dtype,
+                                              layout == "channels_last", tf32)
+        forward, leaves = providers.get("triton_nsr").build(inputs)
+        output_grad = torch.randn(forward().shape, device=device, dtype=torch.float64)
+        for _ in range(2):
+            calls: list[dict] = []
+            with recorded_launchers(calls):
+                results = smoke._run(forward, leaves, output_grad)
+            runs.append((results, calls))
+    (first, first_calls), (second, second_calls) = runs
+    row = {"workload": workload.name, "precision": precision, "layout": layout,
+           "results": {name: {"equal": _equal(a, b), "max_abs_difference": _differs(a, b)}
+                       for name, a, b in zip(smoke.OUTPUT_NAMES, first, second)},
+           "calls": [], "source": None}
+    if [c["name"] for c in first_calls] != [c["name"] for c in second_calls]:
+        row["source"] = "the two runs called different launchers"
+        return row
+    for index, (one, two) in enumerate(zip(first_calls, second_calls)):
+        # Arguments a call wrote (changed within the run) are its outputs; the rest its inputs.
+        written = [not _equal(b, a) for b, a in zip(one["before"], one["after"])]
+        inputs_equal = all(_equal(x, y) for x, y, w in zip(one["before"], two["before"], written)
+                           if not w)
+        outputs = [(x, y) for x, y, w in zip(one["after"], two["after"], written) if w]
+        outputs += list(zip(one["result"], two["result"]))
+        differences = [_differs(x, y) for x, y in outputs]
+        call = {"index": index, "name": one["name"], "inputs_equal": inputs_equal,
+                "outputs_equal": all(d == 0 for d in differences),
+                "max_abs_difference": max(differences, default=0.0)}
+        row["calls"].append(call)
+        if row["source"] is None and inputs_equal and not call["outputs_equal"]:
+            row["source"] = f"call {index}: {one['name']}"
+    return row
+
+
+def _step(workload: Workload, precision: str, layout: str, pass_: str, device: str):
+    dtype, tf32 = smoke.PRECISIONS[precision]
+    inputs = providers.LayerInputs.create(workload, device, dtype, layout == "channels_last",
+                                          tf32)
+    forward, leaves = providers.get("triton_nsr").build(inputs)
+    if pass_ == "forward":
+        def step():
+            with torch.no_grad():
+                return forward()
+        return step
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    grads = [torch.randn_like(o) for o in providers.output_list(forward())]
+    return lambda: torch.autograd.grad(providers.output_list(forward()), leaves, grads)
+
+
+def profile_case(workload: Workload, precision: str, layout: str, pass_: str,
+                 device: str, calls: int = CALLS) -> dict:
+    """Wall time per call (synchronised, and back to back), the top host functions (cProfile)
+    and each GPU kernel's time per call (torch.profiler)."""
+    _, tf32 = smoke.PRECISIONS[precision]
+    with hardware.tf32_mode(tf32):
+        step = _step(workload, precision, layout, pass_, device)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+            torch.cuda.synchronize()
+        synchronised_us = (time.perf_counter() - start) / calls * 1e6
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        host_us = (time.perf_counter() - start) / calls * 1e6
+        torch.cuda.synchronize()
+        back_to_back_us = (time.perf_counter() - start) / calls * 1e6
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        top = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)
+        functions = [{"function": f"{Path(file).name}:{line}({name})",
+                      "calls_per_layer_call": round(primitive / calls, 2),
+                      "self_us": round(own / calls * 1e6, 1),
+                      "cumulative_us": round(cumulative / calls * 1e6, 1)}
+                     for (file, line, name), (primitive, _, own, cumulative, _)
+                     in top[:TOP_FUNCTIONS]]
+
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                step()
+            torch.cuda.synchronize()
+    kernels = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "cuda_time_total", 0)
+        if device_us and event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.key] = {"count_per_call": round(event.count / calls, 2),
+                                  "us_per_call": round(device_us / calls, 2)}
+    return {"workload": workload.name, "precision": precision, "layout": layout,
+            "pass": pass_, "calls": calls, "synchronised_us": round(synchronised_us, 1),
+            "host_us": round(host_us, 1), "back_to_back_us": round(back_to_back_us, 1),
+            "device_kernels_us": round(sum(k["us_per_call"] for k in kernels.values()), 1),
+            "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us_per_call"])),
+            "host_functions": functions}
+
+
+def probe(output_dir: Path, budget_s: float, device: str) -> dict:
+    """Repeat cases, then profile cases, while the budget lasts; writes OUT/probe.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    known = workloads()
+    record = {"environment": environment(device), "budget_s": budget_s, "repeat": [],
+              "profile": [], "not_reached": []}
+    jobs = [("repeat", case) for case in REPEAT_CASES]
+    jobs += [("profile", case) for case in PROFILE_CASES]
+    for kind, case in jobs:
+        if time.perf_counter() - started > budget_s:
+            record["not_reached"].append([kind, *case])
+            continue
+        try:
+            if kind == "repeat":
+                row = repeat_case(known[case[0]], case[1], case[2], device)
+            else:
+                row = profile_case(known[case[0]], *case[1:], device)
+        except Exception as error:  # one case's failure is a finding; the rest still run
+            row = {"case": list(case), "error": f"{type(error).__name__}: {error}"[:400]}
+        record[kind].append(row)
+        record["elapsed_s"] = round(time.perf_counter() - started, 1)
+        (output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    return record
+
+
+def summary(record: dict) -> str:
+    lines = []
+    for row in record["repeat"]:
+        if "error" in row:
+            lines.append(f"repeat {row['case']}: {row['error']}")
+            continue
+        differing = [n for n, r in row["results"].items() if not r["equal"]]
+        lines.append(f"repeat {row['workload']} {row['precision']} {row['layout']}: "
+                     f"differ {differing or 'none'}; source {row['source']}")
+    for row in record["profile"]:
+        if "error" in row:
+            lines.append(f"profile {row['case']}: {row['error']}")
+            continue
+        lines.append(f"profile {row['workload']} {row['precision']} {row['layout']} "
+                     f"{row['pass']}: synchronised {row['synchronised_us']} us, host "
+                     f"{row['host_us']} us, device kernels {row['device_kernels_us']} us")
+        for name, kernel in list(row["kernels"].items())[:8]:
+            lines.append(f"    {kernel['us_per_call']:8.1f} us x{kernel['count_per_call']} "
+                         f"{name[:90]}")
+        for function in row["host_functions"][:12]:
+            lines.append(f"    self {function['self_us']:7.1f} us cum "
+                         f"{function['cumulative_us']:7.1f} us x"
+                         f"{function['calls_per_layer_call']} {function['function']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    if args.device != "cuda" or not torch.cuda.is_available():
+        parser.error("the probe needs a CUDA device")
+    jit_log.install("probe")
+    record = probe(args.output_dir, args.budget_s, args.device)
+    print(summary(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
