@@ -68,8 +68,9 @@ def _mix_tile(
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
     copy_channel_stride, copy_tap_stride, routed,
-    HAS_COPY: tl.constexpr, ROUTE: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
+    HAS_COPY: tl.constexpr, ROUTE: tl.constexpr, CHANNELS_INNER: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr,
 ):
     """One (BLOCK_B, BLOCK_F) tile of one cardinal of mixed = sum_j routing[:, j] * bank[j].
 
@@ -83,6 +84,12 @@ def _mix_tile(
     channels come in convolution groups: row o of the weight (o = cardinal * d-th share + f's
     row) at (o // copy_group_rows) * group + (o % copy_group_rows) * row + channel + tap
     strides (the TF32 input gradient's packed layout).
+
+    A tile's BLOCK_F features are consecutive in the bank's (o, c, tap) order, or with
+    CHANNELS_INNER in (o, tap, c) order: where the output's channel stride is 1 and its tap
+    stride is not (the forward's packed layout), consecutive threads then store to consecutive
+    addresses. The stored mix is the big tensor (B times the bank); the bank tile, read with
+    stride `taps` instead, is shared by every sample and stays in L2.
     """
     num_f_blocks = tl.cdiv(features, BLOCK_F)
     f_block = tile % num_f_blocks
@@ -90,9 +97,17 @@ def _mix_tile(
     b_block = tile // (num_f_blocks * num_cardinals)
 
     offs_b = b_block * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_f = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
+    offs_t = f_block * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_b = offs_b < batch
-    mask_f = offs_f < features
+    mask_f = offs_t < features
+    row = offs_t // (channels * taps)
+    if CHANNELS_INNER:
+        tap = offs_t // channels % taps
+        channel = offs_t % channels
+    else:
+        channel = offs_t // taps % channels
+        tap = offs_t % taps
+    offs_f = (row * channels + channel) * taps + tap
 
     routing_rows = (routing_pointer + offs_b * routing_batch_stride
                     + cardinal * routing_cardinal_stride)
@@ -108,9 +123,8 @@ def _mix_tile(
         values = tl.load(bank_row + group * bank_group_stride, mask=mask_f, other=0.0)
         acc += weights.to(ACC_DTYPE)[:, None] * values.to(ACC_DTYPE)[None, :]
 
-    feature_offset = ((offs_f // (channels * taps)) * output_row_stride
-                      + (offs_f // taps % channels) * output_channel_stride
-                      + (offs_f % taps) * output_tap_stride)
+    feature_offset = (row * output_row_stride + channel * output_channel_stride
+                      + tap * output_tap_stride)
     output = (
         output_pointer
         + offs_b[:, None] * output_batch_stride
@@ -121,11 +135,10 @@ def _mix_tile(
              mask=mask_b[:, None] & mask_f[None, :])
     if HAS_COPY:
         rows_per_cardinal = features // (channels * taps)
-        row = cardinal * rows_per_cardinal + offs_f // (channels * taps)
-        copy_offset = ((row // copy_group_rows) * copy_group_stride
-                       + (row % copy_group_rows) * copy_row_stride
-                       + (offs_f // taps % channels) * copy_channel_stride
-                       + (offs_f % taps) * copy_tap_stride)
+        weight_row = cardinal * rows_per_cardinal + row
+        copy_offset = ((weight_row // copy_group_rows) * copy_group_stride
+                       + (weight_row % copy_group_rows) * copy_row_stride
+                       + channel * copy_channel_stride + tap * copy_tap_stride)
         tl.store(copy_pointer + offs_b[:, None] * copy_batch_stride + copy_offset[None, :],
                  acc.to(copy_pointer.dtype.element_ty), mask=mask_b[:, None] & mask_f[None, :])
 
@@ -149,7 +162,7 @@ def mix_fwd_kernel(
     mlp_weight_row_stride, mlp_weight_col_stride, mlp_bias_stride,
     pooled_batch_stride, pooled_channel_stride, temperature_hi, temperature_lo,
     HAS_SECOND: tl.constexpr, HAS_COPY: tl.constexpr, ROUTE: tl.constexpr,
-    HAS_MLP_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
+    CHANNELS_INNER: tl.constexpr, HAS_MLP_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
     ROUTE_BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
@@ -197,7 +210,7 @@ def mix_fwd_kernel(
                   channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
                   copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride,
                   copy_row_stride, copy_channel_stride, copy_tap_stride, routed,
-                  HAS_COPY, ROUTE, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
+                  HAS_COPY, ROUTE, CHANNELS_INNER, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
     elif HAS_SECOND:
         _mix_tile(routing_pointer, second_bank_pointer, second_output_pointer, pid - first_tiles,
                   batch, num_groups, num_cardinals, second_features,
@@ -207,7 +220,7 @@ def mix_fwd_kernel(
                   second_output_batch_stride, second_output_cardinal_stride,
                   1, 1, second_output_feature_stride, 0, 0,
                   copy_pointer, 0, 1, 0, 0, 0, 0, routed,
-                  False, ROUTE, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
+                  False, ROUTE, False, ACC_DTYPE, BLOCK_B, BLOCK_F, BLOCK_GROUPS)
 
 
 @triton.jit
@@ -383,6 +396,9 @@ def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_d
             *copy_layout, *route_args)
     constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
                   "ROUTE": route is not None,
+                  # The packed layout's channel stride is 1 and its tap stride Cp: store the
+                  # tile channel by channel (see _mix_tile).
+                  "CHANNELS_INNER": kernel_shape is not None and layout[3] > 1,
                   "HAS_MLP_BIAS": route is not None and route[3] is not None,
                   "ACC_DTYPE": _accumulator(bank_dtype, dtype),
                   "BLOCK_GROUPS": power_of_2_at_least(num_groups) if route else 1,
