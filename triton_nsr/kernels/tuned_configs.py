@@ -233,6 +233,10 @@ class Target:
 _interpreter_lock = threading.Lock()
 
 
+# Argument types that never carry a dtype (shape_class skips them without a lookup).
+_PLAIN_TYPES = frozenset((int, float, bool, str, type(None)))
+
+
 class TunedKernel:
     """A jitted kernel launched with a stored, autotuned or first config (see the module doc).
 
@@ -250,7 +254,7 @@ class TunedKernel:
         python = _python_function(fn)
         self.name = python.__name__
         self.arg_names = list(inspect.signature(python).parameters)
-        self._chosen: dict[tuple, triton.Config] = {}
+        self._chosen: dict[tuple, dict] = {}
         self._autotuners: dict[tuple, object] = {}
         self._sections: dict[Target, dict] = {}
 
@@ -284,7 +288,10 @@ class TunedKernel:
     def shape_class(self, named_args: dict) -> tuple:
         """The autotuner's key: the ``key`` arguments' values, then every tensor's dtype."""
         key = [named_args[name] for name in self.key if name in named_args]
-        key += [str(value.dtype) for value in named_args.values() if hasattr(value, "dtype")]
+        # Most arguments are integers: hasattr on them raises and catches an AttributeError,
+        # the largest share of a launch's host time before this test.
+        key += [str(value.dtype) for value in named_args.values()
+                if type(value) not in _PLAIN_TYPES and hasattr(value, "dtype")]
         return tuple(key)
 
     def _launch(self, grid, args: tuple, kwargs: dict):
@@ -302,19 +309,20 @@ class TunedKernel:
         if policy.record is not None:
             policy.record.append(Launch(self, key, specialization(named)))
             return None
-        config = self._chosen.get(key)
-        if config is None:
+        # The chosen config's launch arguments (tiles, warps, stages), kept per shape class.
+        chosen = self._chosen.get(key)
+        if chosen is None:
             index = None if table_path() is None else self.stored(key, Target.here())
             if index is not None:
-                config = self._chosen[key] = self.configs[index]
+                chosen = self._chosen[key] = self.configs[index].all_kwargs()
                 telemetry.table_hits += 1
             elif policy.autotune and (policy.max_autotunes is None
                                       or telemetry.autotuned < policy.max_autotunes):
                 return self._autotune(key, grid, args, kwargs, policy)
             else:
                 telemetry.first_config_launches += 1
-                config = self.configs[0]
-        return self.fn[grid](*args, **kwargs, **config.all_kwargs())
+                chosen = self.configs[0].all_kwargs()
+        return self.fn[grid](*args, **kwargs, **chosen)
 
     def _autotune(self, key: tuple, grid, args: tuple, kwargs: dict, policy: Policy):
         """Run Triton's autotuner for ``key``; keep and report its winner."""
@@ -342,7 +350,7 @@ class TunedKernel:
             telemetry.autotuning = False
             telemetry.autotune_s += time.perf_counter() - start
         best = tuner.best_config
-        self._chosen[key] = best
+        self._chosen[key] = best.all_kwargs()
         telemetry.autotuned += 1
         timings = getattr(tuner, "configs_timings", None) or {}
         median = timings.get(best, [None])[0]
