@@ -141,6 +141,7 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
 
     if case.variant.startswith("all_taps"):
         patch(conv_backward, "ALL_TAPS_DTYPES", (dtype,))
+        patch(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
         name = "conv_bwd_weight_3x3_kernel"
     elif case.kernel == "weight_grad":
         patch(conv_backward, "ALL_TAPS_DTYPES", ())  # the per-tap kernel, every dtype

@@ -147,6 +147,105 @@ def repeat_case(workload: Workload, precision: str, layout: str, device: str) ->
     return row
 
 
+# Kernel-gradient repeats: (batch, in, out, height, width) and the configs tried beyond the
+# kept ones (stage counts: a pipelining race shows up as a stage-dependent difference).
+REPEAT_SHAPES = {"W4-256": (1, 64, 64, 256, 256), "W2": (16, 64, 64, 48, 48)}
+REPEAT_LAUNCHES = 4
+
+
+def weight_grad_configs(variant: str, precision: str) -> list:
+    """The kernel's kept configs, then (per-tap kernel in TF32) each tile with 1 and 2
+    stages."""
+    import triton
+
+    from triton_nsr.kernels import conv_backward
+
+    tuner = (conv_backward.conv_bwd_weight_3x3_kernel if variant == "all_taps"
+             else conv_backward.conv_bwd_weight_kernel)
+    # The first three: what the autotuner keeps for these 64-channel layers (the JIT log of
+    # the first H200 lease, b49e5e9).
+    configs = list(tuner.configs[:3])
+    if variant == "per_tap" and precision == "tf32":
+        configs += [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages)
+                    for c in tuner.configs[:3] for stages in (1, 2) if stages != c.num_stages]
+    return configs
+
+
+def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config,
+                        device: str) -> dict:
+    """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
+    whether every launch wrote the same bits (partial sums and bias, not added)."""
+    from triton_nsr.kernels import autotune, conv_backward
+
+    dtype, tf32 = smoke.PRECISIONS[precision]
+    batch, cin, cout, height, width = shape
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cin, height, width, generator=generator).to(device, dtype)
+    dy = torch.randn(batch, cout, height, width, generator=generator).to(device, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    name = "conv_bwd_weight_3x3_kernel" if variant == "all_taps" else "conv_bwd_weight_kernel"
+    tuner = getattr(conv_backward, name)
+
+    class Fixed:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                return tuner.fn[grid](*args, **kwargs, **config.all_kwargs())
+            return launch
+
+    saved = (conv_backward.ALL_TAPS_DTYPES, tuner, conv_backward.ALL_TAPS_LAYOUTS)
+    conv_backward.ALL_TAPS_DTYPES = (dtype,) if variant == "all_taps" else ()
+    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
+    setattr(conv_backward, name, Fixed())
+    autotune.clear_launch_plans()
+    row = {"shape": list(shape), "precision": precision, "layout": layout, "variant": variant,
+           "config": f"{' '.join(f'{k}={v}' for k, v in config.kwargs.items())} "
+                     f"w{config.num_warps} s{config.num_stages}"}
+    try:
+        results = []
+        for _ in range(REPEAT_LAUNCHES):
+            grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
+            grad_bias = x.new_full((batch, cout), float("nan"))
+            with hardware.tf32_mode(tf32):
+                parts, bias_parts = conv_backward.conv_bwd_weight(
+                    dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, tf32, grad_weight,
+                    grad_bias, sum_splits=False)
+            results.append((parts.clone(), bias_parts.clone()))
+        _synchronize()
+        first = results[0]
+        row["splits"] = first[0].shape[0]
+        row["differing_launches"] = sum(not (_equal(w, first[0]) and _equal(b, first[1]))
+                                        for w, b in results[1:])
+        row["max_abs_difference"] = max(_differs(w, first[0]) for w, _ in results[1:])
+        reference = torch.stack([torch.nn.grad.conv2d_weight(
+            x[i:i + 1].double(), (cout, cin, 3, 3), dy[i:i + 1].double(), padding=1)
+            for i in range(batch)])
+        total = first[0].double().sum(dim=0)
+        row["error"] = float((total - reference).norm() / reference.norm())
+    except Exception as error:  # a compile failure or fault is this config's finding
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    finally:
+        conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS = saved[0], saved[2]
+        setattr(conv_backward, name, saved[1])
+        autotune.clear_launch_plans()
+    return row
+
+
+def repeat_jobs() -> list[tuple]:
+    """(shape name, precision, layout, variant, config) for every kernel-gradient repeat: the
+    per-tap kernel in TF32 (where the layer's results differed) and bf16, the all-taps one in
+    bf16, both layouts, W4-256 first."""
+    jobs = []
+    for shape in REPEAT_SHAPES:
+        for precision, variant in (("tf32", "per_tap"), ("bf16", "per_tap"),
+                                   ("bf16", "all_taps")):
+            for layout in ("channels_last", "nchw"):
+                jobs += [(shape, precision, layout, variant, config)
+                         for config in weight_grad_configs(variant, precision)]
+    return jobs
+
+
 def _step(workload: Workload, precision: str, layout: str, pass_: str, device: str):
     dtype, tf32 = smoke.PRECISIONS[precision]
     inputs = providers.LayerInputs.create(workload, device, dtype, layout == "channels_last",
@@ -228,20 +327,24 @@ def probe(output_dir: Path, budget_s: float, device: str) -> dict:
     started = time.perf_counter()
     known = workloads()
     record = {"environment": environment(device), "budget_s": budget_s, "repeat": [],
-              "profile": [], "not_reached": []}
+              "kernel_repeats": [], "profile": [], "not_reached": []}
     jobs = [("repeat", case) for case in REPEAT_CASES]
     jobs += [("profile", case) for case in PROFILE_CASES]
+    jobs += [("kernel_repeats", case) for case in repeat_jobs()]
     for kind, case in jobs:
         if time.perf_counter() - started > budget_s:
-            record["not_reached"].append([kind, *case])
+            record["not_reached"].append([kind, *map(str, case)])
             continue
         try:
             if kind == "repeat":
                 row = repeat_case(known[case[0]], case[1], case[2], device)
+            elif kind == "kernel_repeats":
+                row = weight_grad_repeats(REPEAT_SHAPES[case[0]], *case[1:], device)
             else:
                 row = profile_case(known[case[0]], *case[1:], device)
         except Exception as error:  # one case's failure is a finding; the rest still run
-            row = {"case": list(case), "error": f"{type(error).__name__}: {error}"[:400]}
+            row = {"case": [str(c) for c in case],
+                   "error": f"{type(error).__name__}: {error}"[:400]}
         record[kind].append(row)
         record["elapsed_s"] = round(time.perf_counter() - started, 1)
         (output_dir / RESULT_FILE).write_text(json.dumps(record, indent=1))
@@ -257,6 +360,14 @@ def summary(record: dict) -> str:
         differing = [n for n, r in row["results"].items() if not r["equal"]]
         lines.append(f"repeat {row['workload']} {row['precision']} {row['layout']}: "
                      f"differ {differing or 'none'}; source {row['source']}")
+    for row in record["kernel_repeats"]:
+        if "differing_launches" not in row:
+            lines.append(f"kernel repeats {row.get('case') or row}: {row.get('error')}")
+            continue
+        lines.append(f"kernel repeats {row['shape']} {row['precision']} {row['layout']} "
+                     f"{row['variant']} {row['config']} S={row['splits']}: "
+                     f"{row['differing_launches']} of {REPEAT_LAUNCHES - 1} differ "
+                     f"(max {row['max_abs_difference']:.3g}), error {row['error']:.2e}")
     for row in record["profile"]:
         if "error" in row:
             lines.append(f"profile {row['case']}: {row['error']}")

@@ -72,9 +72,11 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
     x, dy = _inputs(shape, device, dtype)
     grad_weight = x.new_empty((shape[0], shape[2], shape[1], 3, 3))
     grad_bias = x.new_empty((shape[0], shape[2]))
-    saved = (conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES)
+    saved = (conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES,
+             conv_backward.ALL_TAPS_LAYOUTS)
     conv_backward.weight_grad_splits = lambda *args: splits
     conv_backward.ALL_TAPS_DTYPES = (dtype,) if variant == "all_taps" else ()
+    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
     autotune.clear_launch_plans()
     try:
         def launch():
@@ -86,7 +88,8 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
         gradient = parts.double().sum(dim=0)
         timing = summarize(timer.samples(launch))
     finally:
-        conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES = saved
+        (conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES,
+         conv_backward.ALL_TAPS_LAYOUTS) = saved
         autotune.clear_launch_plans()
     pieces = parts.shape[0]
     row = {"splits": pieces, "time_ms": timing,

@@ -103,8 +103,11 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert forward == ["router_pool_kernel", "mix_fwd_kernel", "conv_fwd_kernel"]
     assert len(forward) <= FORWARD_LAUNCHES
     assert forward_ops == []
-    # bf16 3x3: the all-taps kernel gradient (kernels/conv_backward.py ALL_TAPS_DTYPES).
-    assert backward == ["conv_bwd_weight_3x3_kernel", "mix_bwd_kernel", "router_bwd_kernel",
+    # bf16 3x3: the all-taps kernel gradient for an NCHW dy, the per-tap one for a
+    # channels_last dy (kernels/conv_backward.py ALL_TAPS_DTYPES and ALL_TAPS_LAYOUTS).
+    weight_gradient = ("conv_bwd_weight_kernel" if layout == "channels_last"
+                       else "conv_bwd_weight_3x3_kernel")
+    assert backward == [weight_gradient, "mix_bwd_kernel", "router_bwd_kernel",
                         "conv_bwd_input_kernel"]
     assert backward_ops == []
     assert len(forward) + len(backward) + len(backward_ops) <= TRAINING_LAUNCHES

@@ -100,12 +100,14 @@ def assert_same_outputs_and_grads(fn, oracle, inputs, names, dtype=None):
 
 def all_taps_in_float32(monkeypatch, splits: int) -> list[bool]:
     """Make the kernel gradient run the all-taps kernel for float32 (16-bit only otherwise; the
-    interpreter has no bfloat16 arithmetic) with ``splits`` pixel splits, launch plans decided
+    interpreter has no bfloat16 arithmetic) and either dy layout (NCHW only otherwise) with
+    ``splits`` pixel splits, launch plans decided
     afresh; returns the list each plan's TRANSPOSED decision is appended to."""
     from triton_nsr.kernels import conv_backward
     from triton_nsr.kernels.autotune import clear_launch_plans
 
     monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
     monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: splits)
     decided = []
     transposes = conv_backward._transposes

@@ -112,6 +112,16 @@ REMOVED_WEIGHT_GRAD_3X3_CONFIGS = [
 # carries one dy row (float32) and loads the other again; tests/test_hopper_compile.py checks
 # in the sm_90 IR that every dot reads a loaded or carried operand, never a constant.
 ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+# Measured on an H200 (bench/splits.py, b49e5e9, bf16, channels_last, autotuned): the per-tap
+# kernel beat the all-taps one at every split count. Best of each, per-tap against all-taps:
+# W1-expand 70 us against 95 us (the layer's one split: 70 against 203), W1-reduce 72 against
+# 126 (the layer's TRANSPOSED: 75 against 156), W4 212 against 278 (the layer's: 229 against
+# 323). Its 9 times more programs fill the 132 SMs; the L2 bytes the all-taps kernel saves were
+# not the limit. So a channels_last dy takes the per-tap kernel; an NCHW dy keeps the all-taps
+# one, which reads it in unshifted rows (the per-tap kernel's are 2-byte loads there) and writes
+# its channels_last copy for the input gradient. bench.splits times both on every GPU lease,
+# forcing the all-taps kernel for both layouts through ALL_TAPS_LAYOUTS.
+ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 # Layouts of both operands, precision, pixel class, the split count and (all-taps kernel) the
 # shifted operand's route: TMA or gather at the same strides (an unaligned address) want
 # different tiles. A TRANSPOSED all-taps launch passes x and dy swapped, so it keys like the
@@ -671,6 +681,11 @@ def weight_grad_splits(device: torch.device, programs: int, out_pixels: int) -> 
     return max(1, min(wanted, out_pixels // MIN_PIXELS_PER_SPLIT))
 
 
+def _channels_last(tensor: torch.Tensor) -> bool:
+    """Whether a (B, C, H, W) tensor's channels are its innermost dimension (C > 1)."""
+    return tensor.shape[1] > 1 and tensor.stride(1) == 1
+
+
 def _transposes(out_group_channels: int, in_group_channels: int, pad, copy_stride,
                 grad_output_route: str) -> bool:
     """Whether the all-taps kernel runs TRANSPOSED (x the carried rows, dy the shifted tensor).
@@ -815,7 +830,9 @@ def conv_bwd_weight(
     # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice and x three
     # times, or x twice and dy three times: _transposes).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-                and input.dtype in ALL_TAPS_DTYPES)
+                and input.dtype in ALL_TAPS_DTYPES
+                and ("channels_last" if _channels_last(grad_output) else "nchw")
+                in ALL_TAPS_LAYOUTS)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
     programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
                 * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))

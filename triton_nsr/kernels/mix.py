@@ -162,8 +162,9 @@ def mix_fwd_kernel(
     mlp_weight_row_stride, mlp_weight_col_stride, mlp_bias_stride,
     pooled_batch_stride, pooled_channel_stride, temperature_hi, temperature_lo,
     HAS_SECOND: tl.constexpr, HAS_COPY: tl.constexpr, ROUTE: tl.constexpr,
-    CHANNELS_INNER: tl.constexpr, HAS_MLP_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_GROUPS: tl.constexpr,
-    ROUTE_BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_F: tl.constexpr,
+    CHANNELS_INNER: tl.constexpr, HAS_MLP_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_GROUPS: tl.constexpr, ROUTE_BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_F: tl.constexpr,
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
