@@ -15,6 +15,8 @@ this command:
 
     python -m bench.jit_compare bench/results/<run>_jit.json            # a stored comparison
     python -m bench.jit_compare OUT/jit_kernels.tar.xz --json OUT.json   # compare anew
+
+Compare at the GPU run's commit (a worktree of it): the analysis reads the kernels' source.
 """
 
 from __future__ import annotations
@@ -75,10 +77,21 @@ def config_label(entry: dict) -> str:
     return f"{tiles} w{entry['num_warps']} s{entry['num_stages']}".strip()
 
 
+def check_source(entry: dict) -> None:
+    """Refuse to read a compile against other kernel source than it was made from: operand
+    routes come from the PTX line table, which names lines of that source. (Logs without a
+    source key: check out the run's commit.)"""
+    known = entry.get("source_key")
+    if known is not None and kernel_function(entry).cache_key != known:
+        raise SystemExit(f"{entry['kernel']} was compiled from other source than this "
+                         "checkout's: run bench.jit_compare at the GPU run's commit")
+
+
 def inspect_gpu_files(entry: dict, files: Path):
     """The report's findings on the files the GPU's JIT wrote for this entry."""
     from triton_nsr.kernels.compiled import inspect_compiled
 
+    check_source(entry)
     folder = files / entry["hash"]
     name = entry["kernel"]
     asm = {"ptx": (folder / f"{name}.ptx").read_text(),

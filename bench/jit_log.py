@@ -91,6 +91,9 @@ class JitLog:
             "kernel": src.name,
             "triton": triton.__version__,
             "module": module,
+            # The kernel's source (with the functions it calls): bench.jit_compare reads the
+            # files against the same source, or its line table names the wrong statements.
+            "source_key": fn.cache_key,
             "hash": metadata["hash"],
             "process": self.process,
             "cache_hit": bool(cache_hit),

@@ -49,7 +49,7 @@ def test_training_floor_and_the_split_kernel_gradient_of_w4():
     assert floor == forward_floor + t.y + t.x + t.x + t.bank + t.bank
     # Batch 1 at 512x512: the kernel gradient comes in float32 split partial sums, written
     # once and read once (by the one mixing backward kernel).
-    parts = per_kernel["conv_bwd_weight_3x3_kernel"] - t.y - t.x
+    parts = per_kernel["conv_bwd_weight_kernel"] - t.y - t.x
     assert parts > t.mixed
     assert per_kernel["mix_bwd_kernel"] - parts == 2 * t.bank + t.routing + t.routing_parts
 
@@ -71,13 +71,21 @@ def test_rows_state_targets_and_inference_has_no_backward():
 
 def test_nchw_costs_one_more_write_of_x_and_of_dy():
     # The pooling writes the channels_last copy of x the forward boxes with TMA, the kernel
-    # gradient the copy of dy the input gradient boxes.
+    # gradient the copy of dy the input gradient boxes. The kernel gradients differ too: an
+    # NCHW dy takes the all-taps kernel (64 bands of rows on W4's 512x512 image), a
+    # channels_last one the per-tap kernel (29 splits: 9 taps' programs, 2 per SM on 132 SMs).
     t = TensorBytes.of(W4)
     channels_last = layer_bytes(W4, "channels_last")
     nchw = layer_bytes(W4, "nchw")
     assert nchw[FORWARD][1] - channels_last[FORWARD][1] == t.x
     assert nchw[FORWARD][3]["router_pool_kernel"] == 2 * t.x + t.partials
-    assert (nchw[FORWARD_BACKWARD][1] - channels_last[FORWARD_BACKWARD][1]) == t.x + t.y
+    # One float32 partial sum of the (B, out, C, 3, 3) kernel and (B, out) bias gradients.
+    per_split = 1 * 64 * 64 * 9 * 4 + 1 * 64 * 4
+    nchw_parts = nchw[FORWARD_BACKWARD][3]["conv_bwd_weight_3x3_kernel"] - 2 * t.y - t.x
+    parts = channels_last[FORWARD_BACKWARD][3]["conv_bwd_weight_kernel"] - t.y - t.x
+    assert (nchw_parts, parts) == (64 * per_split, 29 * per_split)
+    assert (nchw[FORWARD_BACKWARD][1] - channels_last[FORWARD_BACKWARD][1]
+            == t.x + t.y + 2 * (nchw_parts - parts))
 
 
 def test_costs_command_prints_the_bytes_model(capsys):

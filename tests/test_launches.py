@@ -125,10 +125,12 @@ def test_launch_budget_with_zero_padding(shape, layout):
 
 
 @pytest.mark.usefixtures("h200_split")
-def test_transposed_kernel_gradient_keys_like_the_layer_with_channels_swapped():
+def test_transposed_kernel_gradient_keys_like_the_layer_with_channels_swapped(monkeypatch):
     # W1-reduce (128 -> 32) in channels_last runs the all-taps kernel gradient TRANSPOSED, x and
     # dy swapped: the same GEMMs as W1-expand's (32 -> 128), and so the same autotune key (one
-    # tuning for both). With an NCHW dy it is not transposed, and the keys differ.
+    # tuning for both). With an NCHW dy it is not transposed, and the keys differ. (The layer
+    # takes the per-tap kernel for a channels_last dy; the all-taps one is forced here.)
+    monkeypatch.setattr(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
     keys = {}
     for shape in SHAPES[:2]:
         for layout in ("channels_last", "nchw"):

@@ -132,6 +132,33 @@ def recording(batch: int):
             setattr(module, name, value)
 
 
+@contextlib.contextmanager
+def all_taps_for_every_layout():
+    """The kernel gradient takes the all-taps kernel for a dy of either layout (the layer takes
+    it for an NCHW dy only: conv_backward.ALL_TAPS_LAYOUTS)."""
+    from triton_nsr.kernels import conv_backward
+
+    saved = conv_backward.ALL_TAPS_LAYOUTS
+    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
+    try:
+        yield
+    finally:
+        conv_backward.ALL_TAPS_LAYOUTS = saved
+
+
+def all_taps_alternative(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
+    """The all-taps kernel gradient's launch where the layer takes the per-tap kernel instead
+    (16-bit, channels_last): the report compiles it beside the layer's; empty elsewhere."""
+    from triton_nsr.kernels import conv_backward
+
+    if (PRECISIONS[precision][0] not in conv_backward.ALL_TAPS_DTYPES
+            or layout in conv_backward.ALL_TAPS_LAYOUTS):
+        return []
+    with all_taps_for_every_layout():
+        return [launch for launch in capture(shape, precision, layout)
+                if launch.kernel == "conv_bwd_weight_3x3_kernel"]
+
+
 def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
     """The launches of one forward and backward pass of the layer, in launch order.
 

@@ -130,6 +130,13 @@ ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
                    "INPUT_ROUTE", "PRECISION"]
+# The per-tap kernel's pixel loop in TF32 runs unpipelined. On an H200 (Triton 3.6,
+# bench.layer_probe at 865104e) it wrote different bits on the same inputs, launch after
+# launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed,
+# by up to 34 in sums of about 1e3 (relative errors up to 4.7e-2 against float64, where a
+# correct TF32 sum is 8e-4). With one stage every tile and layout repeated bit for bit, as did
+# bf16 at any depth; the layer's TF32 smoke cases had failed their repeat check in both leases.
+TF32_LOOP_STAGES = 1
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
 
@@ -268,10 +275,13 @@ def conv_bwd_weight_kernel(
     grad_bias_split_stride, grad_bias_batch_stride, grad_bias_channel_stride,
     copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    INDEX_DTYPE: tl.constexpr, WRITE_COPY: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr, WRITE_COPY: tl.constexpr, LOOP_STAGES: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[b] = correlate(x[b], dy[b]) and dbias[b] = dy[b] summed over pixels, for every b.
+
+    LOOP_STAGES: the pixel loop's pipeline depth, or None for the config's num_stages (see
+    TF32_LOOP_STAGES).
 
     With WRITE_COPY the programs of tap 0 and the first input-channel tile, which between them
     load every dy element once, also store it to copy (B, out, Ho, Wo) in the copy's strides
@@ -312,7 +322,8 @@ def conv_bwd_weight_kernel(
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     chunk = tl.cdiv(tl.cdiv(out_pixels, num_splits), BLOCK_K) * BLOCK_K
     first_pixel = split * chunk
-    for p_start in range(first_pixel, tl.minimum(first_pixel + chunk, out_pixels), BLOCK_K):
+    for p_start in tl.range(first_pixel, tl.minimum(first_pixel + chunk, out_pixels), BLOCK_K,
+                            num_stages=LOOP_STAGES):
         offs_k = (p_start + tl.arange(0, BLOCK_K)).to(INDEX_DTYPE)
         mask_k = offs_k < out_pixels
         out_row = offs_k // out_w
@@ -736,8 +747,9 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
     if copy_stride is not None:
         layouts.append((grad_output_shape, copy_stride))
     index = index_dtype_of(layouts, pad, dilation, kernel_size)
+    precision = dot_precision(dtype, allow_tf32)
     constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
-                  "PRECISION": dot_precision(dtype, allow_tf32), "INDEX_DTYPE": index}
+                  "PRECISION": precision, "INDEX_DTYPE": index}
     if all_taps:
         # dy's route: whether it can be the shifted tensor, and its route when it is.
         grad_output_route, _ = route_of(grad_output_shape, grad_output_stride, dtype,
@@ -789,6 +801,7 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
                 *grad_output_stride, *input_stride,
                 num_splits, *weight_parts_stride, *bias_parts_stride,
                 *(copy_stride or (0, 0, 0, 0)))
+        constexprs["LOOP_STAGES"] = TF32_LOOP_STAGES if precision == "tf32" else None
     constexprs["WRITE_COPY"] = copy_stride is not None
     return partial, grid, args, constexprs
 

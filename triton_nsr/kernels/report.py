@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from triton_nsr.kernels.capture import LayerShape, capture, kernels
+from triton_nsr.kernels.capture import LayerShape, all_taps_alternative, capture, kernels
 from triton_nsr.kernels.compiled import (
     compile_and_inspect,
     config_label,
@@ -64,7 +64,10 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
     for shape in shapes:
         for precision in precisions:
             for layout in layouts:
-                for launch in capture(shape, precision, layout):
+                launches = [(launch, False) for launch in capture(shape, precision, layout)]
+                launches += [(launch, True)
+                             for launch in all_taps_alternative(shape, precision, layout)]
+                for launch, alternative in launches:
                     tuner = tuners[launch.kernel]
                     for index in kept_configs(tuner, launch):
                         config = tuner.configs[index]
@@ -76,6 +79,7 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
                         rows.append({"shape": shape.name, "precision": precision,
                                      "layout": layout, "kernel": launch.kernel,
                                      "path": launch.kwargs.get("INPUT_ROUTE"),
+                                     "alternative": alternative,
                                      "compile": keys[key], "traffic": traffic})
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
