@@ -111,7 +111,9 @@ def paper_layer(layer: triton_nsr.NSRConv2d) -> nn.Module:
         layer.num_sparsity_cardinals, layer.stride, layer.padding, layer.dilation, layer.groups,
         layer.bias is not None, layer.padding_mode, temperature=layer.temperature,
     )
-    new = _normalised_like(layer, new).to(layer.weight.device)
+    # A parameter's device: under hook-style weight normalisation ``layer.weight`` is a plain
+    # attribute, left where it was until the next forward recomputes it.
+    new = _normalised_like(layer, new).to(next(layer.parameters()).device)
     new.load_state_dict(layer.state_dict())
     return new
 

@@ -115,12 +115,13 @@ ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 # Measured on an H200 (bench/splits.py, b49e5e9, bf16, channels_last, autotuned): the per-tap
 # kernel beat the all-taps one at every split count. Best of each, per-tap against all-taps:
 # W1-expand 70 us against 95 us (the layer's one split: 70 against 203), W1-reduce 72 against
-# 126 (the layer's TRANSPOSED: 75 against 156), W4 212 against 278 (the layer's: 229 against
-# 323). Its 9 times more programs fill the 132 SMs; the L2 bytes the all-taps kernel saves were
-# not the limit. So a channels_last dy takes the per-tap kernel; an NCHW dy keeps the all-taps
-# one, which reads it in unshifted rows (the per-tap kernel's are 2-byte loads there) and writes
-# its channels_last copy for the input gradient. bench.splits times both on every GPU lease,
-# forcing the all-taps kernel for both layouts through ALL_TAPS_LAYOUTS.
+# 126 (the layer's TRANSPOSED: 75 against 156), W4 212 against 278 (32 splits, near the
+# layer's 29: 229, against the all-taps kernel's 323 at the layer's 64). Its 9 times more
+# programs fill the 132 SMs; the L2 bytes the all-taps kernel saves were not the limit. So a
+# channels_last dy takes the per-tap kernel; an NCHW dy keeps the all-taps one, which reads it
+# in unshifted rows (the per-tap kernel's are 2-byte loads there) and writes its channels_last
+# copy for the input gradient. bench.splits times both on every GPU lease, forcing the
+# all-taps kernel for both layouts through ALL_TAPS_LAYOUTS.
 ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 # Layouts of both operands, precision, pixel class, the split count and (all-taps kernel) the
 # shifted operand's route: TMA or gather at the same strides (an unaligned address) want

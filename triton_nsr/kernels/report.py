@@ -230,12 +230,18 @@ MISS_CAUSES = {
         "16-byte cp.async but on the odd shape) and the MMA is waited on at every step; in the "
         "layer x arrives as the forward's channels_last copy instead."),
     ("conv_bwd_weight_kernel", "tf32", "nchw"): (
+        "Wait depth 0 everywhere in TF32: the pixel loop is unpipelined on purpose "
+        "(conv_backward.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
+        "same inputs on an H200 (NCHW x, 64-row tiles, 2+ stages). "
         "In the layer an NCHW x reaches the kernel gradient as the forward's channels_last "
         "copy, (pixels, in): MN-major, which TF32 wgmma cannot read from shared memory (see "
         "channels_last below), so it comes element by element (cp.async 4B); dy, NCHW, is "
         "K-major and loads 16 bytes but on the odd shape. Reading x in NCHW instead would put "
         "it 4 bytes off at every tap."),
     ("conv_bwd_weight_kernel", "tf32", "channels_last"): (
+        "Wait depth 0 everywhere in TF32: the pixel loop is unpipelined on purpose "
+        "(conv_backward.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
+        "same inputs on an H200. "
         "TF32 wgmma reads only K-major operands from shared memory, and K is the pixel axis: "
         "channels_last stores dy as (pixels, out) and x as (pixels, in), both MN-major, so Triton "
         "loads them element by element (cp.async 4B) to transpose them on the way. wgmma could "
@@ -293,17 +299,21 @@ def render_misses(data: dict) -> list[str]:
             + "; the compile tables above name the configs. Those tiles stay in the lists for "
             "the shapes where they compile clean, and the autotuner measures what it keeps."]
     best: dict[tuple[str, str], float] = {}
+    per_tap: dict[str, float] = {}
     for r in data["rows"]:
         if (r["kernel"].startswith("conv_bwd_weight") and r["traffic"] and r["shape"] != "odd"
                 and r["precision"] == "bf16"):
             ratio = r["traffic"][0] / r["traffic"][1]
-            key = (r["shape"], r["layout"])
-            best[key] = min(best.get(key, ratio), ratio)
+            if r["kernel"] == "conv_bwd_weight_3x3_kernel":
+                key = (r["shape"], r["layout"])
+                best[key] = min(best.get(key, ratio), ratio)
+            elif r["layout"] == "channels_last":
+                per_tap[r["shape"]] = min(per_tap.get(r["shape"], ratio), ratio)
     if best:
         over = [f"{shape} {layout}" for (shape, layout), ratio in best.items()
                 if ratio > WEIGHT_GRAD_BUDGET]
-        out += ["", "The bf16 kernel gradient's L2 -> SM bytes against the unique bytes of x and "
-                "dy, best kept config per shape and layout: " + ", ".join(
+        out += ["", "The bf16 all-taps kernel gradient's L2 -> SM bytes against the unique "
+                "bytes of x and dy, best kept config per shape and layout: " + ", ".join(
                     f"{shape} {layout} {ratio:.2f}x" for (shape, layout), ratio in best.items())
                 + f"; the budget is {WEIGHT_GRAD_BUDGET:.0f}x"
                 + (f", missed on {', '.join(over)}." if over else ", met everywhere.")
@@ -316,6 +326,16 @@ def render_misses(data: dict) -> list[str]:
                    "W1-reduce's 32 output channels then fill half of wgmma's 64 rows, 9 float32 "
                    "accumulators cap a tile at 64x64, and its 128 input channels take two "
                    "tiles, each reading dy twice." if "W1-reduce nchw" in over else "")]
+    if per_tap:
+        out += ["", "With a channels_last dy the layer runs the per-tap kernel instead, "
+                + ", ".join(f"{shape} {ratio:.1f}x" for shape, ratio in per_tap.items())
+                + " by the same model: measured on an H200 (bench/results/"
+                "20261130T205744_splits_b49e5e9.json, autotuned, split as the layer splits) it "
+                "took 70 us against the all-taps kernel's 203 us on W1-expand, 75 against 156 "
+                "on W1-reduce (TRANSPOSED) and 229 (32 splits; the layer takes 29) against 323 on "
+                "W4, and was faster at every "
+                "split count tried. Its 9 times more programs fill the 132 SMs (W1's all-taps "
+                "launch is 16-32 programs); L2 bandwidth was not the limit the model assumed."]
     return out
 
 
@@ -415,12 +435,17 @@ def render(reports: list[dict]) -> str:
              "multiples of 16 bytes such as a bf16 width not divisible by 8, sliced or expanded "
              "inputs, float64, and NCHW columns that a tap shifts off 16 bytes: such boxes "
              "faulted on an H200). Their per-sample weights come packed contiguous along K. The "
-             "weight gradient of a 16-bit 3x3 layer at stride 1 runs the all-taps "
-             "`conv_bwd_weight_3x3_kernel` (kernels/conv_backward.py `ALL_TAPS_DTYPES`; it "
-             "carries the rows of one tensor and boxes the other, channels_last, at tap-shifted "
-             "pixels by TMA: x, in the layer the NCHW input's copy, or, TRANSPOSED where x has "
-             "more channels than dy and dy is channels_last, dy), every other one the per-tap "
-             "`conv_bwd_weight_kernel`.", ""]
+             "weight gradient of a 16-bit 3x3 layer at stride 1 with an NCHW dy runs the "
+             "all-taps `conv_bwd_weight_3x3_kernel` (kernels/conv_backward.py `ALL_TAPS_DTYPES` "
+             "and `ALL_TAPS_LAYOUTS`; it carries dy's rows and boxes x, in the layer the NCHW "
+             "input's channels_last copy, at tap-shifted pixels by TMA); every other one, a "
+             "channels_last dy included, the per-tap `conv_bwd_weight_kernel`, which was the "
+             "faster of the two on an H200 at every split count. The report compiles the "
+             "all-taps kernel for a channels_last dy too (marked *alternative* in the data: "
+             "there, where x has more channels than dy, it runs TRANSPOSED, carrying x's rows "
+             "and boxing dy). The TF32 per-tap kernel's pixel loop runs unpipelined "
+             "(`TF32_LOOP_STAGES`, wait depth 0): pipelined, it wrote different bits launch "
+             "after launch on an H200.", ""]
     removed = reports[-1]["removed"] if reports else []
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]

@@ -1,0 +1,50 @@
+"""bench.layer_probe on the CPU: its repeat check names the launcher a difference starts in.
+
+The probe runs on a GPU (make gpu's last step; bench/results/*_probe_*.json); here the layer
+runs on the triton path in the interpreter, where every launch is deterministic, so a launcher
+is made to add noise to see the check point at it.
+"""
+
+import torch
+
+from bench import layer_probe
+from bench.workloads import tiny_workloads
+from triton_nsr import ops
+
+
+def test_repeat_check_finds_no_difference_in_a_deterministic_layer():
+    row = layer_probe.repeat_case(tiny_workloads()[0], "fp32", "nchw", "cpu")
+    assert row["source"] is None
+    assert all(result["equal"] for result in row["results"].values()), row["results"]
+    names = [call["name"] for call in row["calls"]]
+    assert names == ["router_pool", "route_and_mix", "conv_fwd", "conv_bwd_weight", "mix_bwd",
+                     "router_bwd", "conv_bwd_input"]
+    assert all(call["inputs_equal"] and call["outputs_equal"] for call in row["calls"])
+
+
+def test_repeat_check_names_the_launcher_whose_outputs_differ(monkeypatch):
+    launcher = ops.mix_bwd
+
+    def noisy(*args, **kwargs):
+        result = launcher(*args, **kwargs)
+        for tensor in layer_probe._tensors(result):
+            tensor.add_(torch.randn_like(tensor) * 1e-3)
+        return result
+
+    monkeypatch.setattr(ops, "mix_bwd", noisy)
+    row = layer_probe.repeat_case(tiny_workloads()[0], "fp32", "nchw", "cpu")
+    assert row["source"] == "call 4: mix_bwd"
+    # Everything after it read different inputs; the layer's output (before it) agrees.
+    assert row["results"]["output"]["equal"] and not row["results"]["grad_weight"]["equal"]
+    assert not row["calls"][5]["inputs_equal"]
+
+
+def test_kernel_gradient_repeats_report_splits_error_and_agreement():
+    config = layer_probe.weight_grad_configs("per_tap", "tf32")[0]
+    row = layer_probe.weight_grad_repeats((2, 8, 16, 6, 7), "tf32", "channels_last", "per_tap",
+                                          config, "cpu")
+    assert row["differing_launches"] == 0 and row["max_abs_difference"] == 0
+    assert row["splits"] == 1 and row["error"] < 1e-5
+    # The per-tap kernel in TF32 is also tried with 1 and 2 stages; bf16 with its kept configs.
+    assert len(layer_probe.weight_grad_configs("per_tap", "tf32")) == 9
+    assert len(layer_probe.weight_grad_configs("per_tap", "bf16")) == 3
