@@ -271,6 +271,22 @@ def test_pruning_drops_oversized_tiles_and_keeps_three():
     assert len(prune(configs, {"m": 4096, "n": 128, "k": 32})) == 5
 
 
+def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
+    # Pipelined, the TF32 per-tap kernel gradient wrote different bits on the same inputs on an
+    # H200 (conv_backward.TF32_LOOP_STAGES): its pixel loop runs with one stage, so no MMA
+    # group is left in flight. bf16 keeps its pipeline (a wgmma group in flight, wait 1) where
+    # its loads allow it.
+    tf32 = gemm_compiles(odd_bf16, precision="tf32", kernels=("conv_bwd_weight_kernel",))
+    assert tf32 and all(c["mma"] == "wgmma" and c["wait_depth"] == 0 for c in tf32), tf32
+    from triton_nsr.kernels.capture import LayerShape, capture
+
+    shape = LayerShape("T", 2, 16, 32, 8, 8)
+    for precision, stages in (("tf32", 1), ("bf16", None), ("fp32", None)):
+        (launch,) = [launch for launch in capture(shape, precision, "channels_last")
+                     if launch.kernel == "conv_bwd_weight_kernel"]
+        assert launch.named["LOOP_STAGES"] == stages, precision
+
+
 def test_index_dtype_widens_only_when_needed():
     import triton.language as tl
 
