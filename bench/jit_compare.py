@@ -12,8 +12,9 @@ this command:
    compiler inputs, equal findings the same binary's properties;
 3. looks the compile made here up in the stored kernel report of the same Triton version
    (docs/kernels/triton-<version>.json) by its cache hash: a hit means the report compiled
-   that very launch. (The GPU's own hash cannot be looked up: Triton's cache key includes the
-   ptxas version, and the GPU machine's differs from the one this project's CPUs run.)
+   that very launch. (The GPU's own hash cannot be looked up: Triton's cache key covers its
+   installed files and the ptxas version, and on the H200 machines of 2026-11-30 no hash
+   matched this project's CPU machines'.)
 
     python -m bench.jit_compare bench/results/<run>_jit.json            # a stored comparison
     python -m bench.jit_compare OUT/jit_kernels.tar.xz --json OUT.json   # compare anew
