@@ -30,6 +30,7 @@ for tuner in (mix.mix_fwd_kernel, mix.mix_bwd_kernel, router.router_pool_kernel,
              "HAS_COPY": True, "ROUTE": True, "HAS_MLP_BIAS": True}
     consts = {name: value for name, value in
               {"ACC_DTYPE": tl.float32, "BLOCK_GROUPS": 4, "BLOCK_CARDINALS": 16,
+               "BLOCK_B": 4, "CHANNELS_INNER": True,
                "BLOCK_F": mix.MIX_BWD_BLOCK_F, "ROUTE_BLOCK_C": router.ROUTE_BLOCK_C,
                **flags, **config.kwargs}.items()
               if name in fn.arg_names}
