@@ -153,7 +153,11 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
     row = {**asdict(case), "config_label": _config_label(tuner.configs[case.config]),
            "tolerance": tolerance, "status": "error", "error": None, "message": ""}
     try:
-        xd, wd, dyd = x.double(), w.double(), dy.double()
+        # The float64 reference runs on the CPU. On the GPU it was the first CUDA call after
+        # the kernel's asynchronous launch, so a kernel fault surfaced in the reference's cuDNN
+        # convolution (CUDNN_STATUS_INTERNAL_ERROR on the H200) and named cuDNN; now it
+        # surfaces at the synchronisation below.
+        xd, wd, dyd = x.double().cpu(), w.double().cpu(), dy.double().cpu()
         if case.kernel == "forward":
             actual = conv.conv_fwd(x, w, None, *geometry)
             expected = torch.cat([F.conv2d(xd[i:i + 1], wd[i], padding=1)
@@ -169,9 +173,9 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
                 xd[i:i + 1], wd[i].shape, dyd[i:i + 1], padding=1) for i in range(batch)])
         if device == "cuda":
             torch.cuda.synchronize()
-        error = _relative_error(actual, expected)
+        error = _relative_error(actual.cpu(), expected)
         if case.kernel == "weight_grad":
-            error = max(error, _relative_error(actual_bias, dyd.sum(dim=(2, 3))))
+            error = max(error, _relative_error(actual_bias.cpu(), dyd.sum(dim=(2, 3))))
         row.update(error=error, status="passed" if error <= tolerance else "failed")
     except Exception as failure:  # a compile error or a fault is this case's outcome
         row["message"] = f"{type(failure).__name__}: {str(failure).splitlines()[0][:300]}"
