@@ -11,8 +11,14 @@ The lease times and checks whole layer calls; this command says which part is at
   call spends its host time, per call.
 - **device**: torch.profiler over the same calls: each GPU kernel's time per call, against the
   call's wall time.
+- **kernel repeats**: the kernel gradient alone, per config (the per-tap kernel in TF32 also
+  with 1 and 2 stages), launched four times on the same inputs: which configs write different
+  bits, and their error against float64.
 
-    python -m bench.layer_probe --output-dir OUT [--budget-s 60]
+Cases run in that order (repeats and profiles first: they are short) until the budget is
+spent; the rest are listed as not reached. Writes OUT/probe.json.
+
+    python -m bench.layer_probe --output-dir OUT [--budget-s 90]
 """
 
 from __future__ import annotations
@@ -389,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument("--budget-s", type=float, default=90.0)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     if args.device != "cuda" or not torch.cuda.is_available():
