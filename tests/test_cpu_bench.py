@@ -57,6 +57,21 @@ def test_training_models_differ_only_in_their_nsr_layers():
     assert sorted(paper.state_dict()) == sorted(default.state_dict())
 
 
+def test_the_paper_layer_lands_where_the_parameters_are():
+    # Under hook-style weight norm a moved layer's ``weight`` is a plain attribute left on the
+    # old device until its next forward: the paper's layers once followed it to the CPU inside
+    # an H200 model. The meta device stands in for the GPU.
+    import triton_nsr
+
+    layer = triton_nsr.NSRConv2d(8, 16, 3, 4, 4, padding=1)
+    with pytest.warns(FutureWarning):
+        layer = torch.nn.utils.weight_norm(layer)
+    layer = layer.to("meta")
+    assert layer.weight.device.type == "cpu"
+    paper = cpu_cases.paper_layer(layer)
+    assert {p.device.type for p in paper.parameters()} == {"meta"}
+
+
 @pytest.mark.slow
 def test_tiny_run_follows_the_schema(tiny_run):
     env = tiny_run["environment"]
