@@ -20,6 +20,7 @@ priority order until the budget is spent; the rest are recorded as not reached.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -87,9 +88,8 @@ def cases() -> list[Case]:
 # ----------------------------------------------------------------------------- one case
 
 
-def _fixed_config(tuner, index: int):
-    """A stand-in for a tuned kernel that launches config ``index`` of its list as is."""
-    config = tuner.configs[index]
+def fixed_config(tuner, config):
+    """A stand-in for a tuned kernel that launches ``config`` (a triton.Config) as is."""
 
     class Fixed:
         def __getitem__(self, grid):
@@ -116,6 +116,8 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
     shape: (batch, in, out, height, width) of a 3x3 convolution, padding 1, one group.
     """
     from triton_nsr.kernels import autotune, conv, conv_backward
+    from triton_nsr.kernels.capture import kernel_gradient_variant
+    from triton_nsr.kernels.compiled import config_label
 
     dtype, tf32, tolerance = PRECISIONS[case.precision]
     batch, cin, cout, height, width = shape
@@ -134,23 +136,23 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
                     "input_grad": (conv_backward, "conv_bwd_input_kernel"),
                     "weight_grad": (conv_backward, "conv_bwd_weight_kernel")}[case.kernel]
     saved = {}
+    forced = contextlib.ExitStack()
 
     def patch(target, attribute, value):
         saved[(target, attribute)] = getattr(target, attribute)
         setattr(target, attribute, value)
 
     if case.variant.startswith("all_taps"):
-        patch(conv_backward, "ALL_TAPS_DTYPES", (dtype,))
-        patch(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
+        forced.enter_context(kernel_gradient_variant("all_taps", dtype))
         name = "conv_bwd_weight_3x3_kernel"
     elif case.kernel == "weight_grad":
-        patch(conv_backward, "ALL_TAPS_DTYPES", ())  # the per-tap kernel, every dtype
+        forced.enter_context(kernel_gradient_variant("per_tap"))
     if case.variant == "tma_nchw":
         patch(module, "route_of", lambda *args, **kwargs: ("tma_nchw", ""))
     tuner = getattr(module, name)
-    patch(module, name, _fixed_config(tuner, case.config))
+    patch(module, name, fixed_config(tuner, tuner.configs[case.config]))
     autotune.clear_launch_plans()
-    row = {**asdict(case), "config_label": _config_label(tuner.configs[case.config]),
+    row = {**asdict(case), "config_label": config_label(tuner.configs[case.config]),
            "tolerance": tolerance, "status": "error", "error": None, "message": ""}
     try:
         # The float64 reference runs on the CPU. On the GPU it was the first CUDA call after
@@ -182,13 +184,9 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
     finally:
         for (target, attribute), value in saved.items():
             setattr(target, attribute, value)
+        forced.close()
         autotune.clear_launch_plans()
     return row
-
-
-def _config_label(config) -> str:
-    tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
-    return f"{tiles} w{config.num_warps} s{config.num_stages}"
 
 
 # ----------------------------------------------------------------------------- processes

@@ -30,14 +30,11 @@ def build(job: EndToEnd, provider: str, device: str) -> Callable[[], object]:
     from triton_nsr import convert
     from triton_nsr.models import WDSRNSR, evaluate_patches
 
-    model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size)
+    model = WDSRNSR(scale=SCALE, lr_patch_size=job.patch_size).to(device)
     if provider == "paper":
         model = replace_nsr_layers(model, paper_layer)
     else:
         model = convert(model, backend="triton")
-    # After the swap, so every swapped-in layer moves too (on the H200 the paper's steps
-    # failed with CPU layers in a CUDA model).
-    model = model.to(device)
 
     if job.kind == "train":
         model.train()

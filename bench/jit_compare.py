@@ -74,10 +74,16 @@ def _constexpr(value):
 
 
 def config_label(entry: dict) -> str:
-    """'BLOCK_M=64 BLOCK_N=32 BLOCK_K=32 w4 s3', as the report labels a config."""
-    tiles = " ".join(f"{name}={value}" for name, value in entry["constexprs"].items()
-                     if name.startswith("BLOCK_"))
-    return f"{tiles} w{entry['num_warps']} s{entry['num_stages']}".strip()
+    """The entry's config as the report labels it (compiled.config_label): its BLOCK_*
+    constexprs, warps and stages."""
+    import triton
+
+    from triton_nsr.kernels.compiled import config_label as label
+
+    tiles = {name: value for name, value in entry["constexprs"].items()
+             if name.startswith("BLOCK_")}
+    return label(triton.Config(tiles, num_warps=entry["num_warps"],
+                               num_stages=entry["num_stages"]))
 
 
 def check_source(entry: dict) -> None:
@@ -163,12 +169,9 @@ def compare(entries: list[dict], files: Path, triton_version: str | None = None,
             row["here_hash"] = here.hash
             row["same_hash"] = here.hash == entry["hash"]
             row["in_report"] = here.hash in in_report
-            row["differences"] = {name: [getattr(gpu, name) if name != "operands" else
-                                         gpu.as_dict()["operands"],
-                                         getattr(here, name) if name != "operands" else
-                                         here.as_dict()["operands"]]
-                                  for name in FINDINGS
-                                  if gpu.as_dict()[name] != here.as_dict()[name]}
+            found, again = gpu.as_dict(), here.as_dict()
+            row["differences"] = {name: [found[name], again[name]] for name in FINDINGS
+                                  if found[name] != again[name]}
         seen[entry["hash"]] = row
         rows.append(row)
     for row in rows:

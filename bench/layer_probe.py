@@ -36,13 +36,12 @@ import torch
 
 from bench import hardware, jit_log, providers, smoke
 from bench.results import environment
-from bench.workloads import Workload, main_workloads
+from bench.workloads import W4_256, Workload, main_workloads
 
 RESULT_FILE = "probe.json"
 # The functions triton_nsr.ops imports from the kernel modules: every launcher a layer calls.
 LAUNCHERS = ("router_pool", "route_and_mix", "mix_fwd", "conv_fwd", "conv_bwd_input",
              "conv_bwd_weight", "mix_bwd", "router_bwd")
-SMOKE_W4 = Workload("W4-256", "smoke", 1, 64, 64, 256, 256)
 # (workload, precision, layout): the smoke cases that differed run to run on the H200 first.
 REPEAT_CASES = (("W2", "tf32", "nchw"), ("W2", "tf32", "channels_last"),
                 ("W4-256", "tf32", "channels_last"), ("W2", "bf16", "channels_last"))
@@ -56,7 +55,7 @@ TOP_FUNCTIONS = 30
 
 
 def workloads() -> dict[str, Workload]:
-    return {w.name: w for w in [*main_workloads(), SMOKE_W4]}
+    return {w.name: w for w in [*main_workloads(), W4_256]}
 
 
 def _synchronize() -> None:
@@ -181,59 +180,44 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
                         device: str) -> dict:
     """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
     whether every launch wrote the same bits (partial sums and bias, not added)."""
+    from bench.diagnose import fixed_config
+    from bench.splits import kernel_gradient_inputs, reference
     from triton_nsr.kernels import autotune, conv_backward
+    from triton_nsr.kernels.capture import kernel_gradient_variant
+    from triton_nsr.kernels.compiled import config_label
 
     dtype, tf32 = smoke.PRECISIONS[precision]
-    batch, cin, cout, height, width = shape
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, cin, height, width, generator=generator).to(device, dtype)
-    dy = torch.randn(batch, cout, height, width, generator=generator).to(device, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-        dy = dy.contiguous(memory_format=torch.channels_last)
+    batch, cin, cout = shape[:3]
+    x, dy = kernel_gradient_inputs(shape, device, dtype, layout)
     name = "conv_bwd_weight_3x3_kernel" if variant == "all_taps" else "conv_bwd_weight_kernel"
     tuner = getattr(conv_backward, name)
-
-    class Fixed:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                return tuner.fn[grid](*args, **kwargs, **config.all_kwargs())
-            return launch
-
-    saved = (conv_backward.ALL_TAPS_DTYPES, tuner, conv_backward.ALL_TAPS_LAYOUTS)
-    conv_backward.ALL_TAPS_DTYPES = (dtype,) if variant == "all_taps" else ()
-    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
-    setattr(conv_backward, name, Fixed())
+    setattr(conv_backward, name, fixed_config(tuner, config))
     autotune.clear_launch_plans()
     row = {"shape": list(shape), "precision": precision, "layout": layout, "variant": variant,
-           "config": f"{' '.join(f'{k}={v}' for k, v in config.kwargs.items())} "
-                     f"w{config.num_warps} s{config.num_stages}"}
+           "config": config_label(config)}
     try:
         results = []
-        for _ in range(REPEAT_LAUNCHES):
-            grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
-            grad_bias = x.new_full((batch, cout), float("nan"))
-            with hardware.tf32_mode(tf32):
+        with kernel_gradient_variant(variant, dtype), hardware.tf32_mode(tf32):
+            for _ in range(REPEAT_LAUNCHES):
+                grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
+                grad_bias = x.new_full((batch, cout), float("nan"))
                 parts, bias_parts = conv_backward.conv_bwd_weight(
                     dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, tf32, grad_weight,
                     grad_bias, sum_splits=False)
-            results.append((parts.clone(), bias_parts.clone()))
+                results.append((parts.clone(), bias_parts.clone()))
         _synchronize()
         first = results[0]
         row["splits"] = first[0].shape[0]
         row["differing_launches"] = sum(not (_equal(w, first[0]) and _equal(b, first[1]))
                                         for w, b in results[1:])
         row["max_abs_difference"] = max(_differs(w, first[0]) for w, _ in results[1:])
-        reference = torch.stack([torch.nn.grad.conv2d_weight(
-            x[i:i + 1].double(), (cout, cin, 3, 3), dy[i:i + 1].double(), padding=1)
-            for i in range(batch)])
+        expected = reference(shape, device, dtype)
         total = first[0].double().sum(dim=0)
-        row["error"] = float((total - reference).norm() / reference.norm())
+        row["error"] = float((total - expected).norm() / expected.norm())
     except Exception as error:  # a compile failure or fault is this config's finding
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
     finally:
-        conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS = saved[0], saved[2]
-        setattr(conv_backward, name, saved[1])
+        setattr(conv_backward, name, tuner)
         autotune.clear_launch_plans()
     return row
 

@@ -19,6 +19,7 @@ from bench import end_to_end, hardware, providers, smoke
 from bench.workloads import (
     FORWARD,
     FORWARD_BACKWARD,
+    W4_256,
     EndToEnd,
     Workload,
     end_to_end_jobs,
@@ -118,8 +119,7 @@ class Scale:
         return cls(
             "full", tuple(main.values()),
             # W2 at batch 16, and one 256x256 image: batch 1 takes the split kernel gradient.
-            (main["W2"], Workload("W4-256", "smoke", 1, 64, 64, 256, 256,
-                                  description="W4 at 256x256")),
+            (main["W2"], W4_256),
             tuple(end_to_end_jobs()), tuple(sweep_workloads()), ("paper_compiled",),
             warmup=3, repeats=20, max_autotunes=48)
 

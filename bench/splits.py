@@ -44,19 +44,22 @@ def default_shapes() -> dict[str, tuple[int, int, int, int, int]]:
             for w in main_workloads() if w.name in SPLIT_COUNTS}
 
 
-def _inputs(shape, device: str, dtype):
-    """x (B, in, H, W) and dy (B, out, H, W), channels_last, seeded."""
+def kernel_gradient_inputs(shape, device: str, dtype, layout: str = "channels_last"):
+    """x (B, in, H, W) and dy (B, out, H, W), seeded, in ``layout`` ("nchw" or
+    "channels_last")."""
     batch, cin, cout, height, width = shape
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cin, height, width, generator=generator).to(device, dtype)
     dy = torch.randn(batch, cout, height, width, generator=generator).to(device, dtype)
-    return (x.contiguous(memory_format=torch.channels_last),
-            dy.contiguous(memory_format=torch.channels_last))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    return x, dy
 
 
 def reference(shape, device: str, dtype) -> torch.Tensor:
     """The per-sample kernel gradient (B, out, in, 3, 3) in float64."""
-    x, dy = (t.double() for t in _inputs(shape, device, dtype))
+    x, dy = (t.double() for t in kernel_gradient_inputs(shape, device, dtype))
     cout, cin = shape[2], shape[1]
     return torch.stack([torch.nn.grad.conv2d_weight(x[i:i + 1], (cout, cin, 3, 3),
                                                     dy[i:i + 1], padding=1)
@@ -68,15 +71,13 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
     """Time one kernel gradient launch of a 3x3, padding-1 layer of ``shape`` (batch, in, out,
     height, width) cut into ``splits`` pieces; (row, the gradient its partial sums add up to)."""
     from triton_nsr.kernels import autotune, conv_backward
+    from triton_nsr.kernels.capture import kernel_gradient_variant
 
-    x, dy = _inputs(shape, device, dtype)
+    x, dy = kernel_gradient_inputs(shape, device, dtype)
     grad_weight = x.new_empty((shape[0], shape[2], shape[1], 3, 3))
     grad_bias = x.new_empty((shape[0], shape[2]))
-    saved = (conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES,
-             conv_backward.ALL_TAPS_LAYOUTS)
+    saved = conv_backward.weight_grad_splits
     conv_backward.weight_grad_splits = lambda *args: splits
-    conv_backward.ALL_TAPS_DTYPES = (dtype,) if variant == "all_taps" else ()
-    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
     autotune.clear_launch_plans()
     try:
         def launch():
@@ -84,12 +85,12 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
                                                  1, False, grad_weight, grad_bias,
                                                  sum_splits=False)
 
-        parts, _ = launch()
-        gradient = parts.double().sum(dim=0)
-        timing = summarize(timer.samples(launch))
+        with kernel_gradient_variant(variant, dtype):
+            parts, _ = launch()
+            gradient = parts.double().sum(dim=0)
+            timing = summarize(timer.samples(launch))
     finally:
-        (conv_backward.weight_grad_splits, conv_backward.ALL_TAPS_DTYPES,
-         conv_backward.ALL_TAPS_LAYOUTS) = saved
+        conv_backward.weight_grad_splits = saved
         autotune.clear_launch_plans()
     pieces = parts.shape[0]
     row = {"splits": pieces, "time_ms": timing,

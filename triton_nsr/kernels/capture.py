@@ -133,17 +133,25 @@ def recording(batch: int):
 
 
 @contextlib.contextmanager
-def all_taps_for_every_layout():
-    """The kernel gradient takes the all-taps kernel for a dy of either layout (the layer takes
-    it for an NCHW dy only: conv_backward.ALL_TAPS_LAYOUTS)."""
+def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
+    """Force the kernel gradient's kernel inside the block, for a dy of either layout:
+    "all_taps" (for ``dtype`` too, when given; the layer takes it for 16-bit NCHW dy only:
+    conv_backward.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS) or "per_tap" (every dtype). Launch plans
+    are keyed on the choice, so none need clearing."""
     from triton_nsr.kernels import conv_backward
 
-    saved = conv_backward.ALL_TAPS_LAYOUTS
+    if variant not in ("all_taps", "per_tap"):
+        raise ValueError(f"kernel gradient variant is 'all_taps' or 'per_tap', not {variant!r}")
+    saved = conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS
+    if variant == "per_tap":
+        conv_backward.ALL_TAPS_DTYPES = ()
+    elif dtype is not None:
+        conv_backward.ALL_TAPS_DTYPES = (dtype,)
     conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
     try:
         yield
     finally:
-        conv_backward.ALL_TAPS_LAYOUTS = saved
+        conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS = saved
 
 
 def all_taps_alternative(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
@@ -154,7 +162,7 @@ def all_taps_alternative(shape: LayerShape, precision: str, layout: str) -> list
     if (PRECISIONS[precision][0] not in conv_backward.ALL_TAPS_DTYPES
             or layout in conv_backward.ALL_TAPS_LAYOUTS):
         return []
-    with all_taps_for_every_layout():
+    with kernel_gradient_variant("all_taps"):
         return [launch for launch in capture(shape, precision, layout)
                 if launch.kernel == "conv_bwd_weight_3x3_kernel"]
 
