@@ -107,7 +107,8 @@ def inspect_gpu_files(entry: dict, files: Path):
            "ttgir": (folder / f"{name}.ttgir").read_text(),
            "cubin": (folder / f"{name}.cubin").read_bytes()}
     kernel = SimpleNamespace(asm=asm, metadata=SimpleNamespace(shared=entry["shared"]))
-    result = inspect_compiled(kernel, kernel_function(entry), config_label(entry))
+    result = inspect_compiled(kernel, kernel_function(entry), config_label(entry),
+                              entry["constexprs"])
     result.hash = entry["hash"]
     return result
 
@@ -129,7 +130,7 @@ def compile_here(entry: dict, arch: int = 90):
     options = {name: tuple(value) if isinstance(value, list) else value
                for name, value in entry["options"].items()}
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-    result = inspect_compiled(kernel, fn, config_label(entry))
+    result = inspect_compiled(kernel, fn, config_label(entry), constexprs)
     result.hash = kernel.hash
     return result
 

@@ -36,6 +36,7 @@ import torch
 
 from bench import hardware, jit_log, providers, smoke
 from bench.results import environment
+from bench.timing import Timer, summarize
 from bench.workloads import W4_256, Workload, main_workloads
 
 RESULT_FILE = "probe.json"
@@ -156,6 +157,7 @@ def repeat_case(workload: Workload, precision: str, layout: str, device: str) ->
 # kept ones (stage counts: a pipelining race shows up as a stage-dependent difference).
 REPEAT_SHAPES = {"W4-256": (1, 64, 64, 256, 256), "W2": (16, 64, 64, 48, 48)}
 REPEAT_LAUNCHES = 4
+REPEAT_TIMINGS = 10
 
 
 def weight_grad_configs(variant: str, precision: str) -> list:
@@ -165,6 +167,12 @@ def weight_grad_configs(variant: str, precision: str) -> list:
 
     from triton_nsr.kernels import conv_backward
 
+    if variant == "per_tap_x_in_registers":
+        # Its own tiles (its MMA rows are the BLOCK_N input channels), as the autotuner
+        # prunes them for these 64-channel layers.
+        tuner = conv_backward.conv_bwd_weight_kernel
+        channels = {"out_group_channels": 64, "in_group_channels": 64, "tuning_pixels": 4096}
+        return tuner.early_config_prune(tuner.configs, channels, X_IN_REGISTERS=True)
     tuner = (conv_backward.conv_bwd_weight_3x3_kernel if variant == "all_taps"
              else conv_backward.conv_bwd_weight_kernel)
     # The first three: what the autotuner keeps for these 64-channel layers (the JIT log of
@@ -179,7 +187,8 @@ def weight_grad_configs(variant: str, precision: str) -> list:
 def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config,
                         device: str) -> dict:
     """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
-    whether every launch wrote the same bits (partial sums and bias, not added)."""
+    whether every launch wrote the same bits (partial sums and bias, not added), and the
+    median time of a launch (``ms``, bench.timing's Timer: L2 flushed before each)."""
     from bench.diagnose import fixed_config
     from bench.splits import kernel_gradient_inputs, reference
     from triton_nsr.kernels import autotune, conv_backward
@@ -197,15 +206,20 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
            "config": config_label(config)}
     try:
         results = []
+
+        def launch():
+            grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
+            grad_bias = x.new_full((batch, cout), float("nan"))
+            return conv_backward.conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                                 1, tf32, grad_weight, grad_bias,
+                                                 sum_splits=False)
+
         with kernel_gradient_variant(variant, dtype), hardware.tf32_mode(tf32):
             for _ in range(REPEAT_LAUNCHES):
-                grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
-                grad_bias = x.new_full((batch, cout), float("nan"))
-                parts, bias_parts = conv_backward.conv_bwd_weight(
-                    dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, tf32, grad_weight,
-                    grad_bias, sum_splits=False)
+                parts, bias_parts = launch()
                 results.append((parts.clone(), bias_parts.clone()))
-        _synchronize()
+            _synchronize()
+            row["ms"] = summarize(Timer(device, 1, REPEAT_TIMINGS).samples(launch))["median"]
         first = results[0]
         row["splits"] = first[0].shape[0]
         row["differing_launches"] = sum(not (_equal(w, first[0]) and _equal(b, first[1]))
@@ -224,10 +238,13 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
 
 def repeat_jobs() -> list[tuple]:
     """(shape name, precision, layout, variant, config) for every kernel-gradient repeat: the
-    per-tap kernel in TF32 (where the layer's results differed) and bf16, the all-taps one in
-    bf16, both layouts, W4-256 first."""
+    per-tap kernel in TF32 transposed and pipelined (conv_backward.TF32_X_IN_REGISTERS, an NCHW
+    dy: off in the layer until these repeat) and as the layer runs it (where its pipelined
+    results differed), bf16 per-tap and all-taps, both layouts, W4-256 first."""
     jobs = []
     for shape in REPEAT_SHAPES:
+        jobs += [(shape, "tf32", "nchw", "per_tap_x_in_registers", config)
+                 for config in weight_grad_configs("per_tap_x_in_registers", "tf32")]
         for precision, variant in (("tf32", "per_tap"), ("bf16", "per_tap"),
                                    ("bf16", "all_taps")):
             for layout in ("channels_last", "nchw"):

@@ -46,10 +46,12 @@ def odd_bf16(tmp_path_factory):
                       "--precision", "tf32")
 
 
-def gemm_compiles(data, layout=None, precision=None, kernels=GEMM_KERNELS, path=None):
+def gemm_compiles(data, layout=None, precision=None, kernels=GEMM_KERNELS, path=None,
+                  alternative=None):
     indices = {r["compile"] for r in data["rows"]
                if r["kernel"] in kernels and layout in (None, r["layout"])
-               and precision in (None, r["precision"]) and path in (None, r["path"])}
+               and precision in (None, r["precision"]) and path in (None, r["path"])
+               and alternative in (None, r["alternative"])}
     return [data["compiles"][str(i)] for i in sorted(indices)]
 
 
@@ -147,12 +149,12 @@ CARRIED_ROWS = r"""
 import re
 import sys
 import torch
-from triton_nsr.kernels.capture import LayerShape, all_taps_alternative, kernels
+from triton_nsr.kernels.capture import LayerShape, alternative_launches, kernels
 from triton_nsr.kernels.compiled import compile_launch
 from triton_nsr.kernels.report import kept_configs
 in_channels, out_channels = int(sys.argv[1]), int(sys.argv[2])
 shape = LayerShape("T", 2, in_channels, out_channels, 16, 16)
-for launch in all_taps_alternative(shape, "bf16", "channels_last"):
+for launch in alternative_launches(shape, "bf16", "channels_last"):
     if launch.kernel == "conv_bwd_weight_3x3_kernel":
         print("TRANSPOSED", launch.named["TRANSPOSED"])
         tuner = kernels()[launch.kernel]
@@ -183,13 +185,13 @@ def test_all_taps_weight_gradient_multiplies_three_distinct_rows(in_channels, ou
 
 TRAFFIC = """
 import json
-from triton_nsr.kernels.capture import all_taps_alternative, capture, kernels
+from triton_nsr.kernels.capture import alternative_launches, capture, kernels
 from triton_nsr.kernels.report import SHAPES, kept_configs
 from triton_nsr.kernels.traffic import l2_to_sm_bytes
 ratios = {}
 for shape in SHAPES[:3]:
     for launch in [*capture(shape, "bf16", "channels_last"),
-                   *all_taps_alternative(shape, "bf16", "channels_last")]:
+                   *alternative_launches(shape, "bf16", "channels_last")]:
         if launch.kernel.startswith("conv_bwd_weight"):
             tuner = kernels()[launch.kernel]
             for i in kept_configs(tuner, launch):
@@ -269,6 +271,26 @@ def test_pruning_drops_oversized_tiles_and_keeps_three():
     kept = prune(configs, {"m": 4096, "n": 32, "k": 32})
     assert [c.kwargs["BLOCK_N"] for c in kept] == [32, 32, 64]  # 2 fit; the least oversized
     assert len(prune(configs, {"m": 4096, "n": 128, "k": 32})) == 5
+    # The MMA's rows may be BLOCK_N (rows="BLOCK_N"): that one is floored at wgmma's 64.
+    small = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 16})
+             for m, n in ((32, 64), (16, 64), (32, 16), (16, 16))]
+    sizes = {"m": 32, "n": 32, "k": 16}
+    assert fits_shape("m", "n", "k", rows="BLOCK_N")(small, sizes) == small
+    # BLOCK_M's floor: both 64-wide N tiles overshoot; the first fills the third place.
+    assert fits_shape("m", "n", "k")(small, sizes) == [small[0], *small[2:]]
+
+
+def test_per_tap_weight_gradient_tries_the_tiles_of_its_orientation():
+    from triton_nsr.kernels import conv_backward
+
+    tuner = conv_backward.conv_bwd_weight_kernel
+    named = {"out_group_channels": 256, "in_group_channels": 256, "tuning_pixels": 4096}
+    for x_in_registers, mine in ((False, conv_backward.WEIGHT_GRAD_CONFIGS),
+                                 (True, conv_backward.X_ROWS_WEIGHT_GRAD_CONFIGS)):
+        kept = tuner.early_config_prune(tuner.configs, named, X_IN_REGISTERS=x_in_registers)
+        assert len(kept) >= 3 and all(any(c is m for m in mine) for c in kept)
+        rows = "BLOCK_N" if x_in_registers else "BLOCK_M"
+        assert all(c.kwargs[rows] >= 64 for c in kept)
 
 
 def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
@@ -276,7 +298,8 @@ def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
     # H200 (conv_backward.TF32_LOOP_STAGES): its pixel loop runs with one stage, so no MMA
     # group is left in flight. bf16 keeps its pipeline (a wgmma group in flight, wait 1) where
     # its loads allow it.
-    tf32 = gemm_compiles(odd_bf16, precision="tf32", kernels=("conv_bwd_weight_kernel",))
+    tf32 = gemm_compiles(odd_bf16, precision="tf32", kernels=("conv_bwd_weight_kernel",),
+                         alternative=False)
     assert tf32 and all(c["mma"] == "wgmma" and c["wait_depth"] == 0 for c in tf32), tf32
     from triton_nsr.kernels.capture import LayerShape, capture
 
@@ -285,6 +308,37 @@ def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
         (launch,) = [launch for launch in capture(shape, precision, "channels_last")
                      if launch.kernel == "conv_bwd_weight_kernel"]
         assert launch.named["LOOP_STAGES"] == stages, precision
+
+
+X_IN_REGISTERS = r"""
+import json
+from triton_nsr.kernels.capture import LayerShape, alternative_launches, kernels
+from triton_nsr.kernels.compiled import compile_and_inspect
+from triton_nsr.kernels.report import kept_configs
+compiles = []
+for launch in alternative_launches(LayerShape("T", 2, 64, 32, 16, 16), "tf32", "nchw"):
+    tuner = kernels()[launch.kernel]
+    for index in kept_configs(tuner, launch):
+        compiled = compile_and_inspect(tuner, launch, tuner.configs[index]).as_dict()
+        compiles.append(compiled | {key: launch.named[key]
+                                    for key in ("X_IN_REGISTERS", "LOOP_STAGES")})
+print(json.dumps(compiles))
+"""
+
+
+def test_tf32_weight_gradient_with_x_in_registers_meets_the_hopper_criteria():
+    # An NCHW dy in TF32 (64 -> 32 channels, 16x16), the per-tap kernel run transposed: x's
+    # tile, the channels_last copy (MN-major), goes to wgmma's A from registers, dy (K-major)
+    # to its B from shared memory, both by 16-byte cp.async, pipelined at the config's depth
+    # (a wgmma group in flight). The layer keeps it off until an H200 shows it repeats
+    # (conv_backward.TF32_X_IN_REGISTERS); the report compiles it as an alternative.
+    compiles = json.loads(run_compiled_mode("-c", X_IN_REGISTERS).splitlines()[-1])
+    assert len(compiles) >= 3
+    for c in compiles:
+        assert c["X_IN_REGISTERS"] is True and c["LOOP_STAGES"] is None, c
+        assert meets_criteria(c), c
+        assert {o["name"]: (o["route"], o["into_mma"]) for o in c["operands"]} == {
+            "x": ("cp.async 16B", "registers"), "dy": ("cp.async 16B", "shared memory")}, c
 
 
 def test_index_dtype_widens_only_when_needed():
@@ -314,7 +368,8 @@ def test_the_report_says_why_each_miss_happens():
     compiles = {"0": record("conv_fwd_kernel", "TMA", 1),
                 "1": record("conv_fwd_kernel", "ld.global 2B", 0),
                 "2": record("conv_bwd_input_kernel", "cp.async 4B", 1, spill=8),
-                "3": record("conv_bwd_weight_kernel", "ld.global 2B", 0)}
+                "3": record("conv_bwd_weight_kernel", "ld.global 2B", 0),
+                "4": record("conv_bwd_weight_kernel", "cp.async 4B", 3)}
     rows = [
         {"kernel": "conv_fwd_kernel", "precision": "bf16", "layout": "channels_last",
          "shape": "W4", "compile": 0, "traffic": None},
@@ -328,13 +383,18 @@ def test_the_report_says_why_each_miss_happens():
          "compile": 1, "traffic": None},
         {"kernel": "conv_bwd_weight_3x3_kernel", "precision": "bf16", "layout": "nchw",
          "shape": "W4", "compile": 0, "traffic": [350, 100]},
+        # An alternative launch missing on the odd shape only: the divisibility cause, not
+        # the layer's own cause for that kernel, precision and layout.
+        {"kernel": "conv_bwd_weight_kernel", "precision": "tf32", "layout": "nchw",
+         "shape": "odd", "compile": 4, "traffic": None, "alternative": True},
     ]
     text = "\n".join(render_misses({"triton": "3.9.0", "rows": rows, "compiles": compiles}))
     lines = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert MISS_CAUSES[("conv_fwd_kernel", "bf16", "nchw")] in lines[0]
     assert "| odd |" in lines[1] and ODD_CAUSE in lines[1] and "8 B spilled" in lines[1]
-    assert "Not explained yet" in lines[2]
+    assert "Not explained yet" in lines[2] and "| layer |" in lines[2]
+    assert "| *alternative* | odd |" in lines[3] and ODD_CAUSE in lines[3]
     assert "Spills (bf16 and TF32) only on: odd channels_last tf32" in text
     # The budget is the all-taps kernel's; the layer's per-tap kernel (channels_last) is set
     # beside it with what the H200 measured.

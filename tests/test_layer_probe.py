@@ -44,7 +44,16 @@ def test_kernel_gradient_repeats_report_splits_error_and_agreement():
     row = layer_probe.weight_grad_repeats((2, 8, 16, 6, 7), "tf32", "channels_last", "per_tap",
                                           config, "cpu")
     assert row["differing_launches"] == 0 and row["max_abs_difference"] == 0
-    assert row["splits"] == 1 and row["error"] < 1e-5
+    assert row["splits"] == 1 and row["error"] < 1e-5 and row["ms"] > 0
+    # The transposed TF32 kernel (an NCHW dy) is repeated first, with its own tiles.
+    jobs = layer_probe.repeat_jobs()
+    x_in_registers = layer_probe.weight_grad_configs("per_tap_x_in_registers", "tf32")
+    assert jobs[:len(x_in_registers)] == [("W4-256", "tf32", "nchw", "per_tap_x_in_registers",
+                                           c) for c in x_in_registers]
+    assert all(c.kwargs["BLOCK_N"] >= 64 for c in x_in_registers)
+    row = layer_probe.weight_grad_repeats((2, 8, 16, 6, 7), "tf32", "nchw",
+                                          "per_tap_x_in_registers", x_in_registers[0], "cpu")
+    assert row["differing_launches"] == 0 and row["error"] < 1e-5, row
     # The per-tap kernel in TF32 is also tried with 1 and 2 stages; bf16 with its kept configs.
     assert len(layer_probe.weight_grad_configs("per_tap", "tf32")) == 9
     assert len(layer_probe.weight_grad_configs("per_tap", "bf16")) == 3

@@ -129,6 +129,53 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last, spl
         assert torch.equal(copy, dy)
 
 
+@pytest.mark.parametrize("x_channels_last", [False, True])
+def test_tf32_weight_gradient_with_x_in_registers_matches_conv2d(monkeypatch, x_channels_last):
+    # The per-tap kernel run transposed, x^T dy^T (conv_backward.TF32_X_IN_REGISTERS), as an
+    # NCHW dy in TF32 takes it when switched on: stride 2, dilation 2, padding 2 on one side,
+    # 2 pixel splits summed, 40 input channels over the first config's 32-channel tiles and
+    # 70 output channels over 64 (partial tiles both ways), x in either layout, the copy of
+    # dy written on the way; outputs NaN-poisoned. A channels_last dy keeps the untransposed
+    # kernel.
+    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels.autotune import clear_launch_plans
+
+    monkeypatch.setattr(conv_backward, "TF32_X_IN_REGISTERS", True)
+    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 2)
+    clear_launch_plans()
+    launched = []
+    kernel = conv_backward.conv_bwd_weight_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(kwargs["X_IN_REGISTERS"])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(conv_backward, "conv_bwd_weight_kernel", Spy())
+    x = torch.randn(2, 40, 9, 8)
+    if x_channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(2, 70, 40, 3, 3, requires_grad=True)
+    bias = torch.randn(2, 70, requires_grad=True)
+    padded = F.pad(x, (1, 1, 2, 0))
+    expected = torch.cat([F.conv2d(padded[i:i + 1], weight[i], bias[i], stride=2, dilation=2)
+                          for i in range(2)])
+    dy = torch.randn(expected.shape)  # NCHW whatever x's layout (randn_like would keep it)
+    expected.backward(dy)
+    for grad_output in (dy, dy.contiguous(memory_format=torch.channels_last)):
+        grad_weight = torch.full_like(weight, float("nan"))
+        grad_bias = torch.full_like(bias, float("nan"))
+        copy = torch.full_like(dy, float("nan"), memory_format=torch.channels_last)
+        conv_bwd_weight(grad_output, x, (3, 3), (2, 2), (2, 0, 1, 1), (2, 2), 1, True,
+                        grad_weight, grad_bias, grad_output_copy=copy)
+        assert_close(grad_weight, weight.grad, "grad_weight")
+        assert_close(grad_bias, bias.grad, "grad_bias")
+        assert torch.equal(copy, dy)
+    assert launched == [True, False]
+
+
 @pytest.mark.parametrize("in_channels,out_channels,groups,x_channels_last",
                          [(72, 12, 1, True), (48, 16, 2, True), (48, 16, 1, False)])
 def test_transposed_all_taps_weight_gradient_matches_conv2d(monkeypatch, in_channels,

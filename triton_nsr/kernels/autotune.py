@@ -46,18 +46,19 @@ WGMMA_MIN_BLOCK_M = 64
 MIN_CONFIGS = 3
 
 
-def fits_shape(m_name: str, n_name: str, k_name: str):
+def fits_shape(m_name: str, n_name: str, k_name: str, rows: str = "BLOCK_M"):
     """A pruner keeping the configs whose tiles do not overshoot the GEMM's sizes.
 
-    A tile dimension is kept if it is at most the size's next power of two (BLOCK_M at least
-    64, which wgmma needs anyway); when fewer than MIN_CONFIGS survive, the least oversized
-    configs fill up to it.
+    A tile dimension is kept if it is at most the size's next power of two (``rows``, the block
+    that is the MMA's rows, at least 64, which wgmma needs anyway, the others at least 16); when
+    fewer than MIN_CONFIGS survive, the least oversized configs fill up to it.
     """
 
     def prune(configs, named_args, **kwargs):
-        limits = {"BLOCK_M": max(WGMMA_MIN_BLOCK_M, size_class(named_args[m_name])),
+        limits = {"BLOCK_M": max(16, size_class(named_args[m_name])),
                   "BLOCK_N": max(16, size_class(named_args[n_name])),
                   "BLOCK_K": max(16, size_class(named_args[k_name]))}
+        limits[rows] = max(WGMMA_MIN_BLOCK_M, limits[rows])
 
         def overshoot(config):
             return sum(max(config.kwargs[name] / limit, 1) for name, limit in limits.items())

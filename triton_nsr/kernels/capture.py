@@ -132,39 +132,56 @@ def recording(batch: int):
             setattr(module, name, value)
 
 
+KERNEL_GRADIENT_VARIANTS = ("all_taps", "per_tap", "per_tap_x_in_registers")
+
+
 @contextlib.contextmanager
 def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
     """Force the kernel gradient's kernel inside the block, for a dy of either layout:
     "all_taps" (for ``dtype`` too, when given; the layer takes it for 16-bit NCHW dy only:
-    conv_backward.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS) or "per_tap" (every dtype). Launch plans
-    are keyed on the choice, so none need clearing."""
+    conv_backward.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS), "per_tap" (every dtype; TF32 untransposed and
+    unpipelined) or "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy transposed and pipelined:
+    conv_backward.TF32_X_IN_REGISTERS). Launch plans are keyed on the choice, so none need
+    clearing."""
     from triton_nsr.kernels import conv_backward
 
-    if variant not in ("all_taps", "per_tap"):
-        raise ValueError(f"kernel gradient variant is 'all_taps' or 'per_tap', not {variant!r}")
-    saved = conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS
-    if variant == "per_tap":
+    if variant not in KERNEL_GRADIENT_VARIANTS:
+        raise ValueError(f"kernel gradient variant is one of {KERNEL_GRADIENT_VARIANTS}, not "
+                         f"{variant!r}")
+    saved = (conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS,
+             conv_backward.TF32_X_IN_REGISTERS)
+    if variant == "all_taps":
+        if dtype is not None:
+            conv_backward.ALL_TAPS_DTYPES = (dtype,)
+    else:
         conv_backward.ALL_TAPS_DTYPES = ()
-    elif dtype is not None:
-        conv_backward.ALL_TAPS_DTYPES = (dtype,)
+        conv_backward.TF32_X_IN_REGISTERS = variant == "per_tap_x_in_registers"
     conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
     try:
         yield
     finally:
-        conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS = saved
+        (conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS,
+         conv_backward.TF32_X_IN_REGISTERS) = saved
 
 
-def all_taps_alternative(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
-    """The all-taps kernel gradient's launch where the layer takes the per-tap kernel instead
-    (16-bit, channels_last): the report compiles it beside the layer's; empty elsewhere."""
+def alternative_launches(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
+    """Kernel gradient launches the layer does not take, which the report compiles beside its
+    own: the all-taps kernel where the layer takes the per-tap one (16-bit, channels_last), and
+    the per-tap kernel X_IN_REGISTERS where the layer runs TF32 unpipelined (an NCHW dy, while
+    conv_backward.TF32_X_IN_REGISTERS is off). Empty elsewhere."""
     from triton_nsr.kernels import conv_backward
 
-    if (PRECISIONS[precision][0] not in conv_backward.ALL_TAPS_DTYPES
-            or layout in conv_backward.ALL_TAPS_LAYOUTS):
+    dtype, allow_tf32 = PRECISIONS[precision]
+    if dtype in conv_backward.ALL_TAPS_DTYPES and layout not in conv_backward.ALL_TAPS_LAYOUTS:
+        variant, kernel = "all_taps", "conv_bwd_weight_3x3_kernel"
+    elif (dtype == torch.float32 and allow_tf32 and layout == "nchw"
+          and not conv_backward.TF32_X_IN_REGISTERS):
+        variant, kernel = "per_tap_x_in_registers", "conv_bwd_weight_kernel"
+    else:
         return []
-    with kernel_gradient_variant("all_taps"):
+    with kernel_gradient_variant(variant):
         return [launch for launch in capture(shape, precision, layout)
-                if launch.kernel == "conv_bwd_weight_3x3_kernel"]
+                if launch.kernel == kernel]
 
 
 def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:

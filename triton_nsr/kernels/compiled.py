@@ -205,8 +205,18 @@ def _dot_operand_homes(ttgir: str) -> tuple[str, str]:
                  for part in match.groups())
 
 
-def inspect_compiled(kernel, fn, label: str) -> Compiled:
-    """Read MMA, wait depth, registers, spills, shared memory and operand routes."""
+def dot_operands(kernel_name: str, constexprs: dict | None = None) -> tuple:
+    """A GEMM kernel's (A, B) dot operands as DOT_OPERANDS names them; the per-tap kernel
+    gradient with X_IN_REGISTERS multiplies x^T by dy^T, so x is its A."""
+    operands = DOT_OPERANDS[kernel_name]
+    if (constexprs or {}).get("X_IN_REGISTERS"):
+        return operands[::-1]
+    return operands
+
+
+def inspect_compiled(kernel, fn, label: str, constexprs: dict | None = None) -> Compiled:
+    """Read MMA, wait depth, registers, spills, shared memory and operand routes
+    (``constexprs``: the launch's, where they decide which operand is the dot's A)."""
     ptx, ttgir = kernel.asm["ptx"], kernel.asm["ttgir"]
     if "wgmma.mma_async" in ptx:
         mma = "wgmma"
@@ -221,7 +231,7 @@ def inspect_compiled(kernel, fn, label: str) -> Compiled:
     if fn.__name__ in DOT_OPERANDS:
         loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn))
         homes = _dot_operand_homes(ttgir)
-        for (name, variables), home in zip(DOT_OPERANDS[fn.__name__], homes):
+        for (name, variables), home in zip(dot_operands(fn.__name__, constexprs), homes):
             kinds = set().union(*(loads.get(line, set()) for line in load_lines(fn, variables)))
             result.operands.append(Operand(name, route_of(kinds), home))
     if result.shared_memory > HOPPER_SHARED_MEMORY:
@@ -258,6 +268,6 @@ def compile_and_inspect(tuner, launch, config, arch: int = 90) -> Compiled:
     except Exception as exc:  # a failing config is a finding to report, not a crash
         return Compiled(tuner.fn.__name__, label, "none", None, 0, 0, 0,
                         error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-    result = inspect_compiled(kernel, tuner.fn, label)
+    result = inspect_compiled(kernel, tuner.fn, label, launch.named)
     result.hash = kernel.hash
     return result

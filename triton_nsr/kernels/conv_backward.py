@@ -65,6 +65,18 @@ WEIGHT_GRAD_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
 ]
+# The per-tap kernel's tiles with X_IN_REGISTERS (TF32_X_IN_REGISTERS), whose MMA rows are the
+# BLOCK_N input channels (wgmma's 64 at least) and whose columns the BLOCK_M output channels
+# (32 fit W1-reduce's 32). Each compiles for sm_90 with no spills on W1 and W4 in Triton 3.6
+# and 3.9; 64x64x64 on 4 warps and 4 stages, and 64x128x32 on 4 warps, reach 255 registers
+# there (3.9: 48 B spilled; on the odd shape 72 B).
+X_ROWS_WEIGHT_GRAD_CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+]
 # Taken out of WEIGHT_GRAD_CONFIGS, with the compiler's reason (docs/kernels.md lists them).
 REMOVED_WEIGHT_GRAD_CONFIGS = [
     (triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
@@ -130,7 +142,7 @@ ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 # best tile. Names a kernel lacks are skipped.
 WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
                    "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
-                   "INPUT_ROUTE", "PRECISION"]
+                   "INPUT_ROUTE", "PRECISION", "X_IN_REGISTERS"]
 # The per-tap kernel's pixel loop in TF32 runs unpipelined. On an H200 (Triton 3.6,
 # bench.layer_probe at 865104e) it wrote different bits on the same inputs, launch after
 # launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed,
@@ -138,6 +150,16 @@ WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "
 # correct TF32 sum is 8e-4). With one stage every tile and layout repeated bit for bit, as did
 # bf16 at any depth; the layer's TF32 smoke cases had failed their repeat check in both leases.
 TF32_LOOP_STAGES = 1
+# The TF32 per-tap kernel gradient of an NCHW dy, run transposed (the kernel's X_IN_REGISTERS):
+# TF32 wgmma reads only K-major (pixel-contiguous) operands from shared memory. dy in NCHW is
+# one, as wgmma's B; x's tile is none at a tap shift (the channels_last copy the layer passes is
+# MN-major, an NCHW x 4 bytes off at odd columns), so it goes to wgmma's A from registers, which
+# takes any layout. Both then load by 16-byte cp.async and the loop pipelines at the config's
+# depth: wgmma, wait depth >= 1, no spills in the sm_90 compiles (docs/kernels.md, rows marked
+# alternative), where the unpipelined loop above has neither. Off until an H200 shows it repeats
+# bit for bit, which the untransposed pipelined loop did not: bench.layer_probe's kernel repeats
+# and bench.splits run it (capture.kernel_gradient_variant("tf32_x_in_registers")).
+TF32_X_IN_REGISTERS = False
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
 
@@ -259,8 +281,24 @@ def conv_bwd_input_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-@tuned(WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY,
-       prune=fits_shape("out_group_channels", "in_group_channels", "tuning_pixels"))
+_FITS_DY_ROWS = fits_shape("out_group_channels", "in_group_channels", "tuning_pixels")
+_FITS_X_ROWS = fits_shape("out_group_channels", "in_group_channels", "tuning_pixels",
+                          rows="BLOCK_N")
+
+
+def _fits_per_tap_tile(configs, named_args, **kwargs):
+    """fits_shape for the per-tap kernel gradient over the configs of its orientation: the MMA
+    rows are the BLOCK_M output channels (WEIGHT_GRAD_CONFIGS) or, with X_IN_REGISTERS, the
+    BLOCK_N input channels (X_ROWS_WEIGHT_GRAD_CONFIGS)."""
+    if {**named_args, **kwargs}.get("X_IN_REGISTERS"):
+        mine, fits = X_ROWS_WEIGHT_GRAD_CONFIGS, _FITS_X_ROWS
+    else:
+        mine, fits = WEIGHT_GRAD_CONFIGS, _FITS_DY_ROWS
+    return fits([c for c in configs if any(c is m for m in mine)], named_args, **kwargs)
+
+
+@tuned(WEIGHT_GRAD_CONFIGS + X_ROWS_WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY,
+       prune=_fits_per_tap_tile)
 @triton.jit
 def conv_bwd_weight_kernel(
     grad_output_pointer, input_pointer, grad_weight_pointer, grad_bias_pointer, copy_pointer,
@@ -277,12 +315,16 @@ def conv_bwd_weight_kernel(
     copy_batch_stride, copy_channel_stride, copy_h_stride, copy_w_stride,
     HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     INDEX_DTYPE: tl.constexpr, WRITE_COPY: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    X_IN_REGISTERS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[b] = correlate(x[b], dy[b]) and dbias[b] = dy[b] summed over pixels, for every b.
 
     LOOP_STAGES: the pixel loop's pipeline depth, or None for the config's num_stages (see
     TF32_LOOP_STAGES).
+    X_IN_REGISTERS: the GEMM runs transposed, dw^T = x^T dy^T, with the x tile as wgmma's A
+    operand from registers (see TF32_X_IN_REGISTERS): the BLOCK_N input channels are the MMA's
+    rows, and dy, (pixels, out) K-major when it is NCHW, is its B operand in shared memory.
 
     With WRITE_COPY the programs of tap 0 and the first input-channel tile, which between them
     load every dy element once, also store it to copy (B, out, Ho, Wo) in the copy's strides
@@ -315,11 +357,16 @@ def conv_bwd_weight_kernel(
                         + out_channel[:, None] * grad_output_channel_stride)
     input_cols = (input_pointer + sample * input_batch_stride
                   + in_channel[None, :] * input_channel_stride)
+    input_cols_t = (input_pointer + sample * input_batch_stride
+                    + in_channel[:, None] * input_channel_stride)
     copy_rows = (copy_pointer + sample * copy_batch_stride
                  + out_channel[:, None] * copy_channel_stride)
     copier = (tap == 0) & (n_block == 0)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if X_IN_REGISTERS:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     chunk = tl.cdiv(tl.cdiv(out_pixels, num_splits), BLOCK_K) * BLOCK_K
     first_pixel = split * chunk
@@ -335,9 +382,20 @@ def conv_bwd_weight_kernel(
         dy = tl.load(grad_output_rows + (out_row * grad_output_h_stride
                                          + out_col * grad_output_w_stride)[None, :],
                      mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        x = tl.load(input_cols + (in_row * input_h_stride + in_col * input_w_stride)[:, None],
-                    mask=pixel_ok[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
+        in_pixel = in_row * input_h_stride + in_col * input_w_stride
+        if X_IN_REGISTERS:
+            # x's tile as wgmma's A needs no K-major copy in shared memory, but Triton takes an
+            # operand straight from a load to be one; computed (+ 0.0 leaves every value as it
+            # is), it stays in registers. Loaded (BLOCK_N, BLOCK_K) as the dot takes it: a
+            # tl.trans of a (BLOCK_K, BLOCK_N) load makes its cp.async 4 bytes wide.
+            x = tl.load(input_cols_t + in_pixel[None, :],
+                        mask=mask_n[:, None] & pixel_ok[None, :], other=0.0)
+            acc = tl.dot(x + 0.0, tl.trans(dy), acc, input_precision=PRECISION,
+                         out_dtype=ACC_DTYPE)
+        else:
+            x = tl.load(input_cols + in_pixel[:, None], mask=pixel_ok[:, None] & mask_n[None, :],
+                        other=0.0)
+            acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS:
             bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
         if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
@@ -348,11 +406,17 @@ def conv_bwd_weight_kernel(
 
     grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
                    + sample * grad_weight_batch_stride
-                   + out_channel[:, None] * grad_weight_out_stride
-                   + offs_n[None, :] * grad_weight_in_stride
                    + r * grad_weight_h_stride + t * grad_weight_w_stride)
-    tl.store(grad_weight, acc.to(grad_weight_pointer.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    if X_IN_REGISTERS:
+        tl.store(grad_weight + offs_n[:, None] * grad_weight_in_stride
+                 + out_channel[None, :] * grad_weight_out_stride,
+                 acc.to(grad_weight_pointer.dtype.element_ty),
+                 mask=mask_n[:, None] & mask_m[None, :])
+    else:
+        tl.store(grad_weight + out_channel[:, None] * grad_weight_out_stride
+                 + offs_n[None, :] * grad_weight_in_stride,
+                 acc.to(grad_weight_pointer.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
     # Every (tap, input-channel tile) program summed the same dy rows; one of them writes.
     if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
         if tap + n_block == 0:
@@ -717,12 +781,12 @@ def _transposes(out_group_channels: int, in_group_channels: int, pad, copy_strid
 def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
                           dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
                           dilation, groups, allow_tf32, grad_weight_stride, grad_bias_stride,
-                          num_splits, all_taps, copy_stride):
+                          num_splits, all_taps, copy_stride, tf32_x_in_registers):
     """conv_bwd_weight's decisions per shape class: (partial sums' dtype (None: written straight
     into grad_weight and grad_bias), grid, integer arguments, constexprs). aligned and
     grad_output_aligned: whether input's and grad_output's addresses are 16-byte aligned;
     grad_bias_stride is None without a bias gradient, copy_stride without a copy of dy to
-    write."""
+    write; tf32_x_in_registers: the per-tap kernel runs X_IN_REGISTERS if the dot is TF32."""
     batch, channels, in_h, in_w = input_shape
     out_channels, out_h, out_w = grad_output_shape[1:]
     kernel_h, kernel_w = kernel_size
@@ -802,7 +866,10 @@ def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, in
                 *grad_output_stride, *input_stride,
                 num_splits, *weight_parts_stride, *bias_parts_stride,
                 *(copy_stride or (0, 0, 0, 0)))
-        constexprs["LOOP_STAGES"] = TF32_LOOP_STAGES if precision == "tf32" else None
+        x_in_registers = precision == "tf32" and tf32_x_in_registers
+        constexprs["X_IN_REGISTERS"] = x_in_registers
+        constexprs["LOOP_STAGES"] = (TF32_LOOP_STAGES if precision == "tf32"
+                                     and not x_in_registers else None)
     constexprs["WRITE_COPY"] = copy_stride is not None
     return partial, grid, args, constexprs
 
@@ -860,7 +927,9 @@ def conv_bwd_weight(
         grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
         dilation, groups, allow_tf32, grad_weight.stride(),
         None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
-        None if grad_output_copy is None else grad_output_copy.stride())
+        None if grad_output_copy is None else grad_output_copy.stride(),
+        # Only an NCHW dy is K-major for wgmma's B (TF32_X_IN_REGISTERS).
+        TF32_X_IN_REGISTERS and not _channels_last(grad_output))
     if partial is None:
         weight_parts = grad_weight.unsqueeze(0)
         bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None

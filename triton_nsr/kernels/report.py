@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from triton_nsr.kernels.capture import LayerShape, all_taps_alternative, capture, kernels
+from triton_nsr.kernels.capture import LayerShape, alternative_launches, capture, kernels
 from triton_nsr.kernels.compiled import (
     compile_and_inspect,
     config_label,
@@ -66,7 +66,7 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
             for layout in layouts:
                 launches = [(launch, False) for launch in capture(shape, precision, layout)]
                 launches += [(launch, True)
-                             for launch in all_taps_alternative(shape, precision, layout)]
+                             for launch in alternative_launches(shape, precision, layout)]
                 for launch, alternative in launches:
                     tuner = tuners[launch.kernel]
                     for index in kept_configs(tuner, launch):
@@ -94,8 +94,7 @@ def kept_configs(tuner, launch) -> list[int]:
     """Indices of the configs the autotuner tries for this launch (after its pruning)."""
     if tuner.early_config_prune is None:
         return list(range(len(tuner.configs)))
-    positional = dict(zip(tuner.fn.arg_names, launch.args))
-    kept = tuner.early_config_prune(tuner.configs, positional)
+    kept = tuner.early_config_prune(tuner.configs, launch.named)
     return [i for i, config in enumerate(tuner.configs) if any(config is k for k in kept)]
 
 
@@ -137,6 +136,18 @@ def _operand_cell(operand: dict) -> str:
     return f"{operand['route']} -> {home}"
 
 
+def _cases():
+    """(kernel, precision, layout, alternative) in the tables' order: the layer's launches,
+    then the alternatives the report compiles beside them (capture.alternative_launches)."""
+    return [(kernel, precision, layout, alternative) for kernel in GEMM_KERNELS
+            for precision in PRECISION_NAMES for layout in LAYOUT_NAMES
+            for alternative in (False, True)]
+
+
+def _launch(alternative: bool) -> str:
+    return "*alternative*" if alternative else "layer"
+
+
 def render_version(data: dict) -> list[str]:
     """The markdown section of one Triton version."""
     compiles = data["compiles"]
@@ -146,49 +157,49 @@ def render_version(data: dict) -> list[str]:
     out += ["### Hopper criteria per GEMM kernel", "",
             "Kept configs meeting all four criteria (wgmma; both operands by TMA or 16-byte "
             "cp.async; wgmma wait depth >= 1; no spills), over every shape.", "",
-            "| kernel | precision | layout | configs on the fast path | what the others miss |",
-            "| --- | --- | --- | --- | --- |"]
-    for kernel in GEMM_KERNELS:
-        for precision in PRECISION_NAMES:
-            for layout in LAYOUT_NAMES:
-                chosen = {r["compile"] for r in data["rows"] if r["kernel"] == kernel
-                          and r["precision"] == precision and r["layout"] == layout}
-                if not chosen:
-                    continue
-                misses: dict[str, int] = {}
-                good = 0
-                for index in chosen:
-                    shortfalls = hopper_shortfalls(_as_compiled(compiles[str(index)]))
-                    good += not shortfalls
-                    for item in shortfalls:
-                        misses[item] = misses.get(item, 0) + 1
-                missing = "; ".join(f"{text} ({count})" for text, count in sorted(misses.items()))
-                out.append(f"| `{kernel}` | {precision} | {layout} | {good} of {len(chosen)} "
-                           f"| {missing or '-'} |")
+            "| kernel | precision | layout | launch | configs on the fast path | what the "
+            "others miss |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for kernel, precision, layout, alternative in _cases():
+        chosen = {r["compile"] for r in data["rows"] if r["kernel"] == kernel
+                  and r["precision"] == precision and r["layout"] == layout
+                  and r.get("alternative", False) == alternative}
+        if not chosen:
+            continue
+        misses: dict[str, int] = {}
+        good = 0
+        for index in chosen:
+            shortfalls = hopper_shortfalls(_as_compiled(compiles[str(index)]))
+            good += not shortfalls
+            for item in shortfalls:
+                misses[item] = misses.get(item, 0) + 1
+        missing = "; ".join(f"{text} ({count})" for text, count in sorted(misses.items()))
+        out.append(f"| `{kernel}` | {precision} | {layout} | {_launch(alternative)} "
+                   f"| {good} of {len(chosen)} | {missing or '-'} |")
     out += ["", "### Every compile of the GEMM kernels", "",
             "One row per distinct compile; `shapes` lists the layer shapes whose launches "
             "specialise to it. Operands: route from global memory -> where the MMA reads it.", "",
-            "| kernel | precision | layout | path | config | shapes | MMA | A | B | wait | regs "
-            "| spill B | smem B |", "| --- " * 13 + "|"]
-    for kernel in GEMM_KERNELS:
-        for precision in PRECISION_NAMES:
-            for layout in LAYOUT_NAMES:
-                shapes_of: dict[int, list[str]] = {}
-                paths: dict[int, str] = {}
-                for r in data["rows"]:
-                    if (r["kernel"], r["precision"], r["layout"]) == (kernel, precision, layout):
-                        paths[r["compile"]] = r.get("path") or "-"
-                        shapes_of.setdefault(r["compile"], [])
-                        if r["shape"] not in shapes_of[r["compile"]]:
-                            shapes_of[r["compile"]].append(r["shape"])
-                for index, shapes in shapes_of.items():
-                    c = compiles[str(index)]
-                    ops = [_operand_cell(o) for o in c["operands"]] or ["-", "-"]
-                    out.append(
-                        f"| `{kernel}` | {precision} | {layout} | {paths[index]} | {c['config']} | "
-                        f"{', '.join(shapes)} | {c['mma']} | {ops[0]} | {ops[1]} | "
-                        f"{c['wait_depth']} | {c['registers']} | {c['spill_bytes']} | "
-                        f"{c['shared_memory']} |" + (f" error: {c['error']}" if c["error"] else ""))
+            "| kernel | precision | layout | launch | path | config | shapes | MMA | A | B | "
+            "wait | regs | spill B | smem B |", "| --- " * 14 + "|"]
+    for kernel, precision, layout, alternative in _cases():
+        shapes_of: dict[int, list[str]] = {}
+        paths: dict[int, str] = {}
+        for r in data["rows"]:
+            if ((r["kernel"], r["precision"], r["layout"], r.get("alternative", False))
+                    == (kernel, precision, layout, alternative)):
+                paths[r["compile"]] = r.get("path") or "-"
+                shapes_of.setdefault(r["compile"], [])
+                if r["shape"] not in shapes_of[r["compile"]]:
+                    shapes_of[r["compile"]].append(r["shape"])
+        for index, shapes in shapes_of.items():
+            c = compiles[str(index)]
+            ops = [_operand_cell(o) for o in c["operands"]] or ["-", "-"]
+            out.append(
+                f"| `{kernel}` | {precision} | {layout} | {_launch(alternative)} | "
+                f"{paths[index]} | {c['config']} | "
+                f"{', '.join(shapes)} | {c['mma']} | {ops[0]} | {ops[1]} | "
+                f"{c['wait_depth']} | {c['registers']} | {c['spill_bytes']} | "
+                f"{c['shared_memory']} |" + (f" error: {c['error']}" if c["error"] else ""))
     out += ["", "### Other kernels", "",
             "| kernel | config | MMA | regs | spill B | smem B | compiles |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -237,7 +248,12 @@ MISS_CAUSES = {
         "copy, (pixels, in): MN-major, which TF32 wgmma cannot read from shared memory (see "
         "channels_last below), so it comes element by element (cp.async 4B); dy, NCHW, is "
         "K-major and loads 16 bytes but on the odd shape. Reading x in NCHW instead would put "
-        "it 4 bytes off at every tap."),
+        "it 4 bytes off at every tap. The *alternative* launches run the GEMM transposed "
+        "(conv_backward.TF32_X_IN_REGISTERS): x's tile goes to wgmma's A from registers, which "
+        "takes any layout, dy to its B, K-major, both by 16-byte cp.async, pipelined at the "
+        "config's depth. They meet all four criteria but on the odd shape, and stay off in the "
+        "layer until an H200 shows them repeating bit for bit (bench.layer_probe runs them "
+        "first)."),
     ("conv_bwd_weight_kernel", "tf32", "channels_last"): (
         "Wait depth 0 everywhere in TF32: the pixel loop is unpipelined on purpose "
         "(conv_backward.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
@@ -270,26 +286,28 @@ def render_misses(data: dict) -> list[str]:
     """Where bf16 and TF32 kept configs miss the criteria, on which shapes, and why; then the
     kernel gradient's L2 budget."""
     out = [f"## Where bf16 and TF32 miss the criteria, and why (Triton {data['triton']})", "",
-           "| kernel | precision | layout | shapes that miss | what they miss | why |",
-           "| --- | --- | --- | --- | --- | --- |"]
-    for kernel in GEMM_KERNELS:
-        for precision in ("bf16", "tf32"):
-            for layout in LAYOUT_NAMES:
-                shapes, misses = [], set()
-                for r in data["rows"]:
-                    if (r["kernel"], r["precision"], r["layout"]) != (kernel, precision, layout):
-                        continue
-                    found = hopper_shortfalls(_as_compiled(data["compiles"][str(r["compile"])]))
-                    misses.update(found)
-                    if found and r["shape"] not in shapes:
-                        shapes.append(r["shape"])
-                if not shapes:
-                    continue
-                why = MISS_CAUSES.get((kernel, precision, layout),
-                                      ODD_CAUSE if shapes == ["odd"] else
-                                      "Not explained yet: to be investigated.")
-                out.append(f"| `{kernel}` | {precision} | {layout} | {', '.join(shapes)} | "
-                           f"{'; '.join(sorted(misses))} | {why} |")
+           "| kernel | precision | layout | launch | shapes that miss | what they miss | why |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for kernel, precision, layout, alternative in _cases():
+        if precision not in ("bf16", "tf32"):
+            continue
+        shapes, misses = [], set()
+        for r in data["rows"]:
+            if ((r["kernel"], r["precision"], r["layout"], r.get("alternative", False))
+                    != (kernel, precision, layout, alternative)):
+                continue
+            found = hopper_shortfalls(_as_compiled(data["compiles"][str(r["compile"])]))
+            misses.update(found)
+            if found and r["shape"] not in shapes:
+                shapes.append(r["shape"])
+        if not shapes:
+            continue
+        why = (ODD_CAUSE if shapes == ["odd"] and alternative else
+               MISS_CAUSES.get((kernel, precision, layout),
+                               ODD_CAUSE if shapes == ["odd"] else
+                               "Not explained yet: to be investigated."))
+        out.append(f"| `{kernel}` | {precision} | {layout} | {_launch(alternative)} | "
+                   f"{', '.join(shapes)} | {'; '.join(sorted(misses))} | {why} |")
     spilling = sorted({(r["shape"], r["layout"], r["precision"]) for r in data["rows"]
                        if r["kernel"] in GEMM_KERNELS and r["precision"] in ("bf16", "tf32")
                        and data["compiles"][str(r["compile"])]["spill_bytes"]})
@@ -445,7 +463,11 @@ def render(reports: list[dict]) -> str:
              "there, where x has more channels than dy, it runs TRANSPOSED, carrying x's rows "
              "and boxing dy). The TF32 per-tap kernel's pixel loop runs unpipelined "
              "(`TF32_LOOP_STAGES`, wait depth 0): pipelined, it wrote different bits launch "
-             "after launch on an H200.", ""]
+             "after launch on an H200. For an NCHW dy in TF32 the report also compiles the "
+             "per-tap kernel transposed and pipelined (`TF32_X_IN_REGISTERS`, *alternative*: x "
+             "to wgmma's A from registers, dy to its B from shared memory), which the layer "
+             "takes once a GPU has shown it deterministic. The `launch` column tells the "
+             "layer's launches from the alternatives.", ""]
     removed = reports[-1]["removed"] if reports else []
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]
