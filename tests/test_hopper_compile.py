@@ -91,6 +91,38 @@ def test_operand_routes_read_from_the_ptx(odd_bf16):
             assert routes(odd_bf16, kernel, 1, layout) == {"cp.async 16B"}
 
 
+def test_synchronous_loads_are_charged_to_the_line_the_llvm_ir_names():
+    # Triton 3.9's PTX put a predicated ld.global under the .loc of the line scheduled before
+    # it (385 for a load on 382); the LLVM IR's !dbg names the load's own line, or, for a load
+    # inlined from a helper in another file, the kernel line it was inlined at.
+    from triton_nsr.kernels.compiled import global_loads_by_line
+
+    ptx = """
+    .file 1 "/src/kernels/k.py"
+    .loc 1 382 14
+    cp.async.cg.shared.global [ %r1 + 0 ], [ %rd1 + 0 ], 0x10, %r2;
+    .loc 1 385 14
+    @%p2 ld.global.v4.b32 { %r148, %r149, %r150, %r151 }, [ %rd30 + 0 ];
+    @%p2 ld.global.b16 { %rs1 }, [ %rd31 + 0 ];
+    """
+    llir = """
+  %1 = tail call i32 asm "@$2 ld.global.v4.b32 { $0 }, [ $1 + 0 ];", "=r,l,b"(...), !dbg !62
+  %2 = tail call i16 asm "@$2 ld.global.b16 { $0 }, [ $1 + 0 ];", "=c,l,b"(...), !dbg !70
+  %3 = load <2 x float>, ptr addrspace(1) %r, align 8, !dbg !62
+!1 = !DIFile(filename: "k.py", directory: "/src/kernels")
+!4 = distinct !DISubprogram(name: "k", linkageName: "k", scope: !1, file: !1, line: 300)
+!15 = !DIFile(filename: "tiling.py", directory: "/src/kernels")
+!17 = distinct !DILexicalBlockFile(scope: !4, file: !15, discriminator: 0)
+!62 = !DILocation(line: 382, column: 14, scope: !4)
+!70 = !DILocation(line: 20, column: 5, scope: !17, inlinedAt: !71)
+!71 = !DILocation(line: 396, column: 17, scope: !4)
+"""
+    assert global_loads_by_line(ptx, "/src/kernels/k.py") == {
+        382: {"cp.async 16B"}, 385: {"ld.global 16B", "ld.global 2B"}}
+    assert global_loads_by_line(ptx, "/src/kernels/k.py", llir) == {
+        382: {"cp.async 16B", "ld.global 16B", "ld.global 8B"}, 396: {"ld.global 2B"}}
+
+
 def meets_criteria(c):
     return (c["error"] is None and c["mma"] == "wgmma" and c["spill_bytes"] == 0
             and (c["wait_depth"] or 0) >= 1

@@ -155,11 +155,15 @@ _GLOBAL_LOAD = re.compile(
     r"|ld\.global(?:\.[a-z]+)*\.(?:v(\d)\.)?[bfu](\d+))")
 
 
-def global_loads_by_line(ptx: str, source_file: str) -> dict[int, set[str]]:
+def global_loads_by_line(ptx: str, source_file: str,
+                         llir: str | None = None) -> dict[int, set[str]]:
     """{kernel source line: {'TMA', 'cp.async 16B', 'ld.global 2B', ...}} read from the PTX.
 
     Each instruction is charged to the last ``.loc`` naming ``source_file`` before it
-    (instructions of inlined helpers carry the caller's line in their ``inlined_at``).
+    (instructions of inlined helpers carry the caller's line in their ``inlined_at``). Given
+    the LLVM IR, synchronous loads are read from it instead (:func:`llir_loads_by_line`): in
+    Triton 3.9 a predicated ``ld.global`` comes out of LLVM under the ``.loc`` of whatever was
+    scheduled before it (3 lines off in the TF32 kernel gradient), while the IR names its own.
     """
     files = dict(re.findall(r'\.file\s+(\d+)\s+"([^"]+)"', ptx))
     wanted = {number for number, path in files.items()
@@ -177,13 +181,67 @@ def global_loads_by_line(ptx: str, source_file: str) -> dict[int, set[str]]:
         match = _GLOBAL_LOAD.search(text)
         if not match or line is None:
             continue
-        if match[1].startswith("cp.async.bulk.tensor"):
-            kind = "TMA"
-        elif match[2]:
-            kind = f"cp.async {int(match[2], 0)}B"
-        else:
-            kind = f"ld.global {int(match[3] or 1) * int(match[4]) // 8}B"
-        found.setdefault(line, set()).add(kind)
+        kind = _load_kind(match)
+        if llir is None or not kind.startswith("ld.global"):
+            found.setdefault(line, set()).add(kind)
+    if llir is not None:
+        for line, kinds in llir_loads_by_line(llir, source_file).items():
+            found.setdefault(line, set()).update(kinds)
+    return found
+
+
+def _load_kind(match) -> str:
+    """'TMA', 'cp.async NB' or 'ld.global NB' for a _GLOBAL_LOAD match."""
+    if match[1].startswith("cp.async.bulk.tensor"):
+        return "TMA"
+    if match[2]:
+        return f"cp.async {int(match[2], 0)}B"
+    return f"ld.global {int(match[3] or 1) * int(match[4]) // 8}B"
+
+
+_DI_FILE = re.compile(r'^(![0-9]+) = !DIFile\(filename: "([^"]+)"', re.M)
+_DI_SCOPE = re.compile(r"^(![0-9]+) = (?:distinct )?!DI(?:Subprogram|LexicalBlockFile|LexicalBlock)"
+                       r"\(.*?file: (![0-9]+)", re.M)
+_DI_LOCATION = re.compile(r"^(![0-9]+) = !DILocation\(line: (\d+), column: \d+, scope: "
+                          r"(![0-9]+)(?:, inlinedAt: (![0-9]+))?", re.M)
+_LLVM_LOAD = re.compile(r"= load (?:<(\d+) x )?(i\d+|half|bfloat|float|double)[^,]*, "
+                        r"ptr addrspace\(1\)")
+_LLVM_BITS = {"half": 16, "bfloat": 16, "float": 32, "double": 64}
+
+
+def llir_loads_by_line(llir: str, source_file: str) -> dict[int, set[str]]:
+    """{kernel source line: {'ld.global 16B', ...}}: the synchronous global loads of the LLVM
+    IR (Triton's inline-assembly ``ld.global`` and LLVM's own loads from address space 1),
+    each charged to its own ``!dbg`` location, or the first location in ``source_file`` of the
+    chain it was inlined at."""
+    files = dict(_DI_FILE.findall(llir))
+    scopes = dict(_DI_SCOPE.findall(llir))
+    locations = {name: (int(line), scope, inlined)
+                 for name, line, scope, inlined in _DI_LOCATION.findall(llir)}
+    wanted = os.path.basename(source_file)
+
+    def line_of(location):
+        while location in locations:
+            line, scope, inlined = locations[location]
+            if os.path.basename(files.get(scopes.get(scope), "")) == wanted:
+                return line
+            location = inlined
+        return None
+
+    found: dict[int, set[str]] = {}
+    for text in llir.splitlines():
+        debug = re.search(r"!dbg (![0-9]+)", text)
+        line = line_of(debug[1]) if debug else None
+        if line is None:
+            continue
+        kinds = [_load_kind(m) for m in _GLOBAL_LOAD.finditer(text)
+                 if m[0].startswith("ld.global")]
+        load = _LLVM_LOAD.search(text)
+        if load:
+            bits = _LLVM_BITS.get(load[2]) or int(load[2][1:])
+            kinds.append(f"ld.global {int(load[1] or 1) * bits // 8}B")
+        for kind in kinds:
+            found.setdefault(line, set()).add(kind)
     return found
 
 
@@ -229,7 +287,7 @@ def inspect_compiled(kernel, fn, label: str, constexprs: dict | None = None) -> 
     result = Compiled(fn.__name__, label, mma, max(waits) if waits else None, registers, stack,
                       kernel.metadata.shared)
     if fn.__name__ in DOT_OPERANDS:
-        loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn))
+        loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn), kernel.asm.get("llir"))
         homes = _dot_operand_homes(ttgir)
         for (name, variables), home in zip(dot_operands(fn.__name__, constexprs), homes):
             kinds = set().union(*(loads.get(line, set()) for line in load_lines(fn, variables)))
