@@ -374,7 +374,8 @@ def summary(record: dict) -> str:
         lines.append(f"kernel repeats {row['shape']} {row['precision']} {row['layout']} "
                      f"{row['variant']} {row['config']} S={row['splits']}: "
                      f"{row['differing_launches']} of {REPEAT_LAUNCHES - 1} differ "
-                     f"(max {row['max_abs_difference']:.3g}), error {row['error']:.2e}")
+                     f"(max {row['max_abs_difference']:.3g}), error {row['error']:.2e}, "
+                     f"{row['ms']:.3f} ms")
     for row in record["profile"]:
         if "error" in row:
             lines.append(f"profile {row['case']}: {row['error']}")

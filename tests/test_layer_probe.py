@@ -54,6 +54,8 @@ def test_kernel_gradient_repeats_report_splits_error_and_agreement():
     row = layer_probe.weight_grad_repeats((2, 8, 16, 6, 7), "tf32", "nchw",
                                           "per_tap_x_in_registers", x_in_registers[0], "cpu")
     assert row["differing_launches"] == 0 and row["error"] < 1e-5, row
+    line = layer_probe.summary({"repeat": [], "kernel_repeats": [row], "profile": []})
+    assert "per_tap_x_in_registers" in line and "0 of 3 differ" in line and line.endswith(" ms")
     # The per-tap kernel in TF32 is also tried with 1 and 2 stages; bf16 with its kept configs.
     assert len(layer_probe.weight_grad_configs("per_tap", "tf32")) == 9
     assert len(layer_probe.weight_grad_configs("per_tap", "bf16")) == 3
