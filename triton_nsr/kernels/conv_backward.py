@@ -357,7 +357,7 @@ def conv_bwd_weight_kernel(
                         + out_channel[:, None] * grad_output_channel_stride)
     input_cols = (input_pointer + sample * input_batch_stride
                   + in_channel[None, :] * input_channel_stride)
-    input_cols_t = (input_pointer + sample * input_batch_stride
+    input_rows = (input_pointer + sample * input_batch_stride
                     + in_channel[:, None] * input_channel_stride)
     copy_rows = (copy_pointer + sample * copy_batch_stride
                  + out_channel[:, None] * copy_channel_stride)
@@ -388,7 +388,7 @@ def conv_bwd_weight_kernel(
             # operand straight from a load to be one; computed (+ 0.0 leaves every value as it
             # is), it stays in registers. Loaded (BLOCK_N, BLOCK_K) as the dot takes it: a
             # tl.trans of a (BLOCK_K, BLOCK_N) load makes its cp.async 4 bytes wide.
-            x = tl.load(input_cols_t + in_pixel[None, :],
+            x = tl.load(input_rows + in_pixel[None, :],
                         mask=mask_n[:, None] & pixel_ok[None, :], other=0.0)
             acc = tl.dot(x + 0.0, tl.trans(dy), acc, input_precision=PRECISION,
                          out_dtype=ACC_DTYPE)
