@@ -474,8 +474,10 @@ def render(reports: list[dict]) -> str:
     lines += ["## Configs removed from the autotune lists", ""]
     lines += [f"- `{r['kernel']}` {r['config']}: {r['reason']}" for r in removed] or ["None."]
     lines += ["", "At launch, `fits_shape` (kernels/autotune.py) also drops the configs whose "
-              "BLOCK_M, BLOCK_N or BLOCK_K passes the next power of two of its GEMM size (BLOCK_M "
-              "floored at wgmma's 64 rows): such tiles compute and load masked lanes only. When "
+              "BLOCK_M, BLOCK_N or BLOCK_K passes the next power of two of its GEMM size (the "
+              "MMA's rows floored at wgmma's 64: BLOCK_M, or BLOCK_N in the transposed TF32 "
+              "kernel gradient, which tries only its own tiles, `X_ROWS_WEIGHT_GRAD_CONFIGS`): "
+              "such tiles compute and load masked lanes only. When "
               "fewer than 3 configs survive, the least oversized fill up to 3. The tables below "
               "list only kept configs.", ""]
     for data in reports:
