@@ -5,6 +5,8 @@ runs on the triton path in the interpreter, where every launch is deterministic,
 is made to add noise to see the check point at it.
 """
 
+from collections import Counter
+
 import torch
 
 from bench import layer_probe
@@ -45,11 +47,17 @@ def test_kernel_gradient_repeats_report_splits_error_and_agreement():
                                           config, "cpu")
     assert row["differing_launches"] == 0 and row["max_abs_difference"] == 0
     assert row["splits"] == 1 and row["error"] < 1e-5 and row["ms"] > 0
-    # The transposed TF32 kernel (an NCHW dy) is repeated first, with its own tiles.
-    jobs = layer_probe.repeat_jobs()
+    # The transposed TF32 kernel (an NCHW dy) is repeated right after the layer repeats, with
+    # its own tiles; every kernel repeat runs once.
+    jobs = layer_probe.probe_jobs()
     x_in_registers = layer_probe.weight_grad_configs("per_tap_x_in_registers", "tf32")
-    assert jobs[:len(x_in_registers)] == [("W4-256", "tf32", "nchw", "per_tap_x_in_registers",
-                                           c) for c in x_in_registers]
+    first = len(layer_probe.REPEAT_CASES)
+    assert [kind for kind, _ in jobs[:first]] == ["repeat"] * first
+    assert jobs[first:first + len(x_in_registers)] == [
+        ("kernel_repeats", ("W4-256", "tf32", "nchw", "per_tap_x_in_registers", c))
+        for c in x_in_registers]
+    assert Counter(case for kind, case in jobs if kind == "kernel_repeats") == Counter(
+        layer_probe.repeat_jobs())
     assert all(c.kwargs["BLOCK_N"] >= 64 for c in x_in_registers)
     row = layer_probe.weight_grad_repeats((2, 8, 16, 6, 7), "tf32", "nchw",
                                           "per_tap_x_in_registers", x_in_registers[0], "cpu")
