@@ -157,8 +157,8 @@ TF32_LOOP_STAGES = 1
 # takes any layout. Both then load by 16-byte cp.async and the loop pipelines at the config's
 # depth: wgmma, wait depth >= 1, no spills in the sm_90 compiles (docs/kernels.md, rows marked
 # alternative), where the unpipelined loop above has neither. Off until an H200 shows it repeats
-# bit for bit, which the untransposed pipelined loop did not: bench.layer_probe's kernel repeats
-# and bench.splits run it (capture.kernel_gradient_variant("tf32_x_in_registers")).
+# bit for bit, which the untransposed pipelined loop did not: bench.layer_probe repeats and times
+# it right after its layer repeats (capture.kernel_gradient_variant("per_tap_x_in_registers")).
 TF32_X_IN_REGISTERS = False
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
@@ -358,7 +358,7 @@ def conv_bwd_weight_kernel(
     input_cols = (input_pointer + sample * input_batch_stride
                   + in_channel[None, :] * input_channel_stride)
     input_rows = (input_pointer + sample * input_batch_stride
-                    + in_channel[:, None] * input_channel_stride)
+                  + in_channel[:, None] * input_channel_stride)
     copy_rows = (copy_pointer + sample * copy_batch_stride
                  + out_channel[:, None] * copy_channel_stride)
     copier = (tap == 0) & (n_block == 0)
