@@ -67,9 +67,9 @@ WEIGHT_GRAD_CONFIGS = [
 ]
 # The per-tap kernel's tiles with X_IN_REGISTERS (TF32_X_IN_REGISTERS), whose MMA rows are the
 # BLOCK_N input channels (wgmma's 64 at least) and whose columns the BLOCK_M output channels
-# (32 fit W1-reduce's 32). Each compiles for sm_90 with no spills on W1 and W4 in Triton 3.6
-# and 3.9; 64x64x64 on 4 warps and 4 stages, and 64x128x32 on 4 warps, reach 255 registers
-# there (3.9: 48 B spilled; on the odd shape 72 B).
+# (32 fit W1-reduce's 32). Each compiles for sm_90 with no spills on W1, W4 and the odd shape in
+# Triton 3.6 and 3.9. Left out: 64x64x64 on 4 warps and 4 stages, and 64x128x32 on 4 warps,
+# at 255 registers (3.9: 48 B spilled on W1 and W4, 72 B on the odd shape).
 X_ROWS_WEIGHT_GRAD_CONFIGS = [
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
