@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.results import environment
+from bench.results import environment, step_parser
 
 RESULT_FILE = "diagnose.json"
 # name: (dtype, TF32 allowed, relative-error bound): bounds as bench/smoke.py's, one kernel.
@@ -270,11 +270,7 @@ def summary(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path)
-    parser.add_argument("--budget-s", type=float, default=120.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = step_parser(__doc__, 120.0, output_required=False)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

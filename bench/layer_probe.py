@@ -25,7 +25,6 @@ until the budget is spent; the rest are listed as not reached. Writes OUT/probe.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import cProfile
 import json
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench import hardware, jit_log, providers, smoke
-from bench.results import environment
+from bench.results import environment, step_parser
 from bench.timing import Timer, summarize
 from bench.workloads import W4_256, Workload, main_workloads
 
@@ -187,10 +186,10 @@ def weight_grad_configs(variant: str, precision: str) -> list:
 
 
 def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config,
-                        device: str) -> dict:
+                        device: str, timer: Timer | None = None) -> dict:
     """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
     whether every launch wrote the same bits (partial sums and bias, not added), and the
-    median time of a launch (``ms``, bench.timing's Timer: L2 flushed before each)."""
+    median time of a launch (``ms``, by ``timer``: L2 flushed before each)."""
     from bench.diagnose import fixed_config
     from bench.splits import kernel_gradient_inputs, reference
     from triton_nsr.kernels import autotune, conv_backward
@@ -221,7 +220,8 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
                 parts, bias_parts = launch()
                 results.append((parts.clone(), bias_parts.clone()))
             _synchronize()
-            row["ms"] = summarize(Timer(device, 1, REPEAT_TIMINGS).samples(launch))["median"]
+            timer = timer or Timer(device, 1, REPEAT_TIMINGS)
+            row["ms"] = summarize(timer.samples(launch))["median"]
         first = results[0]
         row["splits"] = first[0].shape[0]
         row["differing_launches"] = sum(not (_equal(w, first[0]) and _equal(b, first[1]))
@@ -343,12 +343,13 @@ def probe_jobs() -> list[tuple[str, tuple]]:
 
 
 def probe(output_dir: Path, budget_s: float, device: str) -> dict:
-    """Repeat cases, then profile cases, while the budget lasts; writes OUT/probe.json."""
+    """The cases of probe_jobs, in order, while the budget lasts; writes OUT/probe.json."""
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     known = workloads()
     record = {"environment": environment(device), "budget_s": budget_s, "repeat": [],
               "kernel_repeats": [], "profile": [], "not_reached": []}
+    timer = None  # one L2 flush buffer for every kernel repeat, made at the first
     for kind, case in probe_jobs():
         if time.perf_counter() - started > budget_s:
             record["not_reached"].append([kind, *map(str, case)])
@@ -357,7 +358,8 @@ def probe(output_dir: Path, budget_s: float, device: str) -> dict:
             if kind == "repeat":
                 row = repeat_case(known[case[0]], case[1], case[2], device)
             elif kind == "kernel_repeats":
-                row = weight_grad_repeats(REPEAT_SHAPES[case[0]], *case[1:], device)
+                timer = timer or Timer(device, 1, REPEAT_TIMINGS)
+                row = weight_grad_repeats(REPEAT_SHAPES[case[0]], *case[1:], device, timer)
             else:
                 row = profile_case(known[case[0]], *case[1:], device)
         except Exception as error:  # one case's failure is a finding; the rest still run
@@ -405,11 +407,7 @@ def summary(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=90.0)
-    parser.add_argument("--device", default="cuda")
+    parser = step_parser(__doc__, 90.0)
     args = parser.parse_args(argv)
     if args.device != "cuda" or not torch.cuda.is_available():
         parser.error("the probe needs a CUDA device")

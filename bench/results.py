@@ -17,6 +17,7 @@ Schema (version 1)::
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -60,6 +61,19 @@ def git_commit() -> tuple[str, bool]:
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
     return commit, bool(status.strip())
+
+
+def step_parser(doc: str, budget_s: float, output_required: bool = True
+                ) -> argparse.ArgumentParser:
+    """The command line the make gpu steps after the lease share (bench.diagnose, bench.splits,
+    bench.layer_probe): --output-dir, --budget-s (default ``budget_s``) and --device (cuda
+    where there is one)."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, required=output_required)
+    parser.add_argument("--budget-s", type=float, default=budget_s)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
 
 
 def environment(device: str) -> dict:

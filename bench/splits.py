@@ -17,7 +17,6 @@ gradient (float64 reference).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench import jit_log
-from bench.results import environment
+from bench.results import environment, step_parser
 from bench.timing import Timer, summarize
 from bench.workloads import main_workloads
 
@@ -149,12 +148,7 @@ def summary(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=45.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    args = step_parser(__doc__, 45.0).parse_args(argv)
     jit_log.install("splits")
     record = measure(args.output_dir, args.budget_s, args.device)
     print(summary(record))

@@ -914,12 +914,11 @@ def conv_bwd_weight(
     out_channels, out_h, out_w = grad_output.shape[1:]
     kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
                                           tuple(dilation))
+    grad_output_layout = "channels_last" if _channels_last(grad_output) else "nchw"
     # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice and x three
     # times, or x twice and dy three times: _transposes).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-                and input.dtype in ALL_TAPS_DTYPES
-                and ("channels_last" if _channels_last(grad_output) else "nchw")
-                in ALL_TAPS_LAYOUTS)
+                and input.dtype in ALL_TAPS_DTYPES and grad_output_layout in ALL_TAPS_LAYOUTS)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
     programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
                 * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
@@ -935,7 +934,7 @@ def conv_bwd_weight(
         None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
         None if grad_output_copy is None else grad_output_copy.stride(),
         # Only an NCHW dy is K-major for wgmma's B (TF32_X_IN_REGISTERS).
-        TF32_X_IN_REGISTERS and not _channels_last(grad_output))
+        TF32_X_IN_REGISTERS and grad_output_layout == "nchw")
     if partial is None:
         weight_parts = grad_weight.unsqueeze(0)
         bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
