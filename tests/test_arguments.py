@@ -51,10 +51,16 @@ BAD = [
     ("k", dict(num_sparsity_groups=0), ValueError, "num_sparsity_groups .* got 0"),
     ("temperature", dict(temperature=0.0), ValueError, "temperature .* got 0.0"),
     ("temperature nan", dict(temperature=float("nan")), ValueError, "nan"),
+    # Below float32's smallest normal number the router's logits overflowed to inf (NaN out),
+    # and a GPU may flush the kernels' subnormal temperature to 0; above its largest, the
+    # kernels' float32 temperature is inf.
+    ("temperature tiny", dict(temperature=1e-40), ValueError, "temperature must be between"),
+    ("temperature huge", dict(temperature=1e300), ValueError, r"3\.403e\+38.*got 1e\+300"),
     ("padding mode", dict(padding_mode="mirror"), ValueError, "'mirror'"),
     ("backend", dict(backend="cuda"), ValueError, "'cuda'"),
     ("stride bool", dict(stride=True), TypeError, "True"),
     ("stride float", dict(stride=2.0), TypeError, "2.0"),
+    ("stride past int64", dict(stride=2**64), ValueError, "stride must fit in a 64-bit integer"),
     ("padding numpy float", dict(padding=(1, np.float64(1.0))), TypeError, r"1\.0"),
     ("groups numpy bool", dict(groups=np.bool_(True)), ValueError, "True"),
     ("no channels", dict(input=torch.randn(2, 0, 8, 8), weight=torch.randn(12, 0, 3, 3),
@@ -161,3 +167,42 @@ def test_checked_geometry_is_reused_and_bad_arguments_still_raise():
             arguments.check_nsr_conv2d(x, weight, bias, torch.randn(6, 5), *args[4:])
         with pytest.raises(TypeError, match="dtype"):
             arguments.check_nsr_conv2d(x.double(), *args[1:])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["stride", "padding", "dilation", "groups",
+                                  "num_sparsity_groups", "num_sparsity_cardinals"])
+def test_integer_arguments_given_as_tensors_are_read_by_value_every_call(name, backend):
+    # The checked-arguments cache keys tensors by shape, dtype and device: a number given as a
+    # tensor must not be keyed that way, or a second value would get the first one's geometry.
+    kwargs = {**good(), "input": torch.randn(2, 4, 9, 8), "weight": torch.randn(12, 2, 3, 3),
+              "backend": backend, "stride": 1, "padding": 1, "dilation": 1, "groups": 2}
+    values = {"stride": (2, 1), "padding": (2, 0), "dilation": (2, 1), "groups": (1, 2),
+              "num_sparsity_groups": (3, 2), "num_sparsity_cardinals": (3, 1)}[name]
+    for value in (*values, *values):
+        arguments = {**kwargs, name: value}
+        if name == "groups":
+            arguments["weight"] = torch.randn(12, 4 // value, 3, 3)
+        if name == "num_sparsity_groups":
+            arguments["weight"] = torch.randn(value * 6, 2, 3, 3)
+            arguments["bias"] = torch.randn(value * 6)
+            arguments["mlp_weight"] = torch.randn(value * 3, 4)
+            arguments["mlp_bias"] = torch.randn(value * 3)
+        if name == "num_sparsity_cardinals":
+            arguments["mlp_weight"] = torch.randn(2 * value, 4)
+            arguments["mlp_bias"] = torch.randn(2 * value)
+        expected = nsr_conv2d(**arguments)
+        as_tensor = nsr_conv2d(**{**arguments, name: torch.tensor(value)})
+        torch.testing.assert_close(as_tensor, expected, rtol=0, atol=0)
+
+
+def test_temperature_that_requires_grad_is_refused_by_the_triton_backend():
+    kwargs = {**good(), "backend": "triton"}
+    temperature = torch.tensor(0.5, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="does not differentiate the temperature"):
+        nsr_conv2d(**kwargs, temperature=temperature)
+    # Detached, or without grad mode, it is a fixed number: the call runs.
+    fixed = nsr_conv2d(**kwargs, temperature=0.5)
+    torch.testing.assert_close(nsr_conv2d(**kwargs, temperature=temperature.detach()), fixed)
+    with torch.no_grad():
+        torch.testing.assert_close(nsr_conv2d(**kwargs, temperature=temperature), fixed)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.utils import assert_close, make_params, per_sample_loop
+from tests.utils import assert_close, assert_same_outputs_and_grads, make_params, per_sample_loop
 from triton_nsr import NSRConv2d, nsr_conv2d
 from triton_nsr.grouped_conv import grouped_conv2d, grouped_conv2d_backward
 from triton_nsr.models import WDSRNSR
@@ -224,3 +224,44 @@ def test_the_batch_stays_symbolic_under_export_and_compile_without_conv_groups()
     targets = {str(node.target) for g in graphs for node in g.graph.nodes}
     assert any("grouped_conv2d" in t for t in targets)
     assert not any("conv2d" in t and "grouped" not in t for t in targets)
+
+
+def test_a_temperature_that_requires_grad_learns_as_in_the_oracle():
+    # A layer whose temperature is a Parameter: the torch backend differentiates it (it used to
+    # read it as a float, so the output did not even require grad), as the oracle does.
+    inputs = [torch.randn(2, 4, 5, 5, dtype=torch.float64),
+              *make_params(4, 4, 3, 2, 2, dtype=torch.float64, scale=0.5),
+              torch.tensor(0.7, dtype=torch.float64)]
+
+    def ours(x, w, b, mw, mb, t):
+        return nsr_conv2d(x, w, b, mw, mb, 2, 2, padding=1, temperature=t, backend="torch")
+
+    def oracle(x, w, b, mw, mb, t):
+        return per_sample_loop(x, w, b, mw, mb, 2, 2, padding=1, temperature=t)
+
+    assert_same_outputs_and_grads(ours, oracle, inputs,
+                                  ["x", "weight", "bias", "mlp_weight", "mlp_bias", "temperature"])
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(ours, leaves)
+
+    layer = NSRConv2d(4, 4, 3, 2, 2, padding=1, backend="torch", dtype=torch.float64)
+    layer.temperature = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    layer(inputs[0]).square().sum().backward()
+    assert layer.temperature.grad is not None and layer.temperature.grad != 0
+
+
+@pytest.mark.parametrize("temperature", [1e-37, 1e-20, 1e30])
+def test_extreme_temperatures_give_the_limits_of_the_softmax(temperature):
+    # z / T overflowed for a small T (the softmax was NaN); shifted by the peak first, a small T
+    # routes each cardinal to its largest logit alone, and a large T mixes the k groups evenly.
+    x = torch.randn(3, 4, 5, 5)
+    w, b, mw, mb = make_params(4, 4, 3, 2, 2, dtype=torch.float32)
+    mw = mw * 1e3  # logits far apart: a small temperature picks one group
+    y = nsr_conv2d(x, w, b, mw, mb, 2, 2, padding=1, temperature=temperature, backend="torch")
+    logits = (x.mean(dim=(2, 3)) @ mw.T + mb).view(3, 2, 2)
+    if temperature < 1:
+        limit = torch.nn.functional.one_hot(logits.argmax(1), 2).transpose(1, 2).float()
+    else:
+        limit = torch.full_like(logits, 0.5)
+    expected = per_sample_loop(x, w, b, mw, mb, 2, 2, padding=1, routing=limit)
+    assert_close(y, expected, "output", torch.float32)

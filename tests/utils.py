@@ -26,10 +26,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "outp
 
 
 def per_sample_loop(x, weight, bias, mlp_weight, mlp_bias, k, d, stride=1, padding=0,
-                    dilation=1, groups=1, temperature=1.0, padding_mode="zeros"):
+                    dilation=1, groups=1, temperature=1.0, padding_mode="zeros", routing=None):
     """Oracle: for each sample, route, mix its kernel, and run nn.Conv2d on that sample alone.
 
     Written independently of triton_nsr: padding modes, 'same' and friends come from nn.Conv2d.
+    ``routing`` (B, k, d), when given, replaces the router's softmax.
     """
     out = weight.shape[0] // k
     conv = nn.Conv2d(x.shape[1], out, tuple(weight.shape[2:]), stride, padding, dilation, groups,
@@ -41,6 +42,8 @@ def per_sample_loop(x, weight, bias, mlp_weight, mlp_bias, k, d, stride=1, paddi
         if mlp_bias is not None:
             logits = logits + mlp_bias
         scores = torch.softmax(logits.view(k, d) / temperature, dim=0)  # over the k groups
+        if routing is not None:
+            scores = routing[b]
         # Output channel o belongs to cardinal o // (out/d); its kernel mixes rows j*out + o.
         per_channel = scores.repeat_interleave(out // d, dim=1)  # (k, out)
         banks = weight.view(k, out, *weight.shape[1:])

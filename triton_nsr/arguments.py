@@ -65,9 +65,13 @@ def as_int(value, name: str) -> int:
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
-        return operator.index(value)
+        number = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    # What F.conv2d and the kernels' integer arguments can hold.
+    if not -2**63 <= number < 2**63:
+        raise ValueError(f"{name} must fit in a 64-bit integer, got {value!r}")
+    return number
 
 
 def as_pair(value, name: str) -> tuple[int, int]:
@@ -93,11 +97,18 @@ def check_positive_int(value, name: str) -> int:
     return number
 
 
+# The temperatures the router can divide by: float32's normal range (the Triton kernels take it
+# as a float32 pair, and a subnormal one may be flushed to zero on a GPU).
+TEMPERATURE_RANGE = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
+
+
 def check_temperature(temperature) -> float:
-    """Return the softmax temperature as a float, rejecting non-positive or non-finite values.
+    """Return the softmax temperature as a float, rejecting non-positive or non-finite values
+    and those outside :data:`TEMPERATURE_RANGE`.
 
     Under ``torch.compile`` a temperature that changes between calls becomes a symbolic float;
-    it is checked with comparisons (which Dynamo turns into guards), not converted.
+    it is checked with comparisons (which Dynamo turns into guards), not converted. A tensor
+    temperature is read on the host (one value).
     """
     if isinstance(temperature, torch.SymFloat):
         value = temperature
@@ -110,7 +121,25 @@ def check_temperature(temperature) -> float:
     # Written so that NaN fails too: every comparison with NaN is False.
     if not (0 < value < math.inf):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    low, high = TEMPERATURE_RANGE
+    if not (low <= value <= high):
+        raise ValueError(f"temperature must be between {low:.4g} and {high:.4g} (float32's "
+                         f"normal range, in which the router divides), got {temperature!r}")
     return value
+
+
+def differentiable_temperature(temperature) -> bool:
+    """Whether ``temperature`` is a tensor whose gradient this call must compute."""
+    return (isinstance(temperature, torch.Tensor) and temperature.requires_grad
+            and torch.is_grad_enabled())
+
+
+def refuse_gradient(value, name: str) -> None:
+    """Raise naming ``name`` when ``value`` is a tensor that requires grad: an argument read as
+    a fixed number would silently drop its gradient."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise TypeError(f"{name} is read as a fixed number, but got a tensor that requires grad, "
+                        f"whose gradient would be dropped: pass a float or {name}.detach()")
 
 
 def check_padding_mode(padding_mode) -> str:
@@ -172,16 +201,23 @@ def _reuse_checked(check):
     return checked
 
 
+# check_nsr_conv2d's arguments that are tensors of data, whose shape, dtype and device are all
+# the checks read: input, weight, bias, mlp_weight, mlp_bias. The others are numbers, read by
+# value; one given as a tensor (``stride=torch.tensor(2)``) makes the call uncached.
+_DATA_ARGUMENTS = 5
+
+
 def _checked_key(*args) -> tuple | None:
     """A hashable key of the arguments, or None where one cannot be made cheaply and surely
-    (tracing under torch.compile, symbolic sizes, int-likes other than int)."""
+    (tracing under torch.compile, symbolic sizes, int-likes other than int, numbers given as
+    tensors, whose value a key of metadata would miss)."""
     if torch.compiler.is_compiling():
         return None
     key = []
-    for arg in args:
+    for position, arg in enumerate(args):
         if arg is None or type(arg) in (int, str):
             key.append(arg)
-        elif isinstance(arg, torch.Tensor):
+        elif isinstance(arg, torch.Tensor) and position < _DATA_ARGUMENTS:
             shape = tuple(arg.shape)
             if not all(type(size) is int for size in shape):
                 return None

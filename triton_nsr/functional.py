@@ -24,6 +24,7 @@ from triton_nsr.arguments import (
     check_nsr_conv2d,
     check_padding_mode,
     check_temperature,
+    differentiable_temperature,
 )
 from triton_nsr.router import autocast_enabled
 
@@ -177,7 +178,9 @@ def nsr_conv2d(
         mlp_weight: (k*d, C). mlp_bias: (k*d,) or None.
         num_sparsity_groups: k. num_sparsity_cardinals: d (divides out).
         stride, padding, dilation, groups: as in F.conv2d; padding may be 'same' or 'valid'.
-        temperature: divides the logits before the softmax; must be > 0.
+        temperature: divides the logits before the softmax; a number (or one-element tensor)
+            in float32's normal range. A tensor that requires grad gets its gradient on the
+            torch backend; the triton backend refuses it (detach it to keep it fixed).
         padding_mode: 'zeros', 'reflect', 'replicate' or 'circular', as in nn.Conv2d.
         backend: 'torch' (plain PyTorch: the per-sample convolutions as one grouped convolution,
             opaque to torch.compile so the batch stays symbolic; see triton_nsr.grouped_conv),
@@ -193,6 +196,8 @@ def nsr_conv2d(
         >>> nsr_conv2d(x, w, None, mw, None, 4, 2, padding=1, backend="torch").shape
         torch.Size([2, 16, 16, 16])
     """
+    # The value checked and, where its gradient is wanted, the tensor itself for the router.
+    learned_temperature = temperature if differentiable_temperature(temperature) else None
     temperature = check_temperature(temperature)
     padding_mode = check_padding_mode(padding_mode)
     check_backend(backend)
@@ -205,6 +210,11 @@ def nsr_conv2d(
         input = autocast_inputs([input], input.device.type)[0]
     backend = resolve_backend(backend, input)
     if backend == "triton":
+        if learned_temperature is not None:
+            raise NotImplementedError(
+                "nsr_conv2d(backend='triton') does not differentiate the temperature, and this "
+                "one is a tensor that requires grad: use backend='torch', which does, or pass "
+                "temperature.detach() (or a float) to keep it fixed")
         output = _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
                                  num_sparsity_cardinals, stride, padding, dilation, groups,
                                  temperature, padding_mode, autocasting)
@@ -215,8 +225,10 @@ def nsr_conv2d(
         input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
         num_sparsity_cardinals, stride, padding, dilation, groups,
     )
-    routing = router.routing_weights(input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
-                                     geometry.num_sparsity_cardinals, temperature)
+    routing = router.routing_weights(
+        input, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+        geometry.num_sparsity_cardinals,
+        temperature if learned_temperature is None else learned_temperature)
     weight_b, bias_b = mixing.mix_kernels(routing.to(weight.dtype), weight, bias)
     padded, pad = pad_input(input, geometry, padding_mode)
     output = grouped_conv.per_sample_conv2d(padded, weight_b, bias_b, geometry.stride, pad,

@@ -71,4 +71,9 @@ def routing_weights(
         logits = F.linear(pooled, mlp_weight.to(dtype),
                           None if mlp_bias is None else mlp_bias.to(dtype))
         logits = logits.view(-1, num_sparsity_groups, num_sparsity_cardinals)
-        return torch.softmax(logits / temperature, dim=1)
+        # Shifted by the peak before the temperature divides, so a small temperature cannot
+        # overflow the logits to inf (and the softmax to NaN). The softmax does not change
+        # with a shift that is constant over k, so neither do its gradients: the peak is
+        # detached.
+        peak = logits.detach().amax(dim=1, keepdim=True)
+        return torch.softmax((logits - peak) / temperature, dim=1)

@@ -105,13 +105,31 @@ class _Recorder:
 
 
 @contextlib.contextmanager
+def launchable_on_cpu():
+    """Let the launchers take CPU tensors outside the interpreter, sizing their grids for an
+    H200's multiprocessors: what a stand-in for the kernels (a recorder, a compile) needs."""
+    from triton_nsr.kernels import conv_backward
+
+    patched = []
+    for module in _kernel_modules():
+        if hasattr(module, "check_launchable"):
+            patched.append((module, "check_launchable", module.check_launchable))
+            module.check_launchable = lambda *tensors: None
+    patched.append((conv_backward, "multiprocessor_count", conv_backward.multiprocessor_count))
+    conv_backward.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
+    try:
+        yield
+    finally:
+        for module, name, value in reversed(patched):
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
 def recording(batch: int):
     """Swap every kernel for a recorder and let the launchers accept CPU tensors.
 
     Yields the list that receives the launches.
     """
-    from triton_nsr.kernels import conv_backward
-
     sink: list[Launch] = []
     patched = []
     tuners = list(kernels().values())
@@ -120,13 +138,9 @@ def recording(batch: int):
             if any(value is tuner for tuner in tuners):
                 patched.append((module, name, value))
                 setattr(module, name, _Recorder(value, sink, batch))
-        if hasattr(module, "check_launchable"):
-            patched.append((module, "check_launchable", module.check_launchable))
-            module.check_launchable = lambda *tensors: None
-    patched.append((conv_backward, "multiprocessor_count", conv_backward.multiprocessor_count))
-    conv_backward.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
     try:
-        yield sink
+        with launchable_on_cpu():
+            yield sink
     finally:
         for module, name, value in reversed(patched):
             setattr(module, name, value)
@@ -185,12 +199,21 @@ def alternative_launches(shape: LayerShape, precision: str, layout: str) -> list
 
 
 def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
-    """The launches of one forward and backward pass of the layer, in launch order.
+    """The launches of one forward and backward pass of the layer, in launch order
+    (:func:`layer_pass`), recorded, not run."""
+    with recording(shape.batch) as launches:
+        layer_pass(shape, precision, layout)
+    return launches
+
+
+def layer_pass(shape: LayerShape, precision: str, layout: str) -> None:
+    """One forward and backward pass of the layer on CPU tensors of ``shape``.
 
     The layer runs through triton_nsr.ops.nsr_layer as nsr_conv2d's triton backend calls it
     (zero padding 1 as a mask): router, mixing of weight and bias, per-sample convolution, then
     its backward. The parameters are float32 in every precision, as a layer trained under
-    autocast keeps them (the kernels read them as they are).
+    autocast keeps them (the kernels read them as they are). Call it where the kernels are
+    stood in for (:func:`capture`), never where they would run on CPU tensors.
     """
     from triton_nsr import ops
     from triton_nsr.arguments import check_nsr_conv2d
@@ -207,8 +230,6 @@ def capture(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
     # Checked as autocast would see it: the parameters' dtype, the input's shape.
     geometry = check_nsr_conv2d(torch.empty(()).expand(x.shape), weight, bias, mlp_weight,
                                 mlp_bias, k, d, 1, 1, 1, 1)
-    with recording(b) as launches:
-        y = ops.nsr_layer(x, None, weight, bias, mlp_weight, mlp_bias, geometry, 1.0,
-                          geometry.pad, allow_tf32)
-        y.backward(torch.zeros_like(y))
-    return launches
+    y = ops.nsr_layer(x, None, weight, bias, mlp_weight, mlp_bias, geometry, 1.0, geometry.pad,
+                      allow_tf32)
+    y.backward(torch.zeros_like(y))

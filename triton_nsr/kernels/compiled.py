@@ -75,23 +75,33 @@ def config_label(config) -> str:
     return f"{tiles} w{config.num_warps} s{config.num_stages}".strip()
 
 
-def _bind(tuner, launch, config, arch: int):
-    """The JIT's binder on a recorded launch: (target, backend, signature, constants, attrs,
-    options), exactly what ``JITFunction.run`` computes before it compiles (minus the device).
-    """
+def bind(fn, args: tuple, kwargs: dict, arch: int = 90):
+    """The JIT's binder on a launch's arguments (config constexprs among ``kwargs``): (target,
+    signature, constants, attrs, options), exactly what ``JITFunction.run`` computes before it
+    compiles (minus the device)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    fn = tuner.fn
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**launch.kwargs, **config.all_kwargs()}
-    bound, specialization, options = binder(*launch.args, **kwargs)
+    bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
                                                           options)
     return target, signature, constexprs, attrs, options
+
+
+def _launch_kwargs(launch, config) -> dict:
+    """What a launch of ``config`` passes besides the arguments: its constexprs, launch options
+    and the compile options every launch states (tuned_configs.COMPILE_OPTIONS)."""
+    from triton_nsr.kernels.tuned_configs import COMPILE_OPTIONS
+
+    return {**launch.kwargs, **config.all_kwargs(), **COMPILE_OPTIONS}
+
+
+def _bind(tuner, launch, config, arch: int):
+    return bind(tuner.fn, launch.args, _launch_kwargs(launch, config), arch)
 
 
 def specialisation_key(tuner, launch, config, arch: int = 90) -> str:
@@ -101,17 +111,23 @@ def specialisation_key(tuner, launch, config, arch: int = 90) -> str:
                  sorted(attrs.items()), sorted(options.__dict__.items())))
 
 
-def compile_launch(tuner, launch, config, arch: int = 90):
-    """Compile ``tuner``'s kernel for ``launch`` with ``config``; returns Triton's CompiledKernel.
-
-    The signature, constants and divisibility attributes are those of a real launch (_bind).
-    """
+def compile_bound(fn, args: tuple, kwargs: dict, arch: int = 90):
+    """Compile the jitted ``fn`` for sm_``arch`` as a launch with ``args`` and ``kwargs`` (the
+    config's constexprs among them) would; returns Triton's CompiledKernel."""
     import triton
     from triton.compiler import ASTSource
 
-    target, signature, constexprs, attrs, options = _bind(tuner, launch, config, arch)
-    return triton.compile(ASTSource(tuner.fn, signature, constexprs, attrs), target=target,
+    target, signature, constexprs, attrs, options = bind(fn, args, kwargs, arch)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                           options=options.__dict__)
+
+
+def compile_launch(tuner, launch, config, arch: int = 90):
+    """Compile ``tuner``'s kernel for ``launch`` with ``config``; returns Triton's CompiledKernel.
+
+    The signature, constants and divisibility attributes are those of a real launch (bind).
+    """
+    return compile_bound(tuner.fn, launch.args, _launch_kwargs(launch, config), arch)
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:

@@ -135,14 +135,21 @@ ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 # copy for the input gradient. bench.splits times both on every GPU lease, forcing the
 # all-taps kernel for both layouts through ALL_TAPS_LAYOUTS.
 ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
-# Layouts of both operands, precision, pixel class, the split count and (all-taps kernel) the
-# shifted operand's route: TMA or gather at the same strides (an unaligned address) want
-# different tiles. A TRANSPOSED all-taps launch passes x and dy swapped, so it keys like the
-# untransposed launch of a layer with in and out channels swapped: the same GEMMs, and the same
-# best tile. Names a kernel lacks are skipped.
-WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels", "kernel_h",
-                   "kernel_w", "num_splits", "grad_output_w_stride", "input_w_stride",
-                   "INPUT_ROUTE", "PRECISION", "X_IN_REGISTERS"]
+# Each kernel gradient keys on its own arguments: the layouts of both operands, the precision,
+# the pixel class and the split count; the per-tap kernel adds the kernel size and its
+# orientation (X_IN_REGISTERS), the all-taps kernel (3x3 only) the shifted operand's route (TMA
+# or gather at the same strides, an unaligned address, want different tiles). A TRANSPOSED
+# all-taps launch passes x and dy swapped, so it keys like the untransposed launch of a layer
+# with in and out channels swapped: the same GEMMs, and the same best tile. The two lists keep
+# the order of the one list they replaced (which named every argument of both, each kernel
+# skipping those it lacked, until Triton 3.9 refused that), so every stored shape class is the
+# same tuple.
+PER_TAP_WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels",
+                           "kernel_h", "kernel_w", "num_splits", "grad_output_w_stride",
+                           "input_w_stride", "PRECISION", "X_IN_REGISTERS"]
+ALL_TAPS_WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels",
+                            "num_splits", "grad_output_w_stride", "input_w_stride",
+                            "INPUT_ROUTE", "PRECISION"]
 # The per-tap kernel's pixel loop in TF32 runs unpipelined. On an H200 (Triton 3.6,
 # bench.layer_probe at 865104e) it wrote different bits on the same inputs, launch after
 # launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed,
@@ -297,7 +304,7 @@ def _fits_per_tap_tile(configs, named_args, **kwargs):
     return fits([c for c in configs if any(c is m for m in mine)], named_args, **kwargs)
 
 
-@tuned(WEIGHT_GRAD_CONFIGS + X_ROWS_WEIGHT_GRAD_CONFIGS, key=WEIGHT_GRAD_KEY,
+@tuned(WEIGHT_GRAD_CONFIGS + X_ROWS_WEIGHT_GRAD_CONFIGS, key=PER_TAP_WEIGHT_GRAD_KEY,
        prune=_fits_per_tap_tile)
 @triton.jit
 def conv_bwd_weight_kernel(
@@ -451,7 +458,7 @@ def _store_tap(grad_weight, h_stride, w_stride, kh: tl.constexpr, kw: tl.constex
              acc.to(grad_weight.dtype.element_ty), mask=mask)
 
 
-@tuned(WEIGHT_GRAD_3X3_CONFIGS, key=WEIGHT_GRAD_KEY,
+@tuned(WEIGHT_GRAD_3X3_CONFIGS, key=ALL_TAPS_WEIGHT_GRAD_KEY,
        prune=fits_shape("out_group_channels", "in_group_channels", "tuning_pixels"))
 @triton.jit
 def conv_bwd_weight_3x3_kernel(

@@ -165,10 +165,12 @@ def route_samples(
     if HAS_BIAS:
         logits += tl.load(mlp_bias_pointer + rows * mlp_bias_stride, mask=mask_j,
                           other=0.0).to(ACC_DTYPE)[None, :]
-    logits = logits / _temperature(temperature_hi, temperature_lo, ACC_DTYPE)
     logits = tl.where(mask_j[None, :], logits, float("-inf"))
     peak = tl.max(logits, axis=1)  # finite: every sample has k >= 1 real groups
-    exps = tl.exp(logits - peak[:, None])
+    # Shifted by the peak before the temperature divides: (z - max z) / T is at most 0 for any
+    # T, where z / T overflows to inf for a small T (and the softmax to NaN).
+    exps = tl.exp((logits - peak[:, None]) / _temperature(temperature_hi, temperature_lo,
+                                                          ACC_DTYPE))
     routing = exps / tl.sum(exps, axis=1)[:, None]
     if store_routing:
         tl.store(routing_pointer + offs_b.to(tl.int64)[:, None] * routing_batch_stride

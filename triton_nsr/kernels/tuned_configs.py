@@ -27,6 +27,8 @@ import hashlib
 import inspect
 import json
 import os
+import re
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -109,8 +111,24 @@ def _python_function(kernel):
     return kernel.fn
 
 
+_DEF_LINE = re.compile(r"^[ \t]*def ", re.MULTILINE)
+
+
+def function_source(function) -> str:
+    """A function's source from its ``def`` line on, dedented: what Triton compiles.
+
+    The decorators above it (``@tuned(configs, key=...)``, ``@triton.jit``) are left out, as
+    Triton's own cache key leaves them out: the config list is hashed on its own
+    (:func:`configs_hash`), and a key list names arguments, it is not kernel code. So renaming
+    the list a decorator names, or moving a kernel verbatim, keeps its stored section valid.
+    """
+    source = textwrap.dedent(inspect.getsource(function))
+    return source[_DEF_LINE.search(source).start():]
+
+
 def source_hash(kernel) -> str:
-    """sha256 of the kernel's source and of every jitted function it calls, recursively."""
+    """sha256 of the kernel's source and of every jitted function it calls, recursively
+    (each from its ``def`` line: :func:`function_source`)."""
     digest = hashlib.sha256()
     seen = set()
     pending = [kernel]
@@ -119,7 +137,7 @@ def source_hash(kernel) -> str:
         if current.__qualname__ in seen:
             continue
         seen.add(current.__qualname__)
-        digest.update(inspect.getsource(current).encode())
+        digest.update(function_source(current).encode())
         for name in sorted(current.__code__.co_names):
             callee = current.__globals__.get(name)
             if inspect.isfunction(getattr(callee, "fn", None)):
@@ -226,6 +244,12 @@ class Target:
         return cls(triton.__version__, torch.cuda.get_device_name())
 
 
+# Compile options every launch states. Triton 3.6 fuses a * b + c into one FMA by default; 3.9
+# still does, but warns at the first compile where TRITON_DEFAULT_FP_FUSION is unset, and says
+# 3.10 will not. Stated, the kernels round alike on every version, as they were measured and as
+# the kernel report compiles them.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
 # Interpreter launches are serialised: for the length of a launch the interpreter replaces the
 # functions of triton.language with its own, process-wide, and keeps the program id in one
 # global builder, so a second thread's launch would run on half-restored functions or another
@@ -254,6 +278,14 @@ class TunedKernel:
         python = _python_function(fn)
         self.name = python.__name__
         self.arg_names = list(inspect.signature(python).parameters)
+        # Triton 3.9's autotuner refuses a key name that is no argument, 3.6's dropped it
+        # silently: refuse it here, on every version and under the interpreter, at import.
+        unknown = [name for name in key if name not in self.arg_names]
+        if unknown:
+            raise ValueError(
+                f"{self.name}: autotune key names {', '.join(map(repr, unknown))}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not among its arguments "
+                f"({', '.join(self.arg_names)})")
         self._chosen: dict[tuple, dict] = {}
         self._autotuners: dict[tuple, object] = {}
         self._sections: dict[Target, dict] = {}
@@ -314,43 +346,46 @@ class TunedKernel:
         if chosen is None:
             index = None if table_path() is None else self.stored(key, Target.here())
             if index is not None:
-                chosen = self._chosen[key] = self.configs[index].all_kwargs()
+                chosen = self._chosen[key] = self.configs[index].all_kwargs() | COMPILE_OPTIONS
                 telemetry.table_hits += 1
             elif policy.autotune and (policy.max_autotunes is None
                                       or telemetry.autotuned < policy.max_autotunes):
                 return self._autotune(key, grid, args, kwargs, policy)
             else:
                 telemetry.first_config_launches += 1
-                chosen = self.configs[0].all_kwargs()
+                chosen = self.configs[0].all_kwargs() | COMPILE_OPTIONS
         return self.fn[grid](*args, **kwargs, **chosen)
+
+    def autotuner(self, warmup_ms: int | None = None, rep_ms: int | None = None):
+        """Triton's autotuner over this kernel's configs, key and pruner; each config
+        benchmarked for ``warmup_ms`` + ``rep_ms`` (None, None: Triton's own settings)."""
+        do_bench = None
+        if (warmup_ms, rep_ms) != (None, None):
+            from triton.testing import do_bench as bench
+
+            def do_bench(call, quantiles, warmup=warmup_ms or 25, rep=rep_ms or 100):
+                return bench(call, warmup=warmup, rep=rep, quantiles=quantiles)
+
+        pruning = ({"early_config_prune": self.early_config_prune}
+                   if self.early_config_prune else None)
+        return triton.autotune(configs=self.configs, key=self.key, do_bench=do_bench,
+                               prune_configs_by=pruning)(self.fn)
 
     def _autotune(self, key: tuple, grid, args: tuple, kwargs: dict, policy: Policy):
         """Run Triton's autotuner for ``key``; keep and report its winner."""
         settings = (policy.warmup_ms, policy.rep_ms)
         tuner = self._autotuners.get(settings)
         if tuner is None:
-            do_bench = None
-            if settings != (None, None):
-                from triton.testing import do_bench as bench
-
-                def do_bench(call, quantiles, warmup=policy.warmup_ms or 25,
-                             rep=policy.rep_ms or 100):
-                    return bench(call, warmup=warmup, rep=rep, quantiles=quantiles)
-
-            pruning = ({"early_config_prune": self.early_config_prune}
-                       if self.early_config_prune else None)
-            tuner = triton.autotune(configs=self.configs, key=self.key, do_bench=do_bench,
-                                    prune_configs_by=pruning)(self.fn)
-            self._autotuners[settings] = tuner
+            tuner = self._autotuners[settings] = self.autotuner(*settings)
         start = time.perf_counter()
         telemetry.autotuning = True
         try:
-            result = tuner[grid](*args, **kwargs)
+            result = tuner[grid](*args, **kwargs, **COMPILE_OPTIONS)
         finally:
             telemetry.autotuning = False
             telemetry.autotune_s += time.perf_counter() - start
         best = tuner.best_config
-        self._chosen[key] = best.all_kwargs()
+        self._chosen[key] = best.all_kwargs() | COMPILE_OPTIONS
         telemetry.autotuned += 1
         timings = getattr(tuner, "configs_timings", None) or {}
         median = timings.get(best, [None])[0]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from triton_nsr.arguments import refuse_gradient
+
 
 @dataclass(frozen=True)
 class PatchGrid:
@@ -85,6 +87,7 @@ def check_border_weight(border_weight, dtype: torch.dtype) -> float:
     divide inf by inf. The weights are rescaled so the larger of 1 and ``border_weight`` is 1;
     the smaller must then stay a normal number of ``dtype``.
     """
+    refuse_gradient(border_weight, "border_weight")
     try:
         value = float(border_weight)
     except (TypeError, ValueError):

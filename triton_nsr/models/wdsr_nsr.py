@@ -23,6 +23,7 @@ import warnings
 import torch
 from torch import nn
 
+from triton_nsr.arguments import check_positive_int, refuse_gradient
 from triton_nsr.models.patches import evaluate_patches
 from triton_nsr.modules import NSRConv2d
 
@@ -48,6 +49,36 @@ def weight_normed(module: nn.Module, magnitude: float) -> nn.Module:
     return module
 
 
+def check_finite(value, name: str) -> float:
+    """``value`` as a finite float, or a ValueError naming it (a TypeError for a tensor that
+    requires grad: its gradient would be dropped)."""
+    refuse_gradient(value, name)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_block_width(num_residual_units: int, width_multiplier, cardinals: int) -> int:
+    """The channels inside a residual block, int(R * width_multiplier), checked: at least one,
+    and, like R, divisible by the NSR layers' d cardinals (each layer outputs one of them)."""
+    multiplier = check_finite(width_multiplier, "width_multiplier")
+    wide = int(num_residual_units * multiplier)
+    if multiplier <= 0 or wide < 1:
+        raise ValueError(
+            f"width_multiplier must give a block at least one channel: int(num_residual_units "
+            f"({num_residual_units}) * width_multiplier ({width_multiplier!r})) = {wide}")
+    for name, channels in (("num_residual_units", num_residual_units),
+                           ("int(num_residual_units * width_multiplier)", wide)):
+        if channels % cardinals != 0:
+            raise ValueError(f"{name} ({channels}) must be divisible by "
+                             f"num_sparsity_cardinals ({cardinals})")
+    return wide
+
+
 class ResidualBlock(nn.Module):
     """x + conv(ReLU(conv(x))) with two weight-normed NSR 3x3 convolutions.
 
@@ -66,7 +97,7 @@ class ResidualBlock(nn.Module):
         **layer_options,
     ) -> None:
         super().__init__()
-        wide = int(num_residual_units * width_multiplier)
+        wide = check_block_width(num_residual_units, width_multiplier, num_sparsity_cardinals)
         nsr = {
             "kernel_size": 3,
             "num_sparsity_groups": num_sparsity_groups,
@@ -126,11 +157,20 @@ class WDSRNSR(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if lr_patch_size is not None and lr_patch_size <= 2 * EVAL_PADDING + EVAL_OVERLAP:
-            raise ValueError(
-                f"lr_patch_size must exceed {2 * EVAL_PADDING + EVAL_OVERLAP} (or be None), "
-                f"got {lr_patch_size}"
-            )
+        scale = check_positive_int(scale, "scale")
+        num_blocks = check_positive_int(num_blocks, "num_blocks")
+        num_residual_units = check_positive_int(num_residual_units, "num_residual_units")
+        num_channels = check_positive_int(num_channels, "num_channels")
+        check_block_width(num_residual_units, width_multiplier,
+                          check_positive_int(num_sparsity_cardinals, "num_sparsity_cardinals"))
+        image_mean = check_finite(image_mean, "image_mean")
+        if lr_patch_size is not None:
+            lr_patch_size = check_positive_int(lr_patch_size, "lr_patch_size")
+            if lr_patch_size <= 2 * EVAL_PADDING + EVAL_OVERLAP:
+                raise ValueError(
+                    f"lr_patch_size must exceed {2 * EVAL_PADDING + EVAL_OVERLAP} (or be None), "
+                    f"got {lr_patch_size}"
+                )
         self.scale = scale
         self.image_mean = image_mean
         self.lr_patch_size = lr_patch_size
