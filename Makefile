@@ -39,18 +39,18 @@ bench: setup
 report: setup
 	$(PY) -m bench report
 
-# A short GPU lease (bench/lease.py): the priority-ordered steps within BUDGET seconds, every
+# A short GPU lease (bench/gpu/lease.py): the priority-ordered steps within BUDGET seconds, every
 # measurement stored in OUT as it happens, then the kernel-by-kernel diagnosis
-# (bench/diagnose.py) within DIAGNOSE_BUDGET seconds, the kernel gradient's split counts
-# timed (bench/splits.py) within SPLITS_BUDGET and the layer probed launcher by launcher
-# (bench/layer_probe.py) within PROBE_BUDGET: 525 s in all, in a 600 s command. The kernels Triton's JIT compiled meanwhile are
-# kept in OUT/jit_kernels.tar.xz (bench/jit_log.py; read it back with python -m
-# bench.jit_compare). Runs with the machine's own python3 (torch, triton), no venv, no network:
+# (bench/gpu/diagnose.py) within DIAGNOSE_BUDGET seconds, the kernel gradient's split counts
+# timed (bench/gpu/splits.py) within SPLITS_BUDGET and the layer probed launcher by launcher
+# (bench/gpu/layer_probe.py) within PROBE_BUDGET: 525 s in all, in a 600 s command. The kernels Triton's JIT compiled meanwhile are
+# kept in OUT/jit_kernels.tar.xz (bench/gpu/jit_log.py; read it back with python -m
+# bench.gpu.jit_compare). Runs with the machine's own python3 (torch, triton), no venv, no network:
 # `make gpu OUT=$OUT`, or without make (BENCH_JIT_LOG=DIR to keep the compiles):
 #   PYTHONPATH=. python3 -m bench lease --budget-s 300 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.diagnose --budget-s 90 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.splits --budget-s 45 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.layer_probe --budget-s 90 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.diagnose --budget-s 90 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.splits --budget-s 45 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.layer_probe --budget-s 90 --output-dir "$OUT"
 OUT ?= bench/results/lease
 BUDGET ?= 300
 DIAGNOSE_BUDGET ?= 90
@@ -60,9 +60,9 @@ gpu:
 	export BENCH_JIT_LOG=$(abspath $(OUT))/jit; rm -rf $(OUT)/jit; \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --output-dir $(OUT); \
 	status=$$?; \
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.diagnose --budget-s $(DIAGNOSE_BUDGET) --output-dir $(OUT); \
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.splits --budget-s $(SPLITS_BUDGET) --output-dir $(OUT); \
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.layer_probe --budget-s $(PROBE_BUDGET) --output-dir $(OUT); \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.diagnose --budget-s $(DIAGNOSE_BUDGET) --output-dir $(OUT); \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.splits --budget-s $(SPLITS_BUDGET) --output-dir $(OUT); \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.layer_probe --budget-s $(PROBE_BUDGET) --output-dir $(OUT); \
 	if [ -d $(OUT)/jit ]; then \
 		if command -v xz >/dev/null; then XZ_OPT=-T0 tar -cJf $(OUT)/jit_kernels.tar.xz -C $(OUT) jit; \
 		else tar -czf $(OUT)/jit_kernels.tar.gz -C $(OUT) jit; fi && rm -rf $(OUT)/jit; fi; \

@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lease = commands.add_parser(
         "lease", help="a short GPU lease: priority-ordered steps, stored as they happen",
-        description="Run the lease's steps (bench/lease.py, planned in bench/plan.py) within "
-                    "a time budget, writing lease.json after every measurement.")
+        description="Run the lease's steps (bench/gpu/lease.py, planned in bench/gpu/plan.py) "
+                    "within a time budget, writing lease.json after every measurement.")
     lease.add_argument("--budget-s", type=float, default=480.0,
                        help="seconds the whole lease may take (default: 480)")
     lease.add_argument("--output-dir", type=Path, default=None,
@@ -327,7 +327,7 @@ def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
 
 def command_lease(args: argparse.Namespace) -> int:
     """Run (or with --dry-run, plan) a lease; 1 when a smoke case or a step failed."""
-    from bench import lease, plan
+    from bench.gpu import lease, plan
     from triton_nsr.kernels import tuned_configs
 
     scale = plan.Scale.tiny() if args.tiny else plan.Scale.full()
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "costs":
         return command_costs()
     if args.command == "host-time":
-        from bench.host_time import host_time_table, host_time_us
+        from bench.gpu.host_time import host_time_table, host_time_us
 
         for layout in ("nchw", "channels_last"):
             print(f"host time per layer call, {layout}, launches stubbed "

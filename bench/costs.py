@@ -176,7 +176,7 @@ def recorded_launches(w: Workload, layout: str = "channels_last") -> tuple[list,
     an H200."""
     from triton_nsr import ops
     from triton_nsr.arguments import check_nsr_conv2d
-    from triton_nsr.kernels.capture import recording
+    from triton_nsr.kernels.inspection.capture import recording
 
     def leaf(*size, dtype=torch.float32):
         return torch.empty(size, dtype=dtype, device="meta", requires_grad=True)

@@ -65,9 +65,9 @@ def git_commit() -> tuple[str, bool]:
 
 def step_parser(doc: str, budget_s: float, output_required: bool = True
                 ) -> argparse.ArgumentParser:
-    """The command line the make gpu steps after the lease share (bench.diagnose, bench.splits,
-    bench.layer_probe): --output-dir, --budget-s (default ``budget_s``) and --device (cuda
-    where there is one)."""
+    """The command line the make gpu steps after the lease share (bench.gpu.diagnose,
+    bench.gpu.splits, bench.gpu.layer_probe): --output-dir, --budget-s (default ``budget_s``)
+    and --device (cuda where there is one)."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, required=output_required)

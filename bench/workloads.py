@@ -87,7 +87,7 @@ def eval_patch_count() -> int:
     return sum(grid.rows * grid.cols for grid in layout)
 
 
-# The smoke's large image (bench/plan.py): batch 1 takes the split kernel gradient.
+# The smoke's large image (bench/gpu/plan.py): batch 1 takes the split kernel gradient.
 W4_256 = Workload("W4-256", "smoke", 1, 64, 64, 256, 256, description="W4 at 256x256")
 
 

@@ -34,7 +34,7 @@ import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
 from triton_nsr.kernels import tuned_configs  # noqa: E402
-from triton_nsr.kernels.capture import (  # noqa: E402
+from triton_nsr.kernels.inspection.capture import (  # noqa: E402
     LAYOUTS,
     PRECISIONS,
     LayerShape,
@@ -43,7 +43,7 @@ from triton_nsr.kernels.capture import (  # noqa: E402
     launchable_on_cpu,
     layer_pass,
 )
-from triton_nsr.kernels.compiled import compile_bound, config_label  # noqa: E402
+from triton_nsr.kernels.inspection.compiled import compile_bound, config_label  # noqa: E402
 
 SHAPES = {
     "W1-expand": LayerShape("W1-expand", 16, 32, 128, 48, 48),

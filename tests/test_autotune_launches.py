@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("triton")
 
 from triton_nsr.kernels import tuned_configs  # noqa: E402
-from triton_nsr.kernels.capture import LayerShape, capture, kernels  # noqa: E402
+from triton_nsr.kernels.inspection.capture import LayerShape, capture, kernels  # noqa: E402
 from triton_nsr.kernels.tuned_configs import TunedKernel  # noqa: E402
 
 # What a layer call launches, per case: router, mixing, forward conv; kernel gradient (the
@@ -82,8 +82,8 @@ def test_every_layer_launch_autotunes_on_the_key_the_table_stores(driven):
 
 @pytest.mark.slow
 def test_the_transposed_kernel_gradient_tunes_its_own_tiles(driven):
-    from triton_nsr.kernels.compiled import config_label
-    from triton_nsr.kernels.conv_backward import X_ROWS_WEIGHT_GRAD_CONFIGS
+    from triton_nsr.kernels.conv_bwd_weight import X_ROWS_WEIGHT_GRAD_CONFIGS
+    from triton_nsr.kernels.inspection.compiled import config_label
 
     own = {config_label(c) for c in X_ROWS_WEIGHT_GRAD_CONFIGS}
     transposed = [r for r in driven["records"] if r["variant"] == "per_tap_x_in_registers"
@@ -134,6 +134,34 @@ def test_the_stored_keys_are_the_shape_classes_the_layer_computes():
             assert kernel.stored(key, TUNED_ON, table) is not None, (launch.kernel, key)
             hits.add(launch.kernel)
     assert "conv_bwd_weight_3x3_kernel" in hits and "conv_fwd_kernel" in hits
+
+
+# Every kernel's source hash (tuned_configs.source_hash: the kernel and the jitted functions it
+# calls, each from its def line). Moving a kernel verbatim, to another file or line, keeps it, and
+# with it the kernel's sections of the committed table; a change to a kernel's code changes it:
+# update the hash here in the same commit, and STILL_TUNED above if the kernel is on it.
+SOURCE_HASHES = {
+    "router_pool_kernel":
+        "ddfeec295a64da942cb9e5dcf7fb4279afc06d22cebdb5b27ef13ff735665c46",
+    "router_bwd_kernel":
+        "42f62103cee209a64931c072d7e29de7d7170ac79be3b5dcda54f253a3720eb6",
+    "mix_fwd_kernel":
+        "a9bbf95c7c73be81e683c98b2058ce9cefe85e560badaf5bf25d471e6d7dc271",
+    "mix_bwd_kernel":
+        "340238d1bd90b07efca83913f711df5e9bef548a2f7aa44075b3dd473c98ab7e",
+    "conv_fwd_kernel":
+        "9b31d7c77ae8706952c7652072f00b5a4215d6325f0f6892d6460b9d095543a7",
+    "conv_bwd_weight_3x3_kernel":
+        "873879666e7b4b938da07fb1e63bcaddefe11261b6db66a069f72034678e4e42",
+    "conv_bwd_weight_kernel":
+        "b18ddeb9b7af73df0d186fb33715e644f340c949c3d3cfee434e504e1f9eb17a",
+    "conv_bwd_input_kernel":
+        "56fd76fd26deee6c33ce3a2650fbf94920e02dc2dd275072e11660141c5fc5aa",
+}
+
+
+def test_every_kernel_keeps_its_source_hash():
+    assert {name: kernel.source_hash for name, kernel in kernels().items()} == SOURCE_HASHES
 
 
 def test_source_hash_leaves_out_the_decorators():

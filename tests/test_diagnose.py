@@ -1,4 +1,4 @@
-"""The GPU diagnosis (bench/diagnose.py) rehearsed on CPU: kernels in the Triton interpreter,
+"""The GPU diagnosis (bench/gpu/diagnose.py) rehearsed on CPU: kernels in the Triton interpreter,
 each case in a child process, a crashing child replaced by a fresh one."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from bench import diagnose  # noqa: E402
+from bench.gpu import diagnose  # noqa: E402
 
 TINY = (2, 16, 24, 6, 8)
 

@@ -33,8 +33,8 @@ def run_compiled_mode(*command) -> str:
 def run_report(tmp_path, *options) -> dict:
     """The report's data for a subset of cases."""
     path = tmp_path / "report.json"
-    run_compiled_mode("-m", "triton_nsr.kernels.report", "--workers", "2", "--json", str(path),
-                      *options)
+    run_compiled_mode("-m", "triton_nsr.kernels.inspection.report", "--workers", "2", "--json",
+                      str(path), *options)
     return json.loads(path.read_text())
 
 
@@ -95,7 +95,7 @@ def test_synchronous_loads_are_charged_to_the_line_the_llvm_ir_names():
     # Triton 3.9's PTX put a predicated ld.global under the .loc of the line scheduled before
     # it (385 for a load on 382); the LLVM IR's !dbg names the load's own line, or, for a load
     # inlined from a helper in another file, the kernel line it was inlined at.
-    from triton_nsr.kernels.compiled import global_loads_by_line
+    from triton_nsr.kernels.inspection.compiled import global_loads_by_line
 
     ptx = """
     .file 1 "/src/kernels/k.py"
@@ -149,7 +149,7 @@ def test_weight_gradient_meets_the_hopper_criteria(odd_bf16):
     # bf16 with a channels_last dy takes the per-tap kernel (faster on an H200); the report
     # also compiles the all-taps kernel there, which meets the criteria: x by TMA, dy by
     # 16-byte cp.async. The per-tap kernel gathers x at tap-shifted pixels: on W1 and W4 by
-    # 16-byte cp.async (the H200's own compiles, bench.jit_compare), but the odd shape's 24
+    # 16-byte cp.async (the H200's own compiles, bench.gpu.jit_compare), but the odd shape's 24
     # channels are a pixel stride Triton cannot prove 16-byte aligned: 2-byte loads, the named
     # fallback. An NCHW dy takes the all-taps kernel; at width 29 its dy cannot come by
     # cp.async either (below).
@@ -181,9 +181,9 @@ CARRIED_ROWS = r"""
 import re
 import sys
 import torch
-from triton_nsr.kernels.capture import LayerShape, alternative_launches, kernels
-from triton_nsr.kernels.compiled import compile_launch
-from triton_nsr.kernels.report import kept_configs
+from triton_nsr.kernels.inspection.capture import LayerShape, alternative_launches, kernels
+from triton_nsr.kernels.inspection.compiled import compile_launch
+from triton_nsr.kernels.inspection.report import kept_configs
 in_channels, out_channels = int(sys.argv[1]), int(sys.argv[2])
 shape = LayerShape("T", 2, in_channels, out_channels, 16, 16)
 for launch in alternative_launches(shape, "bf16", "channels_last"):
@@ -217,9 +217,9 @@ def test_all_taps_weight_gradient_multiplies_three_distinct_rows(in_channels, ou
 
 TRAFFIC = """
 import json
-from triton_nsr.kernels.capture import alternative_launches, capture, kernels
-from triton_nsr.kernels.report import SHAPES, kept_configs
-from triton_nsr.kernels.traffic import l2_to_sm_bytes
+from triton_nsr.kernels.inspection.capture import alternative_launches, capture, kernels
+from triton_nsr.kernels.inspection.report import SHAPES, kept_configs
+from triton_nsr.kernels.inspection.traffic import l2_to_sm_bytes
 ratios = {}
 for shape in SHAPES[:3]:
     for launch in [*capture(shape, "bf16", "channels_last"),
@@ -235,12 +235,12 @@ print(json.dumps(ratios))
 
 
 def test_weight_gradient_reads_within_three_times_its_operands():
-    # bf16 channels_last on W1 and W4 (kernels/traffic.py's model of L2 -> SM bytes): the
+    # bf16 channels_last on W1 and W4 (kernels/inspection/traffic.py's model of L2 -> SM bytes): the
     # all-taps kernel keeps a config within 3x on every shape. W1-reduce (128 -> 32) runs it
     # TRANSPOSED, x's rows carried (read twice, 128 channels filling wgmma's rows) and dy
     # shifted (three times): 2.2x at best, where dy's rows carried gave 3.2x. The layer takes
     # the per-tap kernel there, 9-15x by this model and faster on an H200
-    # (conv_backward.ALL_TAPS_LAYOUTS): the model is kept as the all-taps kernel's evidence.
+    # (conv_bwd_weight.ALL_TAPS_LAYOUTS): the model is kept as the all-taps kernel's evidence.
     ratios = json.loads(run_compiled_mode("-c", TRAFFIC))
     all_taps = {name: r for name, r in ratios.items() if "3x3" in name}
     per_tap = {name: r for name, r in ratios.items() if "3x3" not in name}
@@ -255,7 +255,7 @@ def test_weight_gradient_reads_within_three_times_its_operands():
 
 CAPTURE_W4 = """
 import json
-from triton_nsr.kernels.capture import LayerShape, capture
+from triton_nsr.kernels.inspection.capture import LayerShape, capture
 launches = capture(LayerShape("W4", 1, 64, 64, 512, 512), "bf16", "channels_last")
 print(json.dumps([[l.kernel, {k: v for k, v in l.named.items() if isinstance(v, int)}]
                   for l in launches]))
@@ -281,7 +281,7 @@ def test_capture_records_forward_and_backward_launches():
 
 def test_report_shapes_are_the_benchmark_workloads():
     from bench.workloads import main_workloads
-    from triton_nsr.kernels.report import SHAPES
+    from triton_nsr.kernels.inspection.report import SHAPES
 
     bench = {w.name: (w.batch, w.in_channels, w.out_channels, w.height, w.width, w.k, w.d)
              for w in main_workloads()}
@@ -313,12 +313,12 @@ def test_pruning_drops_oversized_tiles_and_keeps_three():
 
 
 def test_per_tap_weight_gradient_tries_the_tiles_of_its_orientation():
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight
 
-    tuner = conv_backward.conv_bwd_weight_kernel
+    tuner = conv_bwd_weight.conv_bwd_weight_kernel
     named = {"out_group_channels": 256, "in_group_channels": 256, "tuning_pixels": 4096}
-    for x_in_registers, mine in ((False, conv_backward.WEIGHT_GRAD_CONFIGS),
-                                 (True, conv_backward.X_ROWS_WEIGHT_GRAD_CONFIGS)):
+    for x_in_registers, mine in ((False, conv_bwd_weight.WEIGHT_GRAD_CONFIGS),
+                                 (True, conv_bwd_weight.X_ROWS_WEIGHT_GRAD_CONFIGS)):
         kept = tuner.early_config_prune(tuner.configs, named, X_IN_REGISTERS=x_in_registers)
         assert len(kept) >= 3 and all(any(c is m for m in mine) for c in kept)
         rows = "BLOCK_N" if x_in_registers else "BLOCK_M"
@@ -327,13 +327,13 @@ def test_per_tap_weight_gradient_tries_the_tiles_of_its_orientation():
 
 def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
     # Pipelined, the TF32 per-tap kernel gradient wrote different bits on the same inputs on an
-    # H200 (conv_backward.TF32_LOOP_STAGES): its pixel loop runs with one stage, so no MMA
+    # H200 (conv_bwd_weight.TF32_LOOP_STAGES): its pixel loop runs with one stage, so no MMA
     # group is left in flight. bf16 keeps its pipeline (a wgmma group in flight, wait 1) where
     # its loads allow it.
     tf32 = gemm_compiles(odd_bf16, precision="tf32", kernels=("conv_bwd_weight_kernel",),
                          alternative=False)
     assert tf32 and all(c["mma"] == "wgmma" and c["wait_depth"] == 0 for c in tf32), tf32
-    from triton_nsr.kernels.capture import LayerShape, capture
+    from triton_nsr.kernels.inspection.capture import LayerShape, capture
 
     shape = LayerShape("T", 2, 16, 32, 8, 8)
     for precision, stages in (("tf32", 1), ("bf16", None), ("fp32", None)):
@@ -344,9 +344,9 @@ def test_tf32_per_tap_kernel_gradient_is_unpipelined(odd_bf16):
 
 X_IN_REGISTERS = r"""
 import json
-from triton_nsr.kernels.capture import LayerShape, alternative_launches, kernels
-from triton_nsr.kernels.compiled import compile_and_inspect
-from triton_nsr.kernels.report import kept_configs
+from triton_nsr.kernels.inspection.capture import LayerShape, alternative_launches, kernels
+from triton_nsr.kernels.inspection.compiled import compile_and_inspect
+from triton_nsr.kernels.inspection.report import kept_configs
 compiles = []
 for launch in alternative_launches(LayerShape("T", 2, 64, 32, 16, 16), "tf32", "nchw"):
     tuner = kernels()[launch.kernel]
@@ -363,7 +363,7 @@ def test_tf32_weight_gradient_with_x_in_registers_meets_the_hopper_criteria():
     # tile, the channels_last copy (MN-major), goes to wgmma's A from registers, dy (K-major)
     # to its B from shared memory, both by 16-byte cp.async, pipelined at the config's depth
     # (a wgmma group in flight). The layer keeps it off until an H200 shows it repeats
-    # (conv_backward.TF32_X_IN_REGISTERS); the report compiles it as an alternative.
+    # (conv_bwd_weight.TF32_X_IN_REGISTERS); the report compiles it as an alternative.
     compiles = json.loads(run_compiled_mode("-c", X_IN_REGISTERS).splitlines()[-1])
     assert len(compiles) >= 3
     for c in compiles:
@@ -389,7 +389,7 @@ def test_the_report_says_why_each_miss_happens():
     # render_misses on stored-report-shaped data: a miss on the odd shape only gets the
     # divisibility cause, a known structural miss its own, an unknown one says so; fast
     # compiles and fp32 rows are not listed.
-    from triton_nsr.kernels.report import MISS_CAUSES, ODD_CAUSE, render_misses
+    from triton_nsr.kernels.inspection.report import MISS_CAUSES, ODD_CAUSE, render_misses
 
     def record(kernel, a_route, wait, spill=0):
         return {"kernel": kernel, "config": "BLOCK_M=64", "mma": "wgmma", "wait_depth": wait,

@@ -1,4 +1,4 @@
-"""bench.jit_log and bench.jit_compare: a JIT compile is recorded, read back and compiled again.
+"""bench.gpu.jit_log and jit_compare: a JIT compile is recorded, read back and compiled again.
 
 On a GPU the log records what Triton's JIT compiled; here the report's own compile stands in for
 the JIT (the same triton.compile, so the same compilation listener). Runs in a subprocess: the
@@ -20,9 +20,9 @@ from pathlib import Path
 root = Path(sys.argv[1])
 os.environ["BENCH_JIT_LOG"] = str(root / "jit")
 os.environ["TRITON_CACHE_DIR"] = str(root / "cache")
-from bench import jit_compare, jit_log
-from triton_nsr.kernels.capture import LayerShape, capture, kernels
-from triton_nsr.kernels.compiled import compile_launch
+from bench.gpu import jit_compare, jit_log
+from triton_nsr.kernels.inspection.capture import LayerShape, capture, kernels
+from triton_nsr.kernels.inspection.compiled import compile_launch
 assert jit_log.install("test") is not None
 launch = next(l for l in capture(LayerShape("T", 2, 16, 32, 8, 8), "bf16", "channels_last")
               if l.kernel == "router_pool_kernel")

@@ -20,8 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 pytest.importorskip("triton_nsr.ops")
 
 from triton_nsr import NSRConv2d  # noqa: E402
-from triton_nsr.kernels import conv_backward, tuned_configs  # noqa: E402
-from triton_nsr.kernels.capture import H200_MULTIPROCESSORS  # noqa: E402
+from triton_nsr.kernels import conv_bwd_weight, tuned_configs  # noqa: E402
+from triton_nsr.kernels.inspection.capture import H200_MULTIPROCESSORS  # noqa: E402
 
 FORWARD_LAUNCHES = 3
 TRAINING_LAUNCHES = 8
@@ -85,7 +85,7 @@ def _forward_and_backward(layer, x):
 @pytest.fixture
 def h200_split(monkeypatch):
     """The kernel gradient sizes its pixel splits for an H200, as on the GPU (W4: dozens)."""
-    monkeypatch.setattr(conv_backward, "multiprocessor_count",
+    monkeypatch.setattr(conv_bwd_weight, "multiprocessor_count",
                         lambda device: H200_MULTIPROCESSORS)
 
 
@@ -104,7 +104,7 @@ def test_launch_budget_with_zero_padding(shape, layout):
     assert len(forward) <= FORWARD_LAUNCHES
     assert forward_ops == []
     # bf16 3x3: the all-taps kernel gradient for an NCHW dy, the per-tap one for a
-    # channels_last dy (kernels/conv_backward.py ALL_TAPS_DTYPES and ALL_TAPS_LAYOUTS).
+    # channels_last dy (kernels/conv_bwd_weight.py ALL_TAPS_DTYPES and ALL_TAPS_LAYOUTS).
     weight_gradient = ("conv_bwd_weight_kernel" if layout == "channels_last"
                        else "conv_bwd_weight_3x3_kernel")
     assert backward == [weight_gradient, "mix_bwd_kernel", "router_bwd_kernel",
@@ -130,7 +130,7 @@ def test_transposed_kernel_gradient_keys_like_the_layer_with_channels_swapped(mo
     # dy swapped: the same GEMMs as W1-expand's (32 -> 128), and so the same autotune key (one
     # tuning for both). With an NCHW dy it is not transposed, and the keys differ. (The layer
     # takes the per-tap kernel for a channels_last dy; the all-taps one is forced here.)
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
+    monkeypatch.setattr(conv_bwd_weight, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
     keys = {}
     for shape in SHAPES[:2]:
         for layout in ("channels_last", "nchw"):
@@ -160,7 +160,7 @@ def test_float32_training_makes_no_copy_either(monkeypatch, allow_tf32):
     # TF32's input gradient reads its own weight layout (output channels contiguous): the
     # mixing writes it in the forward's launch, beside the forward's layout. IEEE float32
     # reads the forward's. Neither costs an aten op.
-    from triton_nsr.kernels.capture import recording
+    from triton_nsr.kernels.inspection.capture import recording
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
     name, batch, cin, cout, height, width = SHAPES[0]
@@ -185,12 +185,12 @@ def test_kernel_gradient_splits_fill_one_wave(monkeypatch):
     # programs per SM and no more (rounded down: no second, nearly empty wave), each split
     # keeping at least MIN_PIXELS_PER_SPLIT pixels; CPU tensors (the interpreter) never split.
     cuda = torch.device("cuda")
-    monkeypatch.setattr(conv_backward, "multiprocessor_count", lambda device: 132)
-    assert conv_backward.weight_grad_splits(cuda, 9, 512 * 512) == 29  # W4: 261 programs
-    assert conv_backward.weight_grad_splits(cuda, 9, 48 * 48) == 1  # too few pixels
-    assert conv_backward.weight_grad_splits(cuda, 500, 512 * 512) == 1  # already a wave
-    monkeypatch.setattr(conv_backward, "multiprocessor_count", lambda device: 0)
-    assert conv_backward.weight_grad_splits(torch.device("cpu"), 9, 512 * 512) == 1
+    monkeypatch.setattr(conv_bwd_weight, "multiprocessor_count", lambda device: 132)
+    assert conv_bwd_weight.weight_grad_splits(cuda, 9, 512 * 512) == 29  # W4: 261 programs
+    assert conv_bwd_weight.weight_grad_splits(cuda, 9, 48 * 48) == 1  # too few pixels
+    assert conv_bwd_weight.weight_grad_splits(cuda, 500, 512 * 512) == 1  # already a wave
+    monkeypatch.setattr(conv_bwd_weight, "multiprocessor_count", lambda device: 0)
+    assert conv_bwd_weight.weight_grad_splits(torch.device("cpu"), 9, 512 * 512) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -200,7 +200,7 @@ def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dt
     # gradient after it), and the kernel gradient, which reads all of dy first, writes one of dy
     # for the input gradient; outputs and gradients stay NCHW. float64 has no TMA path: no
     # copies, the gathers read the tensors as they are.
-    from triton_nsr.kernels.capture import recording
+    from triton_nsr.kernels.inspection.capture import recording
 
     layer = NSRConv2d(8, 16, 3, 2, 4, padding=1, backend="triton", dtype=dtype)
     x = torch.empty(2, 8, 12, 16, dtype=dtype, requires_grad=True)

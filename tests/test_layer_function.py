@@ -183,7 +183,7 @@ def test_launch_decisions_are_cached_per_shape_class():
 
 
 def test_host_time_benchmark_stubs_launches_and_reports_medians():
-    from bench.host_time import host_time_table, host_time_us, stubbed_launches
+    from bench.gpu.host_time import host_time_table, host_time_us, stubbed_launches
     from triton_nsr.kernels.tuned_configs import TunedKernel
 
     results = host_time_us(repeats=20, warmup=2)

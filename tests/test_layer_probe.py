@@ -1,4 +1,4 @@
-"""bench.layer_probe on the CPU: its repeat check names the launcher a difference starts in.
+"""bench.gpu.layer_probe on the CPU: its repeat check names the launcher a difference starts in.
 
 The probe runs on a GPU (make gpu's last step; bench/results/*_probe_*.json); here the layer
 runs on the triton path in the interpreter, where every launch is deterministic, so a launcher
@@ -9,7 +9,7 @@ from collections import Counter
 
 import torch
 
-from bench import layer_probe
+from bench.gpu import layer_probe
 from bench.workloads import tiny_workloads
 from triton_nsr import ops
 

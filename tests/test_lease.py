@@ -12,7 +12,8 @@ import pytest
 import tomllib
 import torch
 
-from bench import cli, hardware, lease, plan, plots, report, results, smoke
+from bench import cli, hardware, plots, report, results
+from bench.gpu import lease, plan, smoke
 from triton_nsr import functional
 from triton_nsr.kernels import conv, tuned_configs
 

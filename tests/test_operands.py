@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from tests.utils import all_taps_in_float32, assert_close
 from triton_nsr.kernels import operands
 from triton_nsr.kernels.conv import conv_fwd
-from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
+from triton_nsr.kernels.conv_bwd_input import conv_bwd_input
+from triton_nsr.kernels.conv_bwd_weight import conv_bwd_weight
 
 pytestmark = pytest.mark.usefixtures("poison_allocations")
 
@@ -131,20 +132,20 @@ def test_all_taps_weight_gradient_matches_conv2d(monkeypatch, channels_last, spl
 
 @pytest.mark.parametrize("x_channels_last", [False, True])
 def test_tf32_weight_gradient_with_x_in_registers_matches_conv2d(monkeypatch, x_channels_last):
-    # The per-tap kernel run transposed, x^T dy^T (conv_backward.TF32_X_IN_REGISTERS), as an
+    # The per-tap kernel run transposed, x^T dy^T (conv_bwd_weight.TF32_X_IN_REGISTERS), as an
     # NCHW dy in TF32 takes it when switched on: stride 2, dilation 2, padding 2 on one side,
     # 2 pixel splits summed, 40 input channels over the first config's 32-channel tiles and
     # 70 output channels over 64 (partial tiles both ways), x in either layout, the copy of
     # dy written on the way; outputs NaN-poisoned. A channels_last dy keeps the untransposed
     # kernel.
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight as module
     from triton_nsr.kernels.autotune import clear_launch_plans
 
-    monkeypatch.setattr(conv_backward, "TF32_X_IN_REGISTERS", True)
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: 2)
+    monkeypatch.setattr(module, "TF32_X_IN_REGISTERS", True)
+    monkeypatch.setattr(module, "weight_grad_splits", lambda *args: 2)
     clear_launch_plans()
     launched = []
-    kernel = conv_backward.conv_bwd_weight_kernel
+    kernel = module.conv_bwd_weight_kernel
 
     class Spy:
         def __getitem__(self, grid):
@@ -153,7 +154,7 @@ def test_tf32_weight_gradient_with_x_in_registers_matches_conv2d(monkeypatch, x_
                 return kernel[grid](*args, **kwargs)
             return launch
 
-    monkeypatch.setattr(conv_backward, "conv_bwd_weight_kernel", Spy())
+    monkeypatch.setattr(module, "conv_bwd_weight_kernel", Spy())
     x = torch.randn(2, 40, 9, 8)
     if x_channels_last:
         x = x.to(memory_format=torch.channels_last)

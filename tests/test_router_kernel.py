@@ -13,7 +13,7 @@ from triton_nsr import router
 pytestmark = pytest.mark.usefixtures("poison_allocations")
 
 router_kernels = pytest.importorskip("triton_nsr.kernels.router")
-from triton_nsr.kernels import conv_backward, mix  # noqa: E402 - needs triton, skipped above
+from triton_nsr.kernels import conv_bwd_input, mix  # noqa: E402 - needs triton, skipped above
 
 # (batch, channels, height, width, k, d, channels_last, bias)
 ROUTER_CASES = [
@@ -119,8 +119,8 @@ def test_input_gradient_epilogue_adds_the_mean_gradient(channels_last):
     geometry = ((2, 2), (1, 1, 1, 1), (1, 1), 2, False)
     grad_output = torch.randn(2, 6, 5, 4, dtype=dtype)
     mean_grad = torch.randn(2, 4, dtype=dtype)
-    plain = conv_backward.conv_bwd_input(grad_output, weight, *geometry, torch.empty_like(x))
-    fused = conv_backward.conv_bwd_input(grad_output, weight, *geometry, torch.empty_like(x),
+    plain = conv_bwd_input.conv_bwd_input(grad_output, weight, *geometry, torch.empty_like(x))
+    fused = conv_bwd_input.conv_bwd_input(grad_output, weight, *geometry, torch.empty_like(x),
                                          mean_grad)
     assert fused.stride() == x.stride()
     assert_close(fused, plain + mean_grad[:, :, None, None])

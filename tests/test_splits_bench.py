@@ -1,4 +1,4 @@
-"""The GPU split measurement (bench/splits.py) rehearsed on CPU: kernels in the Triton
+"""The GPU split measurement (bench/gpu/splits.py) rehearsed on CPU: kernels in the Triton
 interpreter, tiny shapes, float32 (the interpreter has no bfloat16 arithmetic)."""
 
 import json
@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from bench import splits  # noqa: E402
+from bench.gpu import splits  # noqa: E402
 from bench.timing import Timer  # noqa: E402
 
 

@@ -353,12 +353,12 @@ def test_int64_offsets_match_reference(monkeypatch):
     """The int64 offset path (tensors past 2**31 elements) is right too."""
     import triton.language as tl
 
-    from triton_nsr.kernels import conv, conv_backward
+    from triton_nsr.kernels import conv, conv_bwd_input, conv_bwd_weight
     from triton_nsr.kernels.autotune import clear_launch_plans
 
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
     params = make_params(4, 6, 3, 2, 3, groups=2)
-    for module in (conv, conv_backward):
+    for module in (conv, conv_bwd_input, conv_bwd_weight):
         monkeypatch.setattr(module, "index_dtype_of", lambda *args, **kwargs: tl.int64)
     # The launchers decide once per shape: forget the int32 plans, and the int64 ones after.
     clear_launch_plans()
@@ -372,12 +372,12 @@ def test_int64_offsets_match_reference(monkeypatch):
 def test_split_pixel_sum_of_the_kernel_gradient(monkeypatch, num_splits):
     """The kernel gradient cut into pixel splits (few samples, large images) adds up the same,
     also when a split gets no pixels at all."""
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight
 
     # 195 output pixels: several BLOCK_K blocks, so the splits really share the sum.
     x = torch.randn(1, 4, 15, 13, dtype=torch.float64)
     params = make_params(4, 6, 3, 2, 3, groups=2)
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: num_splits)
+    monkeypatch.setattr(conv_bwd_weight, "weight_grad_splits", lambda *args: num_splits)
     assert_triton_matches_reference(x, params, 2, 3, 1, 1, 1, 2)
 
 

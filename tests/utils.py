@@ -106,15 +106,15 @@ def all_taps_in_float32(monkeypatch, splits: int) -> list[bool]:
     interpreter has no bfloat16 arithmetic) and either dy layout (NCHW only otherwise) with
     ``splits`` pixel splits, launch plans decided
     afresh; returns the list each plan's TRANSPOSED decision is appended to."""
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight
     from triton_nsr.kernels.autotune import clear_launch_plans
 
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_DTYPES", (torch.float32,))
-    monkeypatch.setattr(conv_backward, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
-    monkeypatch.setattr(conv_backward, "weight_grad_splits", lambda *args: splits)
+    monkeypatch.setattr(conv_bwd_weight, "ALL_TAPS_DTYPES", (torch.float32,))
+    monkeypatch.setattr(conv_bwd_weight, "ALL_TAPS_LAYOUTS", ("nchw", "channels_last"))
+    monkeypatch.setattr(conv_bwd_weight, "weight_grad_splits", lambda *args: splits)
     decided = []
-    transposes = conv_backward._transposes
-    monkeypatch.setattr(conv_backward, "_transposes",
+    transposes = conv_bwd_weight._transposes
+    monkeypatch.setattr(conv_bwd_weight, "_transposes",
                         lambda *args: decided.append(transposes(*args)) or decided[-1])
     clear_launch_plans()
     return decided

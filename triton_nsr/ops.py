@@ -31,7 +31,8 @@ from torch.autograd import forward_ad
 from triton_nsr.arguments import ConvGeometry, conv_output_size
 from triton_nsr.kernels.autotune import dot_precision
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
-from triton_nsr.kernels.conv_backward import conv_bwd_input, conv_bwd_weight
+from triton_nsr.kernels.conv_bwd_input import conv_bwd_input
+from triton_nsr.kernels.conv_bwd_weight import conv_bwd_weight
 from triton_nsr.kernels.mix import mix_bwd, mix_fwd, route_and_mix
 from triton_nsr.kernels.operands import channels_last_copy_helps, empty_packed_forward_weight
 from triton_nsr.kernels.router import router_bwd, router_pool, routing_dtype

@@ -15,7 +15,7 @@ Backward, for the gradient g = d loss / d mixed (B, d, F):
 
 summed over both banks for d s. One backward kernel computes both, reading the gradient once.
 The gradient may come as S partial sums (S, B, d, F) (the kernel gradient's pixel splits,
-``conv_backward.conv_bwd_weight``): the kernel adds the S parts as it reads them, so no summed
+``conv_bwd_weight.conv_bwd_weight``): the kernel adds the S parts as it reads them, so no summed
 copy is made.
 
 In the layer the forward kernel also finishes the router (:func:`route_and_mix`): each program

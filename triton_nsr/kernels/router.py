@@ -14,7 +14,7 @@ Backward, for g = d loss / d s (B, k, d):
     d x[b, c, h, w]     += sum_r dz[b, r] W[r, c] / (H*W)     (the same for every pixel)
 
 The last line is returned as ``mean_grad`` (B, C) and added by the input-gradient kernel's
-epilogue (``conv_backward.conv_bwd_input``), so no x-sized tensor is made for it.
+epilogue (``conv_bwd_input.conv_bwd_input``), so no x-sized tensor is made for it.
 
 The forward is two pieces in two launches that the layer runs anyway: ``router_pool_kernel``
 sums pixel chunks of every sample (B * chunks programs, so a batch of one large image still

@@ -69,9 +69,16 @@ class Launch:
 
 
 def _kernel_modules():
-    from triton_nsr.kernels import conv, conv_backward, mix, router
+    from triton_nsr.kernels import (
+        conv,
+        conv_bwd_input,
+        conv_bwd_weight,
+        conv_bwd_weight_3x3,
+        mix,
+        router,
+    )
 
-    return (conv, conv_backward, mix, router)
+    return (router, mix, conv, conv_bwd_weight, conv_bwd_weight_3x3, conv_bwd_input)
 
 
 def kernels() -> dict:
@@ -108,15 +115,16 @@ class _Recorder:
 def launchable_on_cpu():
     """Let the launchers take CPU tensors outside the interpreter, sizing their grids for an
     H200's multiprocessors: what a stand-in for the kernels (a recorder, a compile) needs."""
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight
 
     patched = []
     for module in _kernel_modules():
         if hasattr(module, "check_launchable"):
             patched.append((module, "check_launchable", module.check_launchable))
             module.check_launchable = lambda *tensors: None
-    patched.append((conv_backward, "multiprocessor_count", conv_backward.multiprocessor_count))
-    conv_backward.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
+    patched.append((conv_bwd_weight, "multiprocessor_count",
+                    conv_bwd_weight.multiprocessor_count))
+    conv_bwd_weight.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
     try:
         yield
     finally:
@@ -153,43 +161,43 @@ KERNEL_GRADIENT_VARIANTS = ("all_taps", "per_tap", "per_tap_x_in_registers")
 def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
     """Force the kernel gradient's kernel inside the block, for a dy of either layout:
     "all_taps" (for ``dtype`` too, when given; the layer takes it for 16-bit NCHW dy only:
-    conv_backward.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS), "per_tap" (every dtype; TF32 untransposed and
-    unpipelined) or "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy transposed and pipelined:
-    conv_backward.TF32_X_IN_REGISTERS). Launch plans are keyed on the choice, so none need
-    clearing."""
-    from triton_nsr.kernels import conv_backward
+    conv_bwd_weight.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS), "per_tap" (every dtype; TF32
+    untransposed and unpipelined) or "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy
+    transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS). Launch plans are keyed on
+    the choice, so none need clearing."""
+    from triton_nsr.kernels import conv_bwd_weight
 
     if variant not in KERNEL_GRADIENT_VARIANTS:
         raise ValueError(f"kernel gradient variant is one of {KERNEL_GRADIENT_VARIANTS}, not "
                          f"{variant!r}")
-    saved = (conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS,
-             conv_backward.TF32_X_IN_REGISTERS)
+    saved = (conv_bwd_weight.ALL_TAPS_DTYPES, conv_bwd_weight.ALL_TAPS_LAYOUTS,
+             conv_bwd_weight.TF32_X_IN_REGISTERS)
     if variant == "all_taps":
         if dtype is not None:
-            conv_backward.ALL_TAPS_DTYPES = (dtype,)
+            conv_bwd_weight.ALL_TAPS_DTYPES = (dtype,)
     else:
-        conv_backward.ALL_TAPS_DTYPES = ()
-        conv_backward.TF32_X_IN_REGISTERS = variant == "per_tap_x_in_registers"
-    conv_backward.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
+        conv_bwd_weight.ALL_TAPS_DTYPES = ()
+        conv_bwd_weight.TF32_X_IN_REGISTERS = variant == "per_tap_x_in_registers"
+    conv_bwd_weight.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
     try:
         yield
     finally:
-        (conv_backward.ALL_TAPS_DTYPES, conv_backward.ALL_TAPS_LAYOUTS,
-         conv_backward.TF32_X_IN_REGISTERS) = saved
+        (conv_bwd_weight.ALL_TAPS_DTYPES, conv_bwd_weight.ALL_TAPS_LAYOUTS,
+         conv_bwd_weight.TF32_X_IN_REGISTERS) = saved
 
 
 def alternative_launches(shape: LayerShape, precision: str, layout: str) -> list[Launch]:
     """Kernel gradient launches the layer does not take, which the report compiles beside its
     own: the all-taps kernel where the layer takes the per-tap one (16-bit, channels_last), and
     the per-tap kernel X_IN_REGISTERS where the layer runs TF32 unpipelined (an NCHW dy, while
-    conv_backward.TF32_X_IN_REGISTERS is off). Empty elsewhere."""
-    from triton_nsr.kernels import conv_backward
+    conv_bwd_weight.TF32_X_IN_REGISTERS is off). Empty elsewhere."""
+    from triton_nsr.kernels import conv_bwd_weight
 
     dtype, allow_tf32 = PRECISIONS[precision]
-    if dtype in conv_backward.ALL_TAPS_DTYPES and layout not in conv_backward.ALL_TAPS_LAYOUTS:
+    if dtype in conv_bwd_weight.ALL_TAPS_DTYPES and layout not in conv_bwd_weight.ALL_TAPS_LAYOUTS:
         variant, kernel = "all_taps", "conv_bwd_weight_3x3_kernel"
     elif (dtype == torch.float32 and allow_tf32 and layout == "nchw"
-          and not conv_backward.TF32_X_IN_REGISTERS):
+          and not conv_bwd_weight.TF32_X_IN_REGISTERS):
         variant, kernel = "per_tap_x_in_registers", "conv_bwd_weight_kernel"
     else:
         return []

@@ -1,10 +1,10 @@
 """Keep what Triton's JIT really compiled during a GPU run, to set beside the kernel report.
 
-The kernel report (``python -m triton_nsr.kernels.report``) compiles the launches it expects a
-layer to make, on a CPU. On a GPU the JIT compiles the launches the layer really makes. With
-``BENCH_JIT_LOG=DIR`` in the environment, every bench process that calls :func:`install`
-(the lease, the diagnosis's child, the split timings) records each of this package's kernels the
-JIT compiles or finds in its cache:
+The kernel report (``python -m triton_nsr.kernels.inspection.report``) compiles the launches
+it expects a layer to make, on a CPU. On a GPU the JIT compiles the launches the layer really
+makes. With ``BENCH_JIT_LOG=DIR`` in the environment, every bench process that calls
+:func:`install` (the lease, the diagnosis's child, the split timings) records each of this
+package's kernels the JIT compiles or finds in its cache:
 
 - ``DIR/compiles.jsonl``: one JSON line per compile: kernel, cache hash, constexprs and
   divisibility attributes by argument name, signature, warps and stages, shared memory, whether
@@ -12,7 +12,7 @@ JIT compiles or finds in its cache:
 - ``DIR/files/<hash>/``: the kernel's PTX, TTGIR and cubin, copied from Triton's cache once per
   hash.
 
-``python -m bench.jit_compare`` reads them back on any machine: the same analysis the report
+``python -m bench.gpu.jit_compare`` reads them back on any machine: the same analysis the report
 runs, on the GPU's own files, and the same specialisation compiled here, side by side.
 """
 
@@ -34,7 +34,7 @@ _installed: JitLog | None = None
 
 def _plain(value):
     """A JSON value for a constexpr: numbers, booleans, None and strings as they are, a Triton
-    dtype as {"dtype": name} (bench.jit_compare rebuilds it), anything else by its repr."""
+    dtype as {"dtype": name} (bench.gpu.jit_compare rebuilds it), anything else by its repr."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     import triton.language as tl
@@ -91,7 +91,7 @@ class JitLog:
             "kernel": src.name,
             "triton": triton.__version__,
             "module": module,
-            # The kernel's source (with the functions it calls): bench.jit_compare reads the
+            # The kernel's source (with the functions it calls): bench.gpu.jit_compare reads the
             # files against the same source, or its line table names the wrong statements.
             "source_key": fn.cache_key,
             "hash": metadata["hash"],

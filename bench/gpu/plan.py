@@ -1,6 +1,6 @@
 """The GPU lease's plan: steps in priority order, their cases, and what each should cost.
 
-One source for the lease (bench/lease.py runs these steps) and its dry run (which prints them
+One source for the lease (bench/gpu/lease.py runs these steps) and its dry run (which prints them
 with their expected Triton compiles, autotune benchmarks and seconds, on any machine). The
 compiles are counted, not guessed: the dry run runs every Triton case with launches recorded
 instead of executed (``tuned_configs.Policy(record=...)``), looks each shape class up in the
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench import end_to_end, hardware, providers, smoke
+from bench import end_to_end, hardware, providers
+from bench.gpu import smoke
 from bench.workloads import (
     FORWARD,
     FORWARD_BACKWARD,

@@ -1,7 +1,7 @@
 """What Triton's JIT compiled on a GPU, beside the kernel report and the same compile made here.
 
 A GPU run with ``BENCH_JIT_LOG`` (``make gpu``) keeps every kernel of this package the JIT
-compiled, with its specialisation (bench/jit_log.py). For each distinct compile (cache hash)
+compiled, with its specialisation (bench/gpu/jit_log.py). For each distinct compile (cache hash)
 this command:
 
 1. reads the GPU's own PTX, TTGIR and cubin with the report's analysis (MMA, wgmma wait depth,
@@ -16,8 +16,8 @@ this command:
    installed files and the ptxas version, and on the H200 machines of 2026-11-30 no hash
    matched this project's CPU machines'.)
 
-    python -m bench.jit_compare bench/results/<run>_jit.json            # a stored comparison
-    python -m bench.jit_compare OUT/jit_kernels.tar.xz --json OUT.json   # compare anew
+    python -m bench.gpu.jit_compare bench/results/<run>_jit.json            # a stored comparison
+    python -m bench.gpu.jit_compare OUT/jit_kernels.tar.xz --json OUT.json   # compare anew
 
 Compare at the GPU run's commit (a worktree of it): the analysis reads the kernels' source.
 """
@@ -34,10 +34,10 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-from bench import jit_log
+from bench.gpu import jit_log
 
 FINDINGS = ("mma", "wait_depth", "registers", "spill_bytes", "shared_memory", "operands")
-REPORTS = Path(__file__).resolve().parents[1] / "docs" / "kernels"
+REPORTS = Path(__file__).resolve().parents[2] / "docs" / "kernels"
 
 
 def open_log(source: Path) -> tuple[list[dict], Path]:
@@ -78,7 +78,7 @@ def config_label(entry: dict) -> str:
     constexprs, warps and stages."""
     import triton
 
-    from triton_nsr.kernels.compiled import config_label as label
+    from triton_nsr.kernels.inspection.compiled import config_label as label
 
     tiles = {name: value for name, value in entry["constexprs"].items()
              if name.startswith("BLOCK_")}
@@ -93,12 +93,12 @@ def check_source(entry: dict) -> None:
     known = entry.get("source_key")
     if known is not None and kernel_function(entry).cache_key != known:
         raise SystemExit(f"{entry['kernel']} was compiled from other source than this "
-                         "checkout's: run bench.jit_compare at the GPU run's commit")
+                         "checkout's: run bench.gpu.jit_compare at the GPU run's commit")
 
 
 def inspect_gpu_files(entry: dict, files: Path):
     """The report's findings on the files the GPU's JIT wrote for this entry."""
-    from triton_nsr.kernels.compiled import inspect_compiled
+    from triton_nsr.kernels.inspection.compiled import inspect_compiled
 
     check_source(entry)
     folder = files / entry["hash"]
@@ -119,7 +119,7 @@ def compile_here(entry: dict, arch: int = 90):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from triton_nsr.kernels.compiled import inspect_compiled
+    from triton_nsr.kernels.inspection.compiled import inspect_compiled
 
     fn = kernel_function(entry)
     index = {name: position for position, name in enumerate(fn.arg_names)}
@@ -149,8 +149,8 @@ def compare(entries: list[dict], files: Path, triton_version: str | None = None,
     """One row per distinct compile: GPU findings, verdict, here-compile agreement, report hit."""
     import triton
 
-    from triton_nsr.kernels.compiled import hopper_shortfalls
-    from triton_nsr.kernels.report import GEMM_KERNELS
+    from triton_nsr.kernels.inspection.compiled import hopper_shortfalls
+    from triton_nsr.kernels.inspection.report import GEMM_KERNELS
 
     here_version = triton.__version__
     triton_version = triton_version or (entries[0]["triton"] if entries else here_version)

@@ -1,7 +1,7 @@
 """The kernel report: every launch of real layer calls, compiled for sm_90, read, written down.
 
-    python -m triton_nsr.kernels.report              # compile with this Triton, store, render
-    python -m triton_nsr.kernels.report --render     # re-render docs/kernels.md from stored data
+    python -m triton_nsr.kernels.inspection.report           # compile with this Triton, store
+    python -m triton_nsr.kernels.inspection.report --render  # docs/kernels.md from stored data
 
 For each layer shape (W1's two layers, W4, and an odd shape divisible by neither 8 nor 16), each
 precision (bf16, TF32, fp32) and layout (NCHW, channels_last), the layer runs forward and backward
@@ -22,14 +22,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from triton_nsr.kernels.capture import LayerShape, alternative_launches, capture, kernels
-from triton_nsr.kernels.compiled import (
+from triton_nsr.kernels.inspection.capture import LayerShape, alternative_launches, capture, kernels
+from triton_nsr.kernels.inspection.compiled import (
     compile_and_inspect,
     config_label,
     hopper_shortfalls,
     specialisation_key,
 )
-from triton_nsr.kernels.traffic import l2_to_sm_bytes, weight_layout_costs
+from triton_nsr.kernels.inspection.traffic import l2_to_sm_bytes, weight_layout_costs
 
 # W1 and W4 as bench/workloads.py defines them (tests check they agree), and an odd shape.
 SHAPES = [
@@ -42,7 +42,7 @@ PRECISION_NAMES = ("bf16", "tf32", "fp32")
 LAYOUT_NAMES = ("nchw", "channels_last")
 GEMM_KERNELS = ("conv_fwd_kernel", "conv_bwd_input_kernel", "conv_bwd_weight_kernel",
                 "conv_bwd_weight_3x3_kernel")
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 def _compile_job(job):
@@ -100,14 +100,14 @@ def kept_configs(tuner, launch) -> list[int]:
 
 def removed_configs() -> list[dict]:
     """Configs taken out of the lists, with the reason (rendered into docs/kernels.md)."""
-    from triton_nsr.kernels import conv, conv_backward
+    from triton_nsr.kernels import conv, conv_bwd_weight, conv_bwd_weight_3x3
 
     removed = [("conv_fwd_kernel, conv_bwd_input_kernel", entry)
                for entry in conv.REMOVED_CONV_CONFIGS]
     removed += [("conv_bwd_weight_kernel", entry)
-                for entry in conv_backward.REMOVED_WEIGHT_GRAD_CONFIGS]
+                for entry in conv_bwd_weight.REMOVED_WEIGHT_GRAD_CONFIGS]
     removed += [("conv_bwd_weight_3x3_kernel", entry)
-                for entry in conv_backward.REMOVED_WEIGHT_GRAD_3X3_CONFIGS]
+                for entry in conv_bwd_weight_3x3.REMOVED_WEIGHT_GRAD_3X3_CONFIGS]
     return [{"kernel": kernel, "config": config_label(config), "reason": reason}
             for kernel, (config, reason) in removed]
 
@@ -242,7 +242,7 @@ MISS_CAUSES = {
         "layer x arrives as the forward's channels_last copy instead."),
     ("conv_bwd_weight_kernel", "tf32", "nchw"): (
         "Wait depth 0 everywhere in TF32: the pixel loop is unpipelined on purpose "
-        "(conv_backward.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
+        "(conv_bwd_weight.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
         "same inputs on an H200 (NCHW x, 64-row tiles, 2+ stages). "
         "In the layer an NCHW x reaches the kernel gradient as the forward's channels_last "
         "copy, (pixels, in): MN-major, which TF32 wgmma cannot read from shared memory (see "
@@ -250,14 +250,14 @@ MISS_CAUSES = {
         "synchronous loads unpipelined, element by element (cp.async 4B) pipelined; dy, NCHW, "
         "is K-major and loads 16 bytes but on the odd shape. Reading x in NCHW instead would put "
         "it 4 bytes off at every tap. The *alternative* launches run the GEMM transposed "
-        "(conv_backward.TF32_X_IN_REGISTERS): x's tile goes to wgmma's A from registers, which "
+        "(conv_bwd_weight.TF32_X_IN_REGISTERS): x's tile goes to wgmma's A from registers, which "
         "takes any layout, dy to its B, K-major, both by 16-byte cp.async, pipelined at the "
         "config's depth. They meet all four criteria but on the odd shape, and stay off in the "
-        "layer until an H200 shows them repeating bit for bit (bench.layer_probe runs them "
+        "layer until an H200 shows them repeating bit for bit (bench.gpu.layer_probe runs them "
         "first)."),
     ("conv_bwd_weight_kernel", "tf32", "channels_last"): (
         "Wait depth 0 everywhere in TF32: the pixel loop is unpipelined on purpose "
-        "(conv_backward.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
+        "(conv_bwd_weight.TF32_LOOP_STAGES), because pipelined it wrote different bits on the "
         "same inputs on an H200. "
         "TF32 wgmma reads only K-major operands from shared memory, and K is the pixel axis: "
         "channels_last stores dy as (pixels, out) and x as (pixels, in), both MN-major, so Triton "
@@ -364,9 +364,9 @@ def render_traffic(data: dict) -> list[str]:
     weight gradient, whose kernel's roles depend on dy's layout, channels_last too)."""
     out = ["## L2 -> SM bytes of the tilings (bf16)", "",
            "Bytes the programs of one launch read, against the unique bytes of its operands "
-           "(kernels/traffic.py; TF32 and fp32 double both). The weight gradient's budget is 3x "
-           "the unique bytes of x and dy. The forward and input gradient read the same bytes "
-           "in both layouts (NCHW reads the channels_last copies).", "",
+           "(kernels/inspection/traffic.py; TF32 and fp32 double both). The weight gradient's "
+           "budget is 3x the unique bytes of x and dy. The forward and input gradient read the "
+           "same bytes in both layouts (NCHW reads the channels_last copies).", "",
            "| kernel | shape | layout | config | read MB | unique MB | read / unique |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     seen = set()
@@ -386,17 +386,17 @@ def render_traffic(data: dict) -> list[str]:
 
 
 def render_weight_layouts() -> list[str]:
-    """The packed-copy vs mix-in-the-conv comparison (kernels/traffic.py's models)."""
+    """The packed-copy vs mix-in-the-conv comparison (kernels/inspection/traffic.py's models)."""
     out = ["## Per-sample weights: packed copies or mixing inside the conv", "",
            "The GEMMs need the per-sample weights contiguous along K. Either the mixing kernel "
            "writes them once in the packed layout the GEMMs read (operands.py; the forward and "
            "the 16-bit input gradient read the same one, TF32 gets a second one from the same "
            "launch) and both GEMMs read them, or every program mixes its weight tile from the k "
            "banks, which costs k / BLOCK_M of the MMA time at the tensor-core to FMA rate unless "
-           "overlapped. Models from kernels/traffic.py (bf16, BLOCK_M=128, H200 data-sheet "
-           "rates; no GPU measurement): the packed weights' HBM time (one write, two reads) "
-           "against the in-conv mixing's extra main-loop time, for the forward and the input "
-           "gradient together.", "",
+           "overlapped. Models from kernels/inspection/traffic.py (bf16, BLOCK_M=128, H200 "
+           "data-sheet rates; no GPU measurement): the packed weights' HBM time (one write, two "
+           "reads) against the in-conv mixing's extra main-loop time, for the forward and the "
+           "input gradient together.", "",
            "| shape | packed MB | packed us | MMA us (2 GEMMs) | in-conv extra | in-conv us |",
            "| --- | --- | --- | --- | --- | --- |"]
     cheaper = []
@@ -415,7 +415,7 @@ def render_weight_layouts() -> list[str]:
 
 
 def _as_compiled(record: dict):
-    from triton_nsr.kernels.compiled import Compiled, Operand
+    from triton_nsr.kernels.inspection.compiled import Compiled, Operand
 
     fields = dict(record)
     fields["operands"] = [Operand(**o) for o in record["operands"]]
@@ -425,8 +425,8 @@ def _as_compiled(record: dict):
 def render(reports: list[dict]) -> str:
     """docs/kernels.md from the stored reports."""
     lines = ["# Kernels on Hopper: what the compiler makes of every launch", "",
-             "Generated by `python -m triton_nsr.kernels.report` from the stored data in "
-             "`docs/kernels/` (do not edit by hand). Each layer shape runs forward and backward "
+             "Generated by `python -m triton_nsr.kernels.inspection.report` from the stored data "
+             "in `docs/kernels/` (do not edit by hand). Each layer shape runs forward and backward "
              "through `triton_nsr.ops` with the kernels recorded instead of run; every recorded "
              "launch is compiled for sm_90 with each autotune config the tuner keeps for it, "
              "specialised as Triton's JIT specialises those arguments. No GPU is involved: these "
@@ -456,7 +456,7 @@ def render(reports: list[dict]) -> str:
              "inputs, float64, and NCHW columns that a tap shifts off 16 bytes: such boxes "
              "faulted on an H200). Their per-sample weights come packed contiguous along K. The "
              "weight gradient of a 16-bit 3x3 layer at stride 1 with an NCHW dy runs the "
-             "all-taps `conv_bwd_weight_3x3_kernel` (kernels/conv_backward.py `ALL_TAPS_DTYPES` "
+             "all-taps `conv_bwd_weight_3x3_kernel` (kernels/conv_bwd_weight.py `ALL_TAPS_DTYPES` "
              "and `ALL_TAPS_LAYOUTS`; it carries dy's rows and boxes x, in the layer the NCHW "
              "input's channels_last copy, at tap-shifted pixels by TMA); every other one, a "
              "channels_last dy included, the per-tap `conv_bwd_weight_kernel`, which was the "

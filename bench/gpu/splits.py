@@ -1,6 +1,6 @@
 """The kernel gradient's pixel splits timed on a GPU: what the split rule trades, measured.
 
-conv_backward.weight_grad_splits cuts the kernel gradient's pixel sum into S pieces (row bands
+conv_bwd_weight.weight_grad_splits cuts the kernel gradient's pixel sum into S pieces (row bands
 for the all-taps kernel), each writing float32 partial sums that the mixing backward adds:
 more pieces fill more SMs, and each moves 2 * B * out * Cg * 9 * 4 more bytes through HBM
 (written, then read). The rule (one wave, at least MIN_PIXELS_PER_SPLIT pixels a piece) keeps
@@ -12,7 +12,7 @@ layer launches it: partial sums not added) and each kernel (all-taps, per-tap) i
 conv_bwd_weight at several split counts, and checks that the partial sums add up to the
 gradient (float64 reference).
 
-    python -m bench.splits --output-dir OUT [--budget-s 45]
+    python -m bench.gpu.splits --output-dir OUT [--budget-s 45]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench import jit_log
+from bench.gpu import jit_log
 from bench.results import environment, step_parser
 from bench.timing import Timer, summarize
 from bench.workloads import main_workloads
@@ -69,18 +69,18 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
                 dtype=torch.bfloat16) -> tuple[dict, torch.Tensor]:
     """Time one kernel gradient launch of a 3x3, padding-1 layer of ``shape`` (batch, in, out,
     height, width) cut into ``splits`` pieces; (row, the gradient its partial sums add up to)."""
-    from triton_nsr.kernels import autotune, conv_backward
-    from triton_nsr.kernels.capture import kernel_gradient_variant
+    from triton_nsr.kernels import autotune, conv_bwd_weight
+    from triton_nsr.kernels.inspection.capture import kernel_gradient_variant
 
     x, dy = kernel_gradient_inputs(shape, device, dtype)
     grad_weight = x.new_empty((shape[0], shape[2], shape[1], 3, 3))
     grad_bias = x.new_empty((shape[0], shape[2]))
-    saved = conv_backward.weight_grad_splits
-    conv_backward.weight_grad_splits = lambda *args: splits
+    saved = conv_bwd_weight.weight_grad_splits
+    conv_bwd_weight.weight_grad_splits = lambda *args: splits
     autotune.clear_launch_plans()
     try:
         def launch():
-            return conv_backward.conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+            return conv_bwd_weight.conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
                                                  1, False, grad_weight, grad_bias,
                                                  sum_splits=False)
 
@@ -89,7 +89,7 @@ def time_splits(shape, splits: int, variant: str, device: str, timer: Timer,
             gradient = parts.double().sum(dim=0)
             timing = summarize(timer.samples(launch))
     finally:
-        conv_backward.weight_grad_splits = saved
+        conv_bwd_weight.weight_grad_splits = saved
         autotune.clear_launch_plans()
     pieces = parts.shape[0]
     row = {"splits": pieces, "time_ms": timing,

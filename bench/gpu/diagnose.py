@@ -14,7 +14,7 @@ reports one JSON line per case; when the child dies or a case leaves the context
 parent records that case as the fault and starts a fresh child at the next one. Cases run in
 priority order until the budget is spent; the rest are recorded as not reached.
 
-    python -m bench.diagnose --output-dir OUT [--budget-s 120]
+    python -m bench.gpu.diagnose --output-dir OUT [--budget-s 120]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from bench.results import environment, step_parser
 
 RESULT_FILE = "diagnose.json"
-# name: (dtype, TF32 allowed, relative-error bound): bounds as bench/smoke.py's, one kernel.
+# name: (dtype, TF32 allowed, relative-error bound): bounds as bench/gpu/smoke.py's, one kernel.
 PRECISIONS = {
     "bf16": (torch.bfloat16, False, 2e-2),
     "fp16": (torch.float16, False, 5e-3),
@@ -115,9 +115,9 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
 
     shape: (batch, in, out, height, width) of a 3x3 convolution, padding 1, one group.
     """
-    from triton_nsr.kernels import autotune, conv, conv_backward
-    from triton_nsr.kernels.capture import kernel_gradient_variant
-    from triton_nsr.kernels.compiled import config_label
+    from triton_nsr.kernels import autotune, conv, conv_bwd_input, conv_bwd_weight
+    from triton_nsr.kernels.inspection.capture import kernel_gradient_variant
+    from triton_nsr.kernels.inspection.compiled import config_label
 
     dtype, tf32, tolerance = PRECISIONS[case.precision]
     batch, cin, cout, height, width = shape
@@ -133,8 +133,8 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
         dy = dy.contiguous(memory_format=torch.channels_last)
     geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1, tf32)
     module, name = {"forward": (conv, "conv_fwd_kernel"),
-                    "input_grad": (conv_backward, "conv_bwd_input_kernel"),
-                    "weight_grad": (conv_backward, "conv_bwd_weight_kernel")}[case.kernel]
+                    "input_grad": (conv_bwd_input, "conv_bwd_input_kernel"),
+                    "weight_grad": (conv_bwd_weight, "conv_bwd_weight_kernel")}[case.kernel]
     saved = {}
     forced = contextlib.ExitStack()
 
@@ -165,12 +165,12 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
             expected = torch.cat([F.conv2d(xd[i:i + 1], wd[i], padding=1)
                                   for i in range(batch)])
         elif case.kernel == "input_grad":
-            actual = conv_backward.conv_bwd_input(dy, w, *geometry, torch.empty_like(x))
+            actual = conv_bwd_input.conv_bwd_input(dy, w, *geometry, torch.empty_like(x))
             expected = torch.cat([torch.nn.grad.conv2d_input(
                 (1, cin, height, width), wd[i], dyd[i:i + 1], padding=1) for i in range(batch)])
         else:
             actual, actual_bias = torch.empty_like(w), dy.new_empty((batch, cout))
-            conv_backward.conv_bwd_weight(dy, x, (3, 3), *geometry, actual, actual_bias)
+            conv_bwd_weight.conv_bwd_weight(dy, x, (3, 3), *geometry, actual, actual_bias)
             expected = torch.stack([torch.nn.grad.conv2d_weight(
                 xd[i:i + 1], wd[i].shape, dyd[i:i + 1], padding=1) for i in range(batch)])
         if device == "cuda":
@@ -195,8 +195,8 @@ def run_case(case: Case, device: str, shape=SHAPE) -> dict:
 def child(cases_path: Path, start: int, device: str) -> None:
     """Run the cases from ``start`` on, printing one JSON line each; stop after a case that
     leaves the CUDA context broken (the parent goes on in a fresh process)."""
-    from bench import jit_log
-    from bench.lease import broken_context
+    from bench.gpu import jit_log
+    from bench.gpu.lease import broken_context
 
     jit_log.install("diagnose")
     stored = json.loads(cases_path.read_text())
@@ -225,7 +225,7 @@ def diagnose(output_dir: Path, budget_s: float, device: str, listed=None,
     start = 0
     while start < len(listed) and time.perf_counter() - started < budget_s:
         left = budget_s - (time.perf_counter() - started)
-        command = [sys.executable, "-m", "bench.diagnose", "--child", str(cases_path),
+        command = [sys.executable, "-m", "bench.gpu.diagnose", "--child", str(cases_path),
                    "--start", str(start), "--device", device]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=left,

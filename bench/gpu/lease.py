@@ -1,7 +1,7 @@
 """One command that turns a short GPU lease into stored evidence: ``python -m bench lease``.
 
 GPU time comes in short leases (minutes, one command at most 10 of them). The lease runs the
-steps of bench/plan.py in priority order (device and peaks; a correctness smoke; the headline
+steps of bench/gpu/plan.py in priority order (device and peaks; a correctness smoke; the headline
 table; the end-to-end jobs; torch.compile and the sweeps if time remains), each capped at its
 share of the budget, and stops cleanly before the budget: no measurement starts after
 ``budget - reserve``, and a measurement still running at ``budget - reserve / 2`` is stopped by
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 
-from bench import hardware, harness, jit_log, plan, providers, report, results, smoke
-from bench.setup_time import SetupClock
+from bench import hardware, harness, providers, report, results
+from bench.gpu import jit_log, plan, smoke
+from bench.gpu.setup_time import SetupClock
 from bench.workloads import FORWARD, FORWARD_BACKWARD
 from triton_nsr.kernels import tuned_configs
 

@@ -12,7 +12,7 @@ The lease times and checks whole layer calls; this command says which part is at
 - **device**: torch.profiler over the same calls: each GPU kernel's time per call, against the
   call's wall time.
 - **kernel repeats**: the kernel gradient alone, per config (the per-tap kernel in TF32 also
-  with 1 and 2 stages, and transposed and pipelined: conv_backward.TF32_X_IN_REGISTERS),
+  with 1 and 2 stages, and transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS),
   launched four times on the same inputs: which configs write different bits, their error
   against float64 and their time.
 
@@ -20,7 +20,7 @@ Cases run in that order (repeats and profiles first: they are short), but for th
 TF32 kernel's repeats, which come right after the layer repeats (the switch waits on them),
 until the budget is spent; the rest are listed as not reached. Writes OUT/probe.json.
 
-    python -m bench.layer_probe --output-dir OUT [--budget-s 90]
+    python -m bench.gpu.layer_probe --output-dir OUT [--budget-s 90]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from bench import hardware, jit_log, providers, smoke
+from bench import hardware, providers
+from bench.gpu import jit_log, smoke
 from bench.results import environment, step_parser
 from bench.timing import Timer, summarize
 from bench.workloads import W4_256, Workload, main_workloads
@@ -166,16 +167,16 @@ def weight_grad_configs(variant: str, precision: str) -> list:
     stages."""
     import triton
 
-    from triton_nsr.kernels import conv_backward
+    from triton_nsr.kernels import conv_bwd_weight
 
     if variant == "per_tap_x_in_registers":
         # Its own tiles (its MMA rows are the BLOCK_N input channels), as the autotuner
         # prunes them for these 64-channel layers.
-        tuner = conv_backward.conv_bwd_weight_kernel
+        tuner = conv_bwd_weight.conv_bwd_weight_kernel
         channels = {"out_group_channels": 64, "in_group_channels": 64, "tuning_pixels": 4096}
         return tuner.early_config_prune(tuner.configs, channels, X_IN_REGISTERS=True)
-    tuner = (conv_backward.conv_bwd_weight_3x3_kernel if variant == "all_taps"
-             else conv_backward.conv_bwd_weight_kernel)
+    tuner = (conv_bwd_weight.conv_bwd_weight_3x3_kernel if variant == "all_taps"
+             else conv_bwd_weight.conv_bwd_weight_kernel)
     # The first three: what the autotuner keeps for these 64-channel layers (the JIT log of
     # the first H200 lease, b49e5e9).
     configs = list(tuner.configs[:3])
@@ -190,18 +191,18 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
     whether every launch wrote the same bits (partial sums and bias, not added), and the
     median time of a launch (``ms``, by ``timer``: L2 flushed before each)."""
-    from bench.diagnose import fixed_config
-    from bench.splits import kernel_gradient_inputs, reference
-    from triton_nsr.kernels import autotune, conv_backward
-    from triton_nsr.kernels.capture import kernel_gradient_variant
-    from triton_nsr.kernels.compiled import config_label
+    from bench.gpu.diagnose import fixed_config
+    from bench.gpu.splits import kernel_gradient_inputs, reference
+    from triton_nsr.kernels import autotune, conv_bwd_weight
+    from triton_nsr.kernels.inspection.capture import kernel_gradient_variant
+    from triton_nsr.kernels.inspection.compiled import config_label
 
     dtype, tf32 = smoke.PRECISIONS[precision]
     batch, cin, cout = shape[:3]
     x, dy = kernel_gradient_inputs(shape, device, dtype, layout)
     name = "conv_bwd_weight_3x3_kernel" if variant == "all_taps" else "conv_bwd_weight_kernel"
-    tuner = getattr(conv_backward, name)
-    setattr(conv_backward, name, fixed_config(tuner, config))
+    tuner = getattr(conv_bwd_weight, name)
+    setattr(conv_bwd_weight, name, fixed_config(tuner, config))
     autotune.clear_launch_plans()
     row = {"shape": list(shape), "precision": precision, "layout": layout, "variant": variant,
            "config": config_label(config)}
@@ -211,7 +212,7 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
         def launch():
             grad_weight = x.new_full((batch, cout, cin, 3, 3), float("nan"))
             grad_bias = x.new_full((batch, cout), float("nan"))
-            return conv_backward.conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+            return conv_bwd_weight.conv_bwd_weight(dy, x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
                                                  1, tf32, grad_weight, grad_bias,
                                                  sum_splits=False)
 
@@ -233,14 +234,14 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     except Exception as error:  # a compile failure or fault is this config's finding
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
     finally:
-        setattr(conv_backward, name, tuner)
+        setattr(conv_bwd_weight, name, tuner)
         autotune.clear_launch_plans()
     return row
 
 
 def repeat_jobs() -> list[tuple]:
     """(shape name, precision, layout, variant, config) for every kernel-gradient repeat: the
-    per-tap kernel in TF32 transposed and pipelined (conv_backward.TF32_X_IN_REGISTERS, an NCHW
+    per-tap kernel in TF32 transposed and pipelined (conv_bwd_weight.TF32_X_IN_REGISTERS, an NCHW
     dy: off in the layer until these repeat) and as the layer runs it (where its pipelined
     results differed), bf16 per-tap and all-taps, both layouts, W4-256 first."""
     jobs = []
@@ -332,7 +333,7 @@ def profile_case(workload: Workload, precision: str, layout: str, pass_: str,
 
 def probe_jobs() -> list[tuple[str, tuple]]:
     """(kind, case) in the order the probe runs them: the layer repeats, the transposed TF32
-    kernel's repeats (the evidence conv_backward.TF32_X_IN_REGISTERS waits on), the profiles,
+    kernel's repeats (the evidence conv_bwd_weight.TF32_X_IN_REGISTERS waits on), the profiles,
     then the other kernel repeats."""
     kernel_jobs = repeat_jobs()
     switch = [case for case in kernel_jobs if case[3] == "per_tap_x_in_registers"]
