@@ -30,6 +30,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_launch_plans():
+    """Every test decides its launches anew: tests patch what the decisions read (split
+    counts, kernel choices), which the cached plans of an earlier test would not see."""
+    yield
+    if "triton_nsr.kernels.autotune" in __import__("sys").modules:
+        from triton_nsr.kernels.autotune import clear_launch_plans
+
+        clear_launch_plans()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_seed():
     """A new random seed per test, printed on failure, so inputs are fresh but reproducible."""
     seed = int.from_bytes(os.urandom(4), "little")

@@ -139,7 +139,10 @@ def test_harness_records_failing_and_unavailable_providers(monkeypatch):
 
     monkeypatch.setitem(providers.PROVIDERS, "broken",
                         providers.Provider("broken", "layer", "always fails", broken))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from triton_nsr import functional
+
+    # As in a process that imported triton without TRITON_INTERPRET (it is read once).
+    monkeypatch.setattr(functional, "_INTERPRETED", False)
     settings = _cpu_settings(layouts=["nchw"], providers=["broken", "triton_nsr"],
                              passes=["forward"])
     run = harness.Harness(settings, lambda message: None).run(tiny_workloads(), [])

@@ -11,7 +11,7 @@ import torch
 
 from bench.gpu import layer_probe
 from bench.workloads import tiny_workloads
-from triton_nsr import ops
+from triton_nsr.kernels.mix import MixBackward
 
 
 def test_repeat_check_finds_no_difference_in_a_deterministic_layer():
@@ -25,15 +25,15 @@ def test_repeat_check_finds_no_difference_in_a_deterministic_layer():
 
 
 def test_repeat_check_names_the_launcher_whose_outputs_differ(monkeypatch):
-    launcher = ops.mix_bwd
+    launcher = MixBackward.__call__
 
-    def noisy(*args, **kwargs):
-        result = launcher(*args, **kwargs)
+    def noisy(self, *args, **kwargs):
+        result = launcher(self, *args, **kwargs)
         for tensor in layer_probe._tensors(result):
             tensor.add_(torch.randn_like(tensor) * 1e-3)
         return result
 
-    monkeypatch.setattr(ops, "mix_bwd", noisy)
+    monkeypatch.setattr(MixBackward, "__call__", noisy)
     row = layer_probe.repeat_case(tiny_workloads()[0], "fp32", "nchw", "cpu")
     assert row["source"] == "call 4: mix_bwd"
     # Everything after it read different inputs; the layer's output (before it) agrees.

@@ -333,14 +333,16 @@ def test_tf32_follows_cudnn_flag(monkeypatch):
     assert dot_precision(torch.float32, False) == "ieee"
     assert dot_precision(torch.float64, True) == "ieee"
     assert dot_precision(torch.float16, True) == "ieee"
+    from triton_nsr.kernels.conv import ConvForward
+
     seen = []
-    real = ops.conv_fwd
+    real = ConvForward.__call__
 
-    def spy(*args):
-        seen.append(args[-1])
-        return real(*args)
+    def spy(self, *args):
+        seen.append(self.constexprs["PRECISION"] == "tf32")
+        return real(self, *args)
 
-    monkeypatch.setattr(ops, "conv_fwd", spy)
+    monkeypatch.setattr(ConvForward, "__call__", spy)
     x = torch.randn(1, 2, 5, 5)
     params = make_params(2, 2, 3, 1, 1, dtype=torch.float32)
     for flag in (True, False):

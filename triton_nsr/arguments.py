@@ -207,26 +207,38 @@ def _reuse_checked(check):
 _DATA_ARGUMENTS = 5
 
 
+_PLAIN = (int, str, type(None))
+
+
 def _checked_key(*args) -> tuple | None:
     """A hashable key of the arguments, or None where one cannot be made cheaply and surely
     (tracing under torch.compile, symbolic sizes, int-likes other than int, numbers given as
-    tensors, whose value a key of metadata would miss)."""
+    tensors, whose value a key of metadata would miss). Called on every layer call: written
+    for speed (a torch.Size hashes as the tuple it is; one with a symbolic size does not hash).
+    """
     if torch.compiler.is_compiling():
         return None
     key = []
-    for position, arg in enumerate(args):
-        if arg is None or type(arg) in (int, str):
-            key.append(arg)
-        elif isinstance(arg, torch.Tensor) and position < _DATA_ARGUMENTS:
-            shape = tuple(arg.shape)
-            if not all(type(size) is int for size in shape):
-                return None
-            key.append((shape, arg.dtype, arg.device))
-        elif type(arg) in (tuple, list) and all(type(item) is int for item in arg):
-            key.append((type(arg), tuple(arg)))
+    for arg in args[:_DATA_ARGUMENTS]:
+        if arg is None:
+            key.append(None)
+        elif type(arg) is torch.nn.Parameter or type(arg) is torch.Tensor:
+            key.append((arg.shape, arg.dtype, arg.device))
         else:
             return None
-    return tuple(key)
+    for arg in args[_DATA_ARGUMENTS:]:
+        kind = type(arg)
+        if kind in _PLAIN:
+            key.append(arg)
+        elif (kind is tuple or kind is list) and all(type(item) is int for item in arg):
+            key.append((kind, tuple(arg)))
+        else:
+            return None
+    try:
+        hash(key := tuple(key))
+    except TypeError:  # a symbolic size
+        return None
+    return key
 
 
 @_reuse_checked

@@ -13,6 +13,7 @@ convolve each sample with its kernel. A backend supplies the implementations:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,12 @@ from triton_nsr.router import autocast_enabled
 
 
 def interpreter_enabled() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1, which must be
+    set before triton is imported, so it is read once)."""
+    return _INTERPRETED
+
+
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_backend(backend: str, input: torch.Tensor) -> str:
@@ -102,22 +107,47 @@ def conv_allows_tf32() -> bool:
     legacy ``allow_tf32`` flag only where that API is missing or says nothing, since reading the
     legacy flag raises once the two APIs have been mixed.
     """
-    backends = torch.backends
-    conv = getattr(backends.cudnn, "conv", None)
-    for precision in (getattr(conv, "fp32_precision", None),
-                      getattr(backends.cudnn, "fp32_precision", None),
-                      getattr(backends, "fp32_precision", None)):
-        if precision in ("tf32", "ieee"):
-            return precision == "tf32"
-    return bool(backends.cudnn.allow_tf32)
+    if _PRECISION is not None:
+        # The getters behind torch.backends.cudnn.conv.fp32_precision,
+        # torch.backends.cudnn.fp32_precision and torch.backends.fp32_precision, called
+        # directly: the attribute route costs microseconds a call.
+        for backend, op in (("cuda", "conv"), ("cuda", "all"), ("generic", "all")):
+            precision = _PRECISION(backend, op)
+            if precision in ("tf32", "ieee"):
+                return precision == "tf32"
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+# torch's precision API (torch >= 2.9); None before it.
+_PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None)
 
 
 def _autocast_stand_in(input: torch.Tensor, weight) -> torch.Tensor:
     """A free (B, C, H, W) tensor in weight's dtype, for checking the parameters against each
     other when autocast has cast the input only (the Triton path reads float32 parameters as
-    they are)."""
+    they are). Kept per shape, dtype and device: a call allocates nothing for its check."""
     dtype = weight.dtype if isinstance(weight, torch.Tensor) else input.dtype
-    return torch.empty((), dtype=dtype, device=input.device).expand(input.shape)
+    key = (input.shape, dtype, input.device)
+    stand_in = _STAND_INS.get(key)
+    if stand_in is None:
+        if len(_STAND_INS) >= 64:
+            _STAND_INS.clear()
+        stand_in = torch.empty((), dtype=dtype, device=input.device).expand(input.shape)
+        if not torch.compiler.is_compiling():
+            _STAND_INS[key] = stand_in
+    return stand_in
+
+
+_STAND_INS: dict = {}
+
+
+def _ops():
+    """triton_nsr.ops, imported on first use: it imports triton, which the torch backend does
+    not need. Looked up in sys.modules (an import statement costs more, per call)."""
+    ops = sys.modules.get("triton_nsr.ops")
+    if ops is None:
+        from triton_nsr import ops
+    return ops
 
 
 def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
@@ -130,8 +160,7 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
     into bfloat16 kernels), so no cast kernel runs per call. Forward-mode AD, double backward
     and torch.func are refused by the layer's Function (ops.nsr_layer) at the first call.
     """
-    from triton_nsr import ops  # imports triton: only when this path runs
-
+    ops = _ops()
     checked = _autocast_stand_in(input, weight) if autocasting else input
     geometry = check_nsr_conv2d(
         checked, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,

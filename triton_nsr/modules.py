@@ -76,12 +76,14 @@ class NSRConv2dBase(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """input (B, C, H, W) or (C, H, W) -> (B, out, Ho, Wo) or (out, Ho, Wo)."""
         # self.weight is read here, at call time, so weight-norm hooks and parametrizations apply.
+        # The router's Linear by its key in the Sequential (indexing one costs microseconds).
+        router = self.mlp._modules["0"]
         return self._functional(
             input,
             self.weight,
             self.bias,
-            self.mlp[0].weight,
-            self.mlp[0].bias,
+            router.weight,
+            router.bias,
             self.num_sparsity_groups,
             self.num_sparsity_cardinals,
             self.stride,

@@ -33,9 +33,14 @@ from triton_nsr.kernels.autotune import dot_precision
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_bwd_input import conv_bwd_input
 from triton_nsr.kernels.conv_bwd_weight import conv_bwd_weight
-from triton_nsr.kernels.mix import mix_bwd, mix_fwd, route_and_mix
-from triton_nsr.kernels.operands import channels_last_copy_helps, empty_packed_forward_weight
-from triton_nsr.kernels.router import router_bwd, router_pool, routing_dtype
+from triton_nsr.kernels.mix import mix_bwd, mix_fwd
+from triton_nsr.kernels.operands import (
+    copy_helps_for,
+    empty_packed_input_grad_weight,
+    empty_packed_storage,
+)
+from triton_nsr.kernels.router import routing_dtype
+from triton_nsr.layer import layer_plan
 
 # ----------------------------------------------------------------------------- mixing
 
@@ -238,129 +243,6 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 
 # ----------------------------------------------------------------------------- the layer
 
-def _layer_forward(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
-                   num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32,
-                   input_grad_weight=False):
-    """Three launches: pool (and copy an NCHW input to channels_last where that gives the
-    convolution TMA boxes), route and mix weight and bias, convolve.
-
-    Returns (output (B, out, Ho, Wo), routing (B, k, d), pooled (B, C), weight_b
-    (B, out, Cg, kh, kw), bias_b (B, out) or None, weight_b_input_grad, input_copy); the middle
-    four are what the backward needs. With ``input_grad_weight`` and TF32, the mixing also
-    writes weight_b in the layout the TF32 input gradient reads (else None: it reads weight_b).
-    input_copy is the channels_last copy of input the convolution read, or None.
-    """
-    batch = input.shape[0]
-    out_channels = weight.shape[0] // num_groups
-    # The pooling's chunks fill the GPU even at batch 1; the mixing kernel finishes the router
-    # (MLP, temperature, softmax) for the samples and cardinal each of its programs mixes.
-    # An NCHW input that TMA cannot box at tap-shifted columns is copied to channels_last on
-    # the pooling's pass, and the convolution reads the copy (its output stays NCHW).
-    copy = padded is None and channels_last_copy_helps(
-        input, input.shape[1] // groups, stride, pad, dilation, weight.shape[2:])
-    partials, channels_last = router_pool(input, copy)
-    # weight_b comes in the convolution's packed layout: conv_fwd reads it without a copy.
-    tf32_input_grad = input_grad_weight and dot_precision(input.dtype, allow_tf32) == "tf32"
-    weight_b, bias_b, weight_b_input_grad, routing, pooled = route_and_mix(
-        partials, input.shape[2] * input.shape[3], mlp_weight, mlp_bias, num_cardinals,
-        temperature, weight.reshape(num_groups, num_cardinals, -1),
-        None if bias is None else bias.reshape(num_groups, num_cardinals, -1), input.dtype,
-        (out_channels, *weight.shape[1:]), groups if tf32_input_grad else None)
-    if bias_b is not None:
-        bias_b = bias_b.view(batch, out_channels)
-    if copy:
-        output = conv_fwd(channels_last, weight_b, bias_b, stride, pad, dilation, groups,
-                          allow_tf32, torch.contiguous_format)
-    else:
-        output = conv_fwd(input if padded is None else padded, weight_b, bias_b, stride, pad,
-                          dilation, groups, allow_tf32)
-    return output, routing, pooled, weight_b, bias_b, weight_b_input_grad, channels_last
-
-
-def _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
-                    routing, pooled, weight_b, num_groups, num_cardinals, temperature, stride,
-                    pad, dilation, groups, allow_tf32, output_mask, weight_b_input_grad=None,
-                    input_is_copy=False):
-    """At most four launches, in the order each one's inputs become ready.
-
-    ``output_mask`` says which of (input, padded, weight, bias, mlp_weight, mlp_bias) need a
-    gradient; ``weight_b_input_grad`` is the forward's TF32 input-gradient layout of weight_b,
-    or None (conv_bwd_input then packs one if the precision wants it). With ``input_is_copy``
-    ``input`` is the forward's channels_last copy of an NCHW input (the kernel gradient reads
-    it without tap-shifted 2-byte loads) and the input's gradient is made NCHW.
-
-    Returns (grad of the convolution's input, mean_grad (B, C), grad_weight, grad_bias,
-    grad_mlp_weight, grad_mlp_bias), None where not needed. Without ``padded``
-    (zero padding) the convolution's input is ``input`` and its gradient already holds the
-    mean's; with it, the caller spreads mean_grad over the pixels of ``input``.
-    """
-    need_input, need_padded, need_weight, need_bias, need_mlp_weight, need_mlp_bias = \
-        output_mask
-    conv_input = input if padded is None else padded
-    batch, out_channels = weight_b.shape[:2]
-    if batch == 0:
-        return _zero_gradients(input, padded, weight, bias, mlp_weight, has_mlp_bias,
-                               output_mask)
-    need_routing = need_input or need_mlp_weight or need_mlp_bias
-    need_banks = need_weight or need_bias
-    grad_weight = grad_bias = mean_grad = grad_mlp_weight = grad_mlp_bias = None
-    need_conv_input = (need_input and padded is None) or need_padded
-    grad_output_copy = None
-    if need_routing or need_banks:
-        if need_conv_input and channels_last_copy_helps(
-                grad_output, out_channels // groups, stride, pad, dilation,
-                weight_b.shape[3:]):
-            # The kernel gradient reads all of dy first: it also writes the channels_last copy
-            # that the input gradient boxes with TMA (an NCHW dy cannot be boxed at its taps).
-            grad_output_copy = torch.empty_like(grad_output, memory_format=torch.channels_last)
-        # The kernel gradient as S pixel-split partial sums (S = 1 but for few large images);
-        # the mixing backward adds them as it reads them.
-        weight_parts, bias_parts = conv_bwd_weight(
-            grad_output, conv_input, tuple(weight_b.shape[3:]), stride, pad, dilation, groups,
-            allow_tf32, weight_b.new_empty(weight_b.shape),
-            None if bias is None else weight_b.new_empty((batch, out_channels)),
-            sum_splits=False, grad_output_copy=grad_output_copy)
-        splits = weight_parts.shape[0]
-        routing_parts, grad_weight, grad_bias = mix_bwd(
-            weight_parts.view(splits, batch, num_cardinals, -1),
-            None if bias is None else bias_parts.view(splits, batch, num_cardinals, -1),
-            routing, weight.reshape(num_groups, num_cardinals, -1),
-            None if bias is None else bias.reshape(num_groups, num_cardinals, -1),
-            need_banks=need_banks, need_routing=need_routing)
-        if need_routing:
-            pixels = input.shape[2] * input.shape[3]
-            mean_grad, grad_mlp_weight, grad_mlp_bias = router_bwd(
-                routing_parts, routing, pooled, mlp_weight, has_mlp_bias, temperature, pixels)
-    grad_conv_input = None
-    if need_conv_input:
-        grad_conv_input = conv_bwd_input(
-            grad_output if grad_output_copy is None else grad_output_copy, weight_b, stride,
-            pad, dilation, groups, allow_tf32,
-            torch.empty_like(conv_input, memory_format=torch.contiguous_format)
-            if input_is_copy else torch.empty_like(conv_input),
-            mean_grad if padded is None else None,
-            weight_b_input_grad)
-    return (grad_conv_input, mean_grad,
-            None if grad_weight is None else grad_weight.view(weight.shape),
-            None if grad_bias is None else grad_bias.view(bias.shape),
-            grad_mlp_weight, grad_mlp_bias)
-
-
-def _zero_gradients(input, padded, weight, bias, mlp_weight, has_mlp_bias, output_mask):
-    """The gradients of a layer call on an empty batch: zeros (an empty input gets none)."""
-    need_input, need_padded, need_weight, need_bias, need_mlp_weight, need_mlp_bias = \
-        output_mask
-    conv_input = input if padded is None else padded
-    return (
-        torch.zeros_like(conv_input) if need_input or need_padded else None,
-        input.new_zeros(input.shape[:2], dtype=routing_dtype(input.dtype)),
-        torch.zeros_like(weight) if need_weight else None,
-        torch.zeros_like(bias) if need_bias else None,
-        torch.zeros_like(mlp_weight) if need_mlp_weight else None,
-        mlp_weight.new_zeros(mlp_weight.shape[0]) if need_mlp_bias and has_mlp_bias else None,
-    )
-
-
 def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     """(grad of input, grad of padded) from the convolution's input gradient and mean_grad."""
     if not ctx.has_padded:
@@ -373,51 +255,51 @@ def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     return grad_input, grad_conv_input
 
 
-def _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad=None,
-          input_copy=None) -> None:
-    """Save what the backward reads; the forward's channels_last copy of the input, when it
-    made one, in place of the input (same values, and it is what the kernel gradient reads
-    best: one x-sized tensor either way)."""
-    (input, padded, weight, bias, mlp_weight, mlp_bias, *static) = args
-    ctx.save_for_backward(input if input_copy is None else input_copy, padded, weight, bias,
-                          mlp_weight, routing, pooled, weight_b, weight_b_input_grad)
-    ctx.input_is_copy = input_copy is not None
+def _save(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, saved) -> None:
+    """Save what the backward reads: the forward's channels_last copy of the input, when it
+    made one, in place of the input (same values, and what the kernel gradient reads best:
+    one x-sized tensor either way)."""
+    routing, pooled, weights, weights_input_grad, input_copy = saved
+    copied = input_copy is not None and input_copy.numel() > 0
+    ctx.save_for_backward(input_copy if copied else input, padded, weight, bias, mlp_weight,
+                          routing, pooled, weights,
+                          weights_input_grad if weights_input_grad is not None
+                          and weights_input_grad.numel() else None)
+    ctx.input_is_copy = copied
     ctx.has_padded = padded is not None
     ctx.has_mlp_bias = mlp_bias is not None
-    ctx.static = static
 
 
-def _output_mask(ctx) -> list[bool]:
-    return [bool(need) for need in ctx.needs_input_grad[:6]]
+def _output_mask(ctx) -> tuple[bool, ...]:
+    return tuple(bool(need) for need in ctx.needs_input_grad[:6])
 
 
 class NSRLayerFunction(torch.autograd.Function):
-    """The layer in eager mode: the forward and backward halves called directly (no dispatch).
+    """The layer in eager mode: its LayerPlan's forward and backward called directly.
 
     Refuses what it cannot do at the first call, naming it: double backward (the backward is
     not differentiable), forward-mode AD, and the torch.func transforms (:func:`nsr_layer`).
     """
 
     @staticmethod
-    def forward(ctx, *args):
-        # The convolution's input gradient is wanted (of input, or of its padded copy).
-        input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        output, routing, pooled, weight_b, _, weight_b_input_grad, input_copy = _layer_forward(
-            *args, input_grad_weight=input_grad)
-        _save(ctx, args, routing, pooled, weight_b, weight_b_input_grad, input_copy)
+    def forward(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, plan, temperature):
+        output, *saved = plan.forward(input, padded, weight, bias, mlp_weight, mlp_bias,
+                                      temperature)
+        _save(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, saved)
+        ctx.plan, ctx.temperature = plan, temperature
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         refuse_double_backward()
-        (input, padded, weight, bias, mlp_weight, routing, pooled, weight_b,
-         weight_b_input_grad) = ctx.saved_tensors
-        grad_conv_input, mean_grad, *param_grads = _layer_backward(
+        (input, padded, weight, bias, mlp_weight, routing, pooled, weights,
+         weights_input_grad) = ctx.saved_tensors
+        grad_conv_input, mean_grad, *param_grads = ctx.plan.backward(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
-            pooled, weight_b, *ctx.static, _output_mask(ctx), weight_b_input_grad,
+            pooled, weights, weights_input_grad, ctx.temperature, _output_mask(ctx),
             ctx.input_is_copy)
         return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
-                *([None] * len(ctx.static)))
+                None, None)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -425,20 +307,27 @@ class NSRLayerFunction(torch.autograd.Function):
 
 
 class _TracedLayerFunction(torch.autograd.Function):
-    """The layer under torch.compile: the same halves as the opaque custom ops below."""
+    """The layer under torch.compile: the same LayerPlan halves as the opaque custom ops below,
+    saving what the eager Function saves (the input's channels_last copy, the TF32 input
+    gradient's layout of the kernels)."""
 
     @staticmethod
-    def forward(ctx, *args):
-        output, routing, pooled, weight_b, _ = nsr_layer_op(*args)
-        _save(ctx, args, routing, pooled, weight_b)
+    def forward(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, *static):
+        input_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        output, *saved = nsr_layer_op(input, padded, weight, bias, mlp_weight, mlp_bias,
+                                      *static, input_grad)
+        _save(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, saved)
+        ctx.static = static
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, padded, weight, bias, mlp_weight, routing, pooled, weight_b, _ = ctx.saved_tensors
+        (input, padded, weight, bias, mlp_weight, routing, pooled, weights,
+         weights_input_grad) = ctx.saved_tensors
         grads = nsr_layer_backward_op(
             grad_output, input, padded, weight, bias, mlp_weight, ctx.has_mlp_bias, routing,
-            pooled, weight_b, *ctx.static, _output_mask(ctx))
+            pooled, weights, weights_input_grad, *ctx.static, list(_output_mask(ctx)),
+            ctx.input_is_copy)
         grad_conv_input, mean_grad, *param_grads = (
             g if needed else None for g, needed in zip(grads, _gradient_present(ctx)))
         return (*_input_gradients(ctx, input, grad_conv_input, mean_grad), *param_grads,
@@ -473,17 +362,32 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
     Returns:
         (B, out, Ho, Wo) in input's dtype, channels_last when the convolution's input is.
     """
-    args = (input, padded, weight, bias, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
+    if torch.compiler.is_compiling():
+        return _TracedLayerFunction.apply(
+            input, padded, weight, bias, mlp_weight, mlp_bias, geometry.num_sparsity_groups,
             geometry.num_sparsity_cardinals, temperature, list(geometry.stride), list(pad),
             list(geometry.dilation), geometry.groups, allow_tf32)
-    if torch.compiler.is_compiling():
-        return _TracedLayerFunction.apply(*args)
     if torch._C._are_functorch_transforms_active():
         refuse("torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)")
-    if torch.is_grad_enabled() or forward_ad._current_level >= 0:
-        return NSRLayerFunction.apply(*args)
+    grad = torch.is_grad_enabled()
+    input_grad = grad and (input.requires_grad or (padded is not None
+                                                    and padded.requires_grad))
+    plan = layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias,
+                      geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
+                      geometry.stride, pad, geometry.dilation, geometry.groups, allow_tf32,
+                      input_grad)
+    if grad or forward_ad._current_level >= 0:
+        return NSRLayerFunction.apply(input, padded, weight, bias, mlp_weight, mlp_bias, plan,
+                                      temperature)
     # Inference (no_grad, inference_mode): nothing to save, so no Function around the launches.
-    return _layer_forward(*args)[0]
+    return plan.forward(input, padded, weight, bias, mlp_weight, mlp_bias, temperature)[0]
+
+
+def _plan_of(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,
+             stride, pad, dilation, groups, allow_tf32, input_grad):
+    return layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
+                      num_cardinals, tuple(stride), tuple(pad), tuple(dilation), groups,
+                      allow_tf32, input_grad)
 
 
 @torch.library.custom_op("triton_nsr::nsr_layer", mutates_args=())
@@ -491,56 +395,79 @@ def nsr_layer_op(
     input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
     mlp_weight: Tensor, mlp_bias: Tensor | None, num_groups: int, num_cardinals: int,
     temperature: float, stride: list[int], pad: list[int], dilation: list[int], groups: int,
-    allow_tf32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The layer's forward as one op: (output, routing, pooled, weight_b, bias_b).
-
-    bias_b has 0 elements without a bias. Shapes as :func:`nsr_layer` and ``_layer_forward``.
-    """
-    output, routing, pooled, weight_b, bias_b, *_ = _layer_forward(
-        input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,
-        temperature, stride, pad, dilation, groups, allow_tf32)
-    return (output, routing, pooled, weight_b,
-            bias_b if bias_b is not None else weight_b.new_empty(0))
+    allow_tf32: bool, input_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The layer's forward as one op: (output, routing, pooled, the mixed kernels' packed
+    storage, their TF32 input-gradient layout, the input's channels_last copy), the last two
+    with 0 elements where the layer makes none. Shapes as LayerPlan.forward's."""
+    output, routing, pooled, weights, weights_input_grad, input_copy = _plan_of(
+        input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals, stride,
+        pad, dilation, groups, allow_tf32, input_grad).forward(
+            input, padded, weight, bias, mlp_weight, mlp_bias, temperature)
+    return (output, routing, pooled, weights,
+            weights_input_grad if weights_input_grad is not None else input.new_empty(0),
+            input_copy if input_copy is not None else input.new_empty(0))
 
 
 @nsr_layer_op.register_fake
 def _nsr_layer_fake(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups,
-                    num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32):
+                    num_cardinals, temperature, stride, pad, dilation, groups, allow_tf32,
+                    input_grad):
     conv_input = input if padded is None else padded
     batch, channels = input.shape[:2]
     out_channels = weight.shape[0] // num_groups
     out_size = conv_output_size(tuple(conv_input.shape[2:]), tuple(weight.shape[2:]), stride,
                                 pad, dilation)
     dtype = routing_dtype(input.dtype)
-    return (empty_like_layout(conv_input, (batch, out_channels, *out_size)),
+    kernel_shape = (batch, out_channels, *weight.shape[1:])
+    copy = padded is None and _copy_decided_statically(input, groups, stride, pad, dilation,
+                                                       tuple(weight.shape[2:]))
+    tf32 = input_grad and dot_precision(input.dtype, allow_tf32) == "tf32"
+    output = (input.new_empty((batch, out_channels, *out_size)) if copy
+              else empty_like_layout(conv_input, (batch, out_channels, *out_size)))
+    return (output,
             input.new_empty((batch, num_groups, num_cardinals), dtype=dtype),
             input.new_empty((batch, channels), dtype=dtype),
-            empty_packed_forward_weight((batch, out_channels, *weight.shape[1:]), input.dtype,
-                                        input.device),
-            input.new_empty((batch, out_channels) if bias is not None else (0,)))
+            empty_packed_storage(kernel_shape, input.dtype, input.device),
+            (empty_packed_input_grad_weight(kernel_shape, groups, input.dtype, input.device)
+             if tf32 else input.new_empty(0)),
+            (torch.empty_like(input, memory_format=torch.channels_last) if copy
+             else input.new_empty(0)))
+
+
+def _copy_decided_statically(input, groups, stride, pad, dilation, kernel_size) -> bool:
+    """LayerPlan's copy decision from the input's shape and strides (the batch, symbolic
+    under torch.compile, does not enter it)."""
+    shape = (1, *(int(size) for size in input.shape[1:]))
+    strides = tuple(int(step) for step in input.stride())
+    return copy_helps_for(shape, strides, input.dtype, shape[1] // groups, tuple(stride),
+                          tuple(pad), tuple(dilation), tuple(int(size) for size in kernel_size))
 
 
 @torch.library.custom_op("triton_nsr::nsr_layer_backward", mutates_args=())
 def nsr_layer_backward_op(
     grad_output: Tensor, input: Tensor, padded: Tensor | None, weight: Tensor,
     bias: Tensor | None, mlp_weight: Tensor, has_mlp_bias: bool, routing: Tensor,
-    pooled: Tensor, weight_b: Tensor, num_groups: int, num_cardinals: int, temperature: float,
-    stride: list[int], pad: list[int], dilation: list[int], groups: int, allow_tf32: bool,
-    output_mask: list[bool],
+    pooled: Tensor, weights: Tensor, weights_input_grad: Tensor | None, num_groups: int,
+    num_cardinals: int, temperature: float, stride: list[int], pad: list[int],
+    dilation: list[int], groups: int, allow_tf32: bool, output_mask: list[bool],
+    input_is_copy: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The layer's backward as one op; results as ``_layer_backward``'s, with 0-element tensors
+    """The layer's backward as one op; results as LayerPlan.backward's, with 0-element tensors
     for the gradients not computed."""
-    grads = _layer_backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
-                            routing, pooled, weight_b, num_groups, num_cardinals, temperature,
-                            stride, pad, dilation, groups, allow_tf32, output_mask)
+    plan = _plan_of(input, padded, weight, bias, mlp_weight, None, num_groups, num_cardinals,
+                    stride, pad, dilation, groups, allow_tf32, True)
+    grads = plan.backward(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
+                          routing, pooled, weights, weights_input_grad, temperature,
+                          tuple(output_mask), input_is_copy)
     return tuple(g if g is not None else input.new_empty(0) for g in grads)
 
 
 @nsr_layer_backward_op.register_fake
 def _nsr_layer_backward_fake(grad_output, input, padded, weight, bias, mlp_weight, has_mlp_bias,
-                             routing, pooled, weight_b, num_groups, num_cardinals, temperature,
-                             stride, pad, dilation, groups, allow_tf32, output_mask):
+                             routing, pooled, weights, weights_input_grad, num_groups,
+                             num_cardinals, temperature, stride, pad, dilation, groups,
+                             allow_tf32, output_mask, input_is_copy):
     need_input, need_padded, need_weight, need_bias, need_mlp_weight, need_mlp_bias = \
         output_mask
     conv_input = input if padded is None else padded
@@ -552,8 +479,9 @@ def _nsr_layer_backward_fake(grad_output, input, padded, weight, bias, mlp_weigh
         return like.new_empty(like.shape if shape is None else shape)
 
     return (
-        torch.empty_like(conv_input) if (need_input and padded is None) or need_padded
-        else input.new_empty(0),
+        (torch.empty_like(conv_input, memory_format=torch.contiguous_format) if input_is_copy
+         else torch.empty_like(conv_input))
+        if (need_input and padded is None) or need_padded else input.new_empty(0),
         empty_unless(need_routing, pooled),
         empty_unless(need_weight, weight),
         empty_unless(need_bias and bias is not None, weight, (weight.shape[0],)),

@@ -42,9 +42,13 @@ from bench.timing import Timer, summarize
 from bench.workloads import W4_256, Workload, main_workloads
 
 RESULT_FILE = "probe.json"
-# The functions triton_nsr.ops imports from the kernel modules: every launcher a layer calls.
-LAUNCHERS = ("router_pool", "route_and_mix", "mix_fwd", "conv_fwd", "conv_bwd_input",
-             "conv_bwd_weight", "mix_bwd", "router_bwd")
+# Every launch a layer call makes, by the launch plan class that makes it (triton_nsr.layer
+# calls them in this order) and the name the probe gives it.
+LAUNCHERS = (("router", "RouterPool", "router_pool"), ("mix", "MixForward", "route_and_mix"),
+             ("conv", "ConvForward", "conv_fwd"),
+             ("conv_bwd_weight", "ConvWeightGradient", "conv_bwd_weight"),
+             ("mix", "MixBackward", "mix_bwd"), ("router", "RouterBackward", "router_bwd"),
+             ("conv_bwd_input", "ConvInputGradient", "conv_bwd_input"))
 # (workload, precision, layout): the smoke cases that differed run to run on the H200 first.
 REPEAT_CASES = (("W2", "tf32", "nchw"), ("W2", "tf32", "channels_last"),
                 ("W4-256", "tf32", "channels_last"), ("W2", "bf16", "channels_last"))
@@ -78,17 +82,18 @@ def _tensors(value) -> list[torch.Tensor]:
 
 @contextlib.contextmanager
 def recorded_launchers(calls: list[dict]):
-    """Record every launcher call triton_nsr.ops makes: name, tensor arguments before and
-    after, returned tensors (copies, after a synchronisation)."""
-    from triton_nsr import ops
+    """Record every launch plan call a layer makes (triton_nsr.layer): name, tensor arguments
+    before and after, returned tensors (copies, after a synchronisation)."""
+    import importlib
 
-    saved = {name: getattr(ops, name) for name in LAUNCHERS}
+    classes = [(getattr(importlib.import_module(f"triton_nsr.kernels.{module}"), cls), name)
+               for module, cls, name in LAUNCHERS]
 
-    def wrap(name, launcher):
-        def recorded(*args, **kwargs):
+    def wrap(name, launch):
+        def recorded(self, *args, **kwargs):
             _synchronize()
             before = [t.detach().clone() for t in _tensors((args, kwargs))]
-            result = launcher(*args, **kwargs)
+            result = launch(self, *args, **kwargs)
             _synchronize()
             after = [t.detach().clone() for t in _tensors((args, kwargs))]
             calls.append({"name": name, "before": before, "after": after,
@@ -96,13 +101,14 @@ def recorded_launchers(calls: list[dict]):
             return result
         return recorded
 
-    for name, launcher in saved.items():
-        setattr(ops, name, wrap(name, launcher))
+    saved = [(cls, cls.__call__) for cls, _ in classes]
+    for cls, name in classes:
+        cls.__call__ = wrap(name, cls.__call__)
     try:
         yield
     finally:
-        for name, launcher in saved.items():
-            setattr(ops, name, launcher)
+        for cls, launch in saved:
+            cls.__call__ = launch
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_nsr.kernels.tuned_configs import TunedKernel
+from triton_nsr.kernels.tuned_configs import TunedKernel, forget_known_launches
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -108,6 +108,7 @@ def index_dtype_of(layouts, pad=(0, 0, 0, 0), dilation=(1, 1), kernel_size=(1, 1
 
 
 _PLANS = []
+_CLEARS = []
 
 
 def launch_plan(build):
@@ -120,7 +121,17 @@ def launch_plan(build):
     return cached
 
 
+def on_clear_launch_plans(clear) -> None:
+    """Have :func:`clear_launch_plans` call ``clear()`` too (a cache of decisions built on the
+    launch plans: triton_nsr.layer's)."""
+    _CLEARS.append(clear)
+
+
 def clear_launch_plans() -> None:
-    """Forget every cached launch plan: the next launch of each shape decides again."""
+    """Forget every cached launch plan, and every known launch: the next launch of each shape
+    decides again and goes through Triton's JIT."""
     for plan in _PLANS:
         plan.cache_clear()
+    for clear in _CLEARS:
+        clear()
+    forget_known_launches()

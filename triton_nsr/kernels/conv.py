@@ -203,47 +203,90 @@ def _dense_in_order(shape, strides, order) -> bool:
     return True
 
 
+class ConvForward:
+    """conv_fwd_kernel's launch for one shape class, decided once: call it with the input, the
+    weight in the forward's packed layout (operands.pack_forward_weight: only its address is
+    read, the strides are decided here) and the bias.
+
+    memory_format: of the output; None: the input's.
+    """
+
+    __slots__ = ("output_shape", "memory_format", "grid", "args", "constexprs")
+
+    def __init__(self, input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
+                 weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
+                 memory_format) -> None:
+        batch, channels, in_h, in_w = input_shape
+        out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
+        out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
+        output_shape = (batch, out_channels, out_h, out_w)
+        memory_format = memory_format or output_format(input_shape, input_stride)
+        output_stride = format_strides(output_shape, memory_format)
+        out_group_channels = out_channels // groups
+        route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels, stride,
+                            pad, dilation, (kernel_h, kernel_w))
+        tile_w = tile_width(out_w)
+
+        def grid(meta):
+            return (batch * groups * spatial_tiles(out_h, out_w, meta["BLOCK_M"], tile_w)
+                    * cdiv(out_group_channels, meta["BLOCK_N"]),)
+
+        args = (groups, in_group_channels, out_group_channels, size_class(out_h * out_w),
+                weight_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+                stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+                *input_stride, *weight_strides, *(bias_stride or (0, 0)), *output_stride)
+        # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
+        layouts = [(input_shape, input_stride), (output_shape, output_stride),
+                   ((batch, groups, out_group_channels, weight_channels, kernel_h, kernel_w),
+                    weight_strides)]
+        if bias_stride is not None:
+            layouts.append(((batch, out_channels), bias_stride))
+        constexprs = {
+            "HAS_BIAS": bias_stride is not None,
+            "ACC_DTYPE": accumulator_dtype(dtype),
+            "PRECISION": dot_precision(dtype, allow_tf32),
+            "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
+            "INPUT_ROUTE": route,
+            "TILE_W": tile_w,
+        }
+        self.output_shape, self.memory_format = output_shape, memory_format
+        self.grid, self.args, self.constexprs = grid, args, constexprs
+
+    def __call__(self, input: torch.Tensor, packed_weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+        output = torch.empty(self.output_shape, dtype=input.dtype, device=input.device,
+                             memory_format=self.memory_format)
+        if output.numel() == 0:
+            return output
+        if self.constexprs["INPUT_ROUTE"] != "gather":
+            set_descriptor_allocator(input)
+        conv_fwd_kernel[self.grid](input, packed_weight,
+                                   bias if bias is not None else packed_weight, output,
+                                   *self.args, **self.constexprs)
+        return output
+
+
 @launch_plan
-def _conv_fwd_plan(input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
-                   weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
-                   memory_format):
-    """conv_fwd's decisions per shape class: (output shape, memory format, grid, integer
-    arguments, constexprs). bias_stride is None without a bias; memory_format None: the
-    input's."""
-    batch, channels, in_h, in_w = input_shape
-    out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
-    out_h, out_w = conv_output_size((in_h, in_w), (kernel_h, kernel_w), stride, pad, dilation)
-    output_shape = (batch, out_channels, out_h, out_w)
-    memory_format = memory_format or output_format(input_shape, input_stride)
-    output_stride = format_strides(output_shape, memory_format)
-    out_group_channels = out_channels // groups
-    route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels, stride,
-                        pad, dilation, (kernel_h, kernel_w))
-    tile_w = tile_width(out_w)
+def conv_forward_plan(input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
+                      weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
+                      memory_format) -> ConvForward:
+    """The :class:`ConvForward` of a shape class, made once. bias_stride is None without a
+    bias; aligned: whether the input's address is 16-byte aligned (TMA)."""
+    return ConvForward(input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
+                       weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
+                       memory_format)
 
-    def grid(meta):
-        return (batch * groups * spatial_tiles(out_h, out_w, meta["BLOCK_M"], tile_w)
-                * cdiv(out_group_channels, meta["BLOCK_N"]),)
 
-    args = (groups, in_group_channels, out_group_channels, size_class(out_h * out_w),
-            weight_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-            *input_stride, *weight_strides, *(bias_stride or (0, 0)), *output_stride)
-    # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
-    layouts = [(input_shape, input_stride), (output_shape, output_stride),
-               ((batch, groups, out_group_channels, weight_channels, kernel_h, kernel_w),
-                weight_strides)]
-    if bias_stride is not None:
-        layouts.append(((batch, out_channels), bias_stride))
-    constexprs = {
-        "HAS_BIAS": bias_stride is not None,
-        "ACC_DTYPE": accumulator_dtype(dtype),
-        "PRECISION": dot_precision(dtype, allow_tf32),
-        "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
-        "INPUT_ROUTE": route,
-        "TILE_W": tile_w,
-    }
-    return output_shape, memory_format, grid, args, constexprs
+def conv_forward_for(input, weight, bias, stride, pad, dilation, groups, allow_tf32,
+                     memory_format=None):
+    """(the :class:`ConvForward` of these tensors, the weight's packed operand)."""
+    packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
+    plan = conv_forward_plan(
+        tuple(input.shape), input.stride(), input.dtype,
+        input.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
+        weight_channels, None if bias is None else bias.stride(), tuple(stride), tuple(pad),
+        tuple(dilation), groups, allow_tf32, memory_format)
+    return plan, packed
 
 
 def conv_fwd(
@@ -269,18 +312,6 @@ def conv_fwd(
         (B, out, Ho, Wo).
     """
     check_launchable(input, weight, bias)
-    packed, weight_strides, weight_channels = pack_forward_weight(weight, groups)
-    output_shape, memory_format, grid, args, constexprs = _conv_fwd_plan(
-        tuple(input.shape), input.stride(), input.dtype,
-        input.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
-        weight_channels, None if bias is None else bias.stride(), tuple(stride), tuple(pad),
-        tuple(dilation), groups, allow_tf32, memory_format)
-    output = torch.empty(output_shape, dtype=input.dtype, device=input.device,
-                         memory_format=memory_format)
-    if output.numel() == 0:
-        return output
-    if constexprs["INPUT_ROUTE"] != "gather":
-        set_descriptor_allocator(input)
-    conv_fwd_kernel[grid](input, packed, bias if bias is not None else packed, output, *args,
-                          **constexprs)
-    return output
+    plan, packed = conv_forward_for(input, weight, bias, stride, pad, dilation, groups,
+                                    allow_tf32, memory_format)
+    return plan(input, packed, bias)

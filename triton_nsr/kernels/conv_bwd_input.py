@@ -166,41 +166,66 @@ def conv_bwd_input_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+class ConvInputGradient:
+    """conv_bwd_input_kernel's launch for one shape class, decided once: call it with dy, the
+    weight operand (:func:`pack_weight_for_input_grad`: only its address is read), the
+    gradient to write and mean_grad (or None). mean_grad_stride is None without a mean
+    gradient."""
+
+    __slots__ = ("grid", "args", "constexprs")
+
+    def __init__(self, grad_output_shape, grad_output_stride, aligned, weight_shape,
+                 weight_strides, weight_bounds, grad_input_shape, grad_input_stride, dtype,
+                 mean_grad_stride, stride, pad, dilation, groups, allow_tf32) -> None:
+        batch, channels, in_h, in_w = grad_input_shape
+        out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
+        out_h, out_w = grad_output_shape[2:]
+        out_group_channels = out_channels // groups
+        route, _ = route_of(grad_output_shape, grad_output_stride, dtype, aligned,
+                            out_group_channels, stride, pad, dilation, (kernel_h, kernel_w))
+        tile_w = tile_width(in_w)
+
+        def grid(meta):
+            return (batch * groups * spatial_tiles(in_h, in_w, meta["BLOCK_M"], tile_w)
+                    * cdiv(in_group_channels, meta["BLOCK_N"]),)
+
+        args = (groups, in_group_channels, out_group_channels, size_class(in_h * in_w),
+                *weight_bounds, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+                stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+                *grad_output_stride, *weight_strides, *grad_input_stride,
+                *(mean_grad_stride or (0, 0)))
+        # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
+        layouts = [(grad_output_shape, grad_output_stride), (grad_input_shape, grad_input_stride),
+                   ((batch, groups, *weight_bounds, kernel_h, kernel_w), weight_strides)]
+        constexprs = {
+            "HAS_MEAN_GRAD": mean_grad_stride is not None,
+            "ACC_DTYPE": accumulator_dtype(dtype),
+            "PRECISION": dot_precision(dtype, allow_tf32),
+            "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
+            "INPUT_ROUTE": route,
+            "TILE_W": tile_w,
+        }
+        self.grid, self.args, self.constexprs = grid, args, constexprs
+
+    def __call__(self, grad_output, packed_weight, grad_input, mean_grad=None):
+        if self.constexprs["INPUT_ROUTE"] != "gather":
+            set_descriptor_allocator(grad_output)
+        conv_bwd_input_kernel[self.grid](
+            grad_output, packed_weight, grad_input,
+            mean_grad if mean_grad is not None else grad_input, *self.args, **self.constexprs)
+        return grad_input
+
+
 @launch_plan
-def _conv_bwd_input_plan(grad_output_shape, grad_output_stride, aligned, weight_shape,
-                         weight_strides, weight_bounds, grad_input_shape, grad_input_stride,
-                         dtype, mean_grad_stride, stride, pad, dilation, groups, allow_tf32):
-    """conv_bwd_input's decisions per shape class: (grid, integer arguments, constexprs).
-    mean_grad_stride is None without a mean gradient."""
-    batch, channels, in_h, in_w = grad_input_shape
-    out_channels, in_group_channels, kernel_h, kernel_w = weight_shape[1:]
-    out_h, out_w = grad_output_shape[2:]
-    out_group_channels = out_channels // groups
-    route, _ = route_of(grad_output_shape, grad_output_stride, dtype, aligned,
-                        out_group_channels, stride, pad, dilation, (kernel_h, kernel_w))
-    tile_w = tile_width(in_w)
-
-    def grid(meta):
-        return (batch * groups * spatial_tiles(in_h, in_w, meta["BLOCK_M"], tile_w)
-                * cdiv(in_group_channels, meta["BLOCK_N"]),)
-
-    args = (groups, in_group_channels, out_group_channels, size_class(in_h * in_w),
-            *weight_bounds, in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-            stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-            *grad_output_stride, *weight_strides, *grad_input_stride,
-            *(mean_grad_stride or (0, 0)))
-    # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
-    layouts = [(grad_output_shape, grad_output_stride), (grad_input_shape, grad_input_stride),
-               ((batch, groups, *weight_bounds, kernel_h, kernel_w), weight_strides)]
-    constexprs = {
-        "HAS_MEAN_GRAD": mean_grad_stride is not None,
-        "ACC_DTYPE": accumulator_dtype(dtype),
-        "PRECISION": dot_precision(dtype, allow_tf32),
-        "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
-        "INPUT_ROUTE": route,
-        "TILE_W": tile_w,
-    }
-    return grid, args, constexprs
+def conv_input_gradient_plan(grad_output_shape, grad_output_stride, aligned, weight_shape,
+                             weight_strides, weight_bounds, grad_input_shape,
+                             grad_input_stride, dtype, mean_grad_stride, stride, pad, dilation,
+                             groups, allow_tf32) -> ConvInputGradient:
+    """The :class:`ConvInputGradient` of a shape class, made once."""
+    return ConvInputGradient(grad_output_shape, grad_output_stride, aligned, weight_shape,
+                             weight_strides, weight_bounds, grad_input_shape,
+                             grad_input_stride, dtype, mean_grad_stride, stride, pad, dilation,
+                             groups, allow_tf32)
 
 
 def pack_weight_for_input_grad(weight: torch.Tensor, groups: int, precision: str,
@@ -246,18 +271,21 @@ def conv_bwd_input(
             (operands.empty_packed_input_grad_weight), or None.
     """
     check_launchable(grad_output, weight, mean_grad)
+    plan, packed = conv_input_gradient_for(grad_output, weight, stride, pad, dilation, groups,
+                                           allow_tf32, grad_input, mean_grad, packed_weight)
+    return plan(grad_output, packed, grad_input, mean_grad)
+
+
+def conv_input_gradient_for(grad_output, weight, stride, pad, dilation, groups, allow_tf32,
+                            grad_input, mean_grad=None, packed_weight=None):
+    """(the :class:`ConvInputGradient` of these tensors, the weight operand to pass it)."""
     dtype = grad_input.dtype
     packed, weight_strides, weight_bounds = pack_weight_for_input_grad(
         weight, groups, dot_precision(dtype, allow_tf32), packed_weight)
-    grid, args, constexprs = _conv_bwd_input_plan(
+    plan = conv_input_gradient_plan(
         tuple(grad_output.shape), grad_output.stride(),
         grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, tuple(weight.shape), weight_strides,
         weight_bounds, tuple(grad_input.shape), grad_input.stride(), dtype,
         None if mean_grad is None else mean_grad.stride(), tuple(stride), tuple(pad),
         tuple(dilation), groups, allow_tf32)
-    if constexprs["INPUT_ROUTE"] != "gather":
-        set_descriptor_allocator(grad_output)
-    conv_bwd_input_kernel[grid](
-        grad_output, packed, grad_input, mean_grad if mean_grad is not None else grad_input,
-        *args, **constexprs)
-    return grad_input
+    return plan, packed

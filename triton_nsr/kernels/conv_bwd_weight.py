@@ -324,101 +324,186 @@ def _transposes(out_group_channels: int, in_group_channels: int, pad, copy_strid
             and copy_stride is None and grad_output_route == "tma_channels_last")
 
 
-@launch_plan
-def _conv_bwd_weight_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
-                          dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
-                          dilation, groups, allow_tf32, grad_weight_stride, grad_bias_stride,
-                          num_splits, all_taps, copy_stride, tf32_x_in_registers):
-    """conv_bwd_weight's decisions per shape class: (partial sums' dtype (None: written straight
-    into grad_weight and grad_bias), grid, integer arguments, constexprs). aligned and
-    grad_output_aligned: whether input's and grad_output's addresses are 16-byte aligned;
-    grad_bias_stride is None without a bias gradient, copy_stride without a copy of dy to
-    write; tf32_x_in_registers: the per-tap kernel runs X_IN_REGISTERS if the dot is TF32."""
-    batch, channels, in_h, in_w = input_shape
-    out_channels, out_h, out_w = grad_output_shape[1:]
-    kernel_h, kernel_w = kernel_size
-    in_group_channels = channels // groups
-    out_group_channels = out_channels // groups
-    out_pixels = out_h * out_w
-    acc_dtype = accumulator_dtype(dtype)
-    weight_shape = (batch, out_channels, in_group_channels, kernel_h, kernel_w)
-    if num_splits == 1:
-        partial = None
-        # unsqueeze(0) of grad_weight and grad_bias: the split stride is never stepped.
-        weight_parts_stride = (0, *grad_weight_stride)
-        bias_parts_stride = (0, *grad_bias_stride) if grad_bias_stride else (0, 0, 0)
-    else:
-        # Partial sums in the accumulator's precision, added by the consumer.
-        partial = torch.float64 if acc_dtype == tl.float64 else torch.float32
-        weight_parts_stride = contiguous_strides((num_splits, *weight_shape))
-        bias_parts_stride = (contiguous_strides((num_splits, batch, out_channels))
-                             if grad_bias_stride else (0, 0, 0))
-    layouts = [(grad_output_shape, grad_output_stride), (input_shape, input_stride),
-               (weight_shape, weight_parts_stride[1:]),
-               ((batch, out_channels), bias_parts_stride[1:])]
-    if copy_stride is not None:
-        layouts.append((grad_output_shape, copy_stride))
-    index = index_dtype_of(layouts, pad, dilation, kernel_size)
-    precision = dot_precision(dtype, allow_tf32)
-    constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
-                  "PRECISION": precision, "INDEX_DTYPE": index}
-    if all_taps:
-        # dy's route: whether it can be the shifted tensor, and its route when it is.
-        grad_output_route, _ = route_of(grad_output_shape, grad_output_stride, dtype,
-                                        grad_output_aligned, out_group_channels, stride, pad,
-                                        dilation, kernel_size)
-        transposed = _transposes(out_group_channels, in_group_channels, pad, copy_stride,
-                                 grad_output_route)
-        # The carried rows (the GEMM's M) and the shifted tensor (N): dy and x, or x and dy.
-        if transposed:
-            # Padding 2 - 1 = 1 either way; grad_weight's out and in strides swap (see the
-            # kernel's docstring).
-            rows_shape, rows_stride, m_channels = input_shape, input_stride, in_group_channels
-            shifted_shape, shifted_stride, n_channels = (grad_output_shape, grad_output_stride,
-                                                         out_group_channels)
-            route = grad_output_route
-            split_, batch_, out_, in_, h_, w_ = weight_parts_stride
-            weight_parts_stride = (split_, batch_, in_, out_, h_, w_)
+class ConvWeightGradient:
+    """The kernel gradient's launch for one shape class, decided once (which kernel, how many
+    pixel splits, tiles' grid, arguments): call it with dy, x and the gradients to write.
+
+    aligned and grad_output_aligned: whether input's and grad_output's addresses are 16-byte
+    aligned; grad_bias_stride is None without a bias gradient, copy_stride without a copy of
+    dy to write; tf32_x_in_registers: the per-tap kernel runs X_IN_REGISTERS if the dot is
+    TF32. ``partial``: the partial sums' dtype, or None: written straight into grad_weight and
+    grad_bias (one split).
+    """
+
+    __slots__ = ("partial", "num_splits", "all_taps", "grid", "args", "constexprs")
+
+    def __init__(self, grad_output_shape, grad_output_stride, input_shape, input_stride, dtype,
+                 aligned, grad_output_aligned, kernel_size, stride, pad, dilation, groups,
+                 allow_tf32, grad_weight_stride, grad_bias_stride, num_splits, all_taps,
+                 copy_stride, tf32_x_in_registers) -> None:
+        batch, channels, in_h, in_w = input_shape
+        out_channels, out_h, out_w = grad_output_shape[1:]
+        kernel_h, kernel_w = kernel_size
+        in_group_channels = channels // groups
+        out_group_channels = out_channels // groups
+        out_pixels = out_h * out_w
+        acc_dtype = accumulator_dtype(dtype)
+        weight_shape = (batch, out_channels, in_group_channels, kernel_h, kernel_w)
+        if num_splits == 1:
+            partial = None
+            # unsqueeze(0) of grad_weight and grad_bias: the split stride is never stepped.
+            weight_parts_stride = (0, *grad_weight_stride)
+            bias_parts_stride = (0, *grad_bias_stride) if grad_bias_stride else (0, 0, 0)
         else:
-            rows_shape, rows_stride, m_channels = (grad_output_shape, grad_output_stride,
-                                                   out_group_channels)
-            shifted_shape, shifted_stride, n_channels = (input_shape, input_stride,
-                                                         in_group_channels)
-            route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
-                                stride, pad, dilation, kernel_size)
-        # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
-        constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
-                                     else "gather")
-        constexprs["TRANSPOSED"] = transposed
+            # Partial sums in the accumulator's precision, added by the consumer.
+            partial = torch.float64 if acc_dtype == tl.float64 else torch.float32
+            weight_parts_stride = contiguous_strides((num_splits, *weight_shape))
+            bias_parts_stride = (contiguous_strides((num_splits, batch, out_channels))
+                                 if grad_bias_stride else (0, 0, 0))
+        layouts = [(grad_output_shape, grad_output_stride), (input_shape, input_stride),
+                   (weight_shape, weight_parts_stride[1:]),
+                   ((batch, out_channels), bias_parts_stride[1:])]
+        if copy_stride is not None:
+            layouts.append((grad_output_shape, copy_stride))
+        index = index_dtype_of(layouts, pad, dilation, kernel_size)
+        precision = dot_precision(dtype, allow_tf32)
+        constexprs = {"HAS_BIAS": grad_bias_stride is not None, "ACC_DTYPE": acc_dtype,
+                      "PRECISION": precision, "INDEX_DTYPE": index}
+        if all_taps:
+            # dy's route: whether it can be the shifted tensor, and its route when it is.
+            grad_output_route, _ = route_of(grad_output_shape, grad_output_stride, dtype,
+                                            grad_output_aligned, out_group_channels, stride, pad,
+                                            dilation, kernel_size)
+            transposed = _transposes(out_group_channels, in_group_channels, pad, copy_stride,
+                                     grad_output_route)
+            # The carried rows (the GEMM's M) and the shifted tensor (N): dy and x, or x and dy.
+            if transposed:
+                # Padding 2 - 1 = 1 either way; grad_weight's out and in strides swap (see the
+                # kernel's docstring).
+                rows_shape, rows_stride, m_channels = input_shape, input_stride, in_group_channels
+                shifted_shape, shifted_stride, n_channels = (grad_output_shape, grad_output_stride,
+                                                             out_group_channels)
+                route = grad_output_route
+                split_, batch_, out_, in_, h_, w_ = weight_parts_stride
+                weight_parts_stride = (split_, batch_, in_, out_, h_, w_)
+            else:
+                rows_shape, rows_stride, m_channels = (grad_output_shape, grad_output_stride,
+                                                       out_group_channels)
+                shifted_shape, shifted_stride, n_channels = (input_shape, input_stride,
+                                                             in_group_channels)
+                route, _ = route_of(input_shape, input_stride, dtype, aligned, in_group_channels,
+                                    stride, pad, dilation, kernel_size)
+            # An NCHW box at tap-shifted columns is never taken (operands.route_of): TMA or gather.
+            constexprs["INPUT_ROUTE"] = ("tma_channels_last" if route == "tma_channels_last"
+                                         else "gather")
+            constexprs["TRANSPOSED"] = transposed
 
-        def grid(meta):
-            return (batch * groups * num_splits * cdiv(m_channels, meta["BLOCK_M"])
-                    * cdiv(n_channels, meta["BLOCK_N"]),)
+            def grid(meta):
+                return (batch * groups * num_splits * cdiv(m_channels, meta["BLOCK_M"])
+                        * cdiv(n_channels, meta["BLOCK_N"]),)
 
-        rows_h, rows_w = rows_shape[2:]
-        args = (groups, n_channels, m_channels, size_class(out_pixels),
-                *shifted_shape[2:], rows_h, rows_w, pad[0], pad[2], cdiv(rows_h, num_splits),
-                *rows_stride, *shifted_stride,
-                num_splits, *weight_parts_stride, *bias_parts_stride,
-                *(copy_stride or (0, 0, 0, 0)))
-    else:
-        def grid(meta):
-            return (batch * groups * kernel_h * kernel_w * num_splits
-                    * cdiv(out_group_channels, meta["BLOCK_M"])
-                    * cdiv(in_group_channels, meta["BLOCK_N"]),)
+            rows_h, rows_w = rows_shape[2:]
+            args = (groups, n_channels, m_channels, size_class(out_pixels),
+                    *shifted_shape[2:], rows_h, rows_w, pad[0], pad[2], cdiv(rows_h, num_splits),
+                    *rows_stride, *shifted_stride,
+                    num_splits, *weight_parts_stride, *bias_parts_stride,
+                    *(copy_stride or (0, 0, 0, 0)))
+        else:
+            def grid(meta):
+                return (batch * groups * kernel_h * kernel_w * num_splits
+                        * cdiv(out_group_channels, meta["BLOCK_M"])
+                        * cdiv(in_group_channels, meta["BLOCK_N"]),)
 
-        args = (groups, in_group_channels, out_group_channels, out_pixels,
-                size_class(out_pixels), in_h, in_w, out_h, out_w, kernel_h, kernel_w,
-                stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
-                *grad_output_stride, *input_stride,
-                num_splits, *weight_parts_stride, *bias_parts_stride,
-                *(copy_stride or (0, 0, 0, 0)))
-        x_in_registers = precision == "tf32" and tf32_x_in_registers
-        constexprs["X_IN_REGISTERS"] = x_in_registers
-        constexprs["LOOP_STAGES"] = (TF32_LOOP_STAGES if precision == "tf32"
-                                     and not x_in_registers else None)
-    constexprs["WRITE_COPY"] = copy_stride is not None
-    return partial, grid, args, constexprs
+            args = (groups, in_group_channels, out_group_channels, out_pixels,
+                    size_class(out_pixels), in_h, in_w, out_h, out_w, kernel_h, kernel_w,
+                    stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1],
+                    *grad_output_stride, *input_stride,
+                    num_splits, *weight_parts_stride, *bias_parts_stride,
+                    *(copy_stride or (0, 0, 0, 0)))
+            x_in_registers = precision == "tf32" and tf32_x_in_registers
+            constexprs["X_IN_REGISTERS"] = x_in_registers
+            constexprs["LOOP_STAGES"] = (TF32_LOOP_STAGES if precision == "tf32"
+                                         and not x_in_registers else None)
+        constexprs["WRITE_COPY"] = copy_stride is not None
+        self.partial, self.num_splits, self.all_taps = partial, num_splits, all_taps
+        self.grid, self.args, self.constexprs = grid, args, constexprs
+
+    def __call__(self, grad_output, input, grad_weight, grad_bias, grad_output_copy=None,
+                 sum_splits: bool = True):
+        """(weight_parts (S, B, out, Cg, kh, kw), bias_parts (S, B, out) or None); see
+        :func:`conv_bwd_weight`."""
+        if self.partial is None:
+            weight_parts = grad_weight.unsqueeze(0)
+            bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
+        else:
+            weight_parts = grad_weight.new_empty((self.num_splits, *grad_weight.shape),
+                                                 dtype=self.partial)
+            bias_parts = (grad_bias.new_empty((self.num_splits, *grad_bias.shape),
+                                              dtype=self.partial)
+                          if grad_bias is not None else None)
+        tensors = (grad_output, input, weight_parts,
+                   bias_parts if bias_parts is not None else weight_parts,
+                   grad_output_copy if grad_output_copy is not None else grad_output)
+        constexprs = self.constexprs
+        if self.all_taps:
+            if constexprs["INPUT_ROUTE"] != "gather":
+                set_descriptor_allocator(input)
+            if constexprs["TRANSPOSED"]:
+                tensors = (input, grad_output, *tensors[2:])
+            conv_bwd_weight_3x3_kernel[self.grid](*tensors, *self.args, **constexprs)
+        else:
+            conv_bwd_weight_kernel[self.grid](*tensors, *self.args, **constexprs)
+        if self.partial is not None and sum_splits:
+            grad_weight.copy_(weight_parts.sum(dim=0))
+            if grad_bias is not None:
+                grad_bias.copy_(bias_parts.sum(dim=0))
+        return weight_parts, bias_parts
+
+
+@launch_plan
+def conv_weight_gradient_plan(grad_output_shape, grad_output_stride, input_shape, input_stride,
+                              dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
+                              dilation, groups, allow_tf32, grad_weight_stride,
+                              grad_bias_stride, num_splits, all_taps, copy_stride,
+                              tf32_x_in_registers) -> ConvWeightGradient:
+    """The :class:`ConvWeightGradient` of a shape class, made once."""
+    return ConvWeightGradient(grad_output_shape, grad_output_stride, input_shape, input_stride,
+                              dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
+                              dilation, groups, allow_tf32, grad_weight_stride,
+                              grad_bias_stride, num_splits, all_taps, copy_stride,
+                              tf32_x_in_registers)
+
+
+def conv_weight_gradient_for(grad_output, input, kernel_size, stride, pad, dilation, groups,
+                             allow_tf32, grad_weight, grad_bias,
+                             grad_output_copy=None) -> ConvWeightGradient:
+    """The :class:`ConvWeightGradient` of these tensors: the kernel (all taps for a 16-bit
+    3x3 layer with an NCHW dy, else per tap), the pixel splits for this device."""
+    batch, channels = input.shape[:2]
+    out_channels, out_h, out_w = grad_output.shape[1:]
+    kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
+                                          tuple(dilation))
+    grad_output_layout = "channels_last" if _channels_last(grad_output) else "nchw"
+    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice and x three
+    # times, or x twice and dy three times: _transposes).
+    all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+                and input.dtype in ALL_TAPS_DTYPES and grad_output_layout in ALL_TAPS_LAYOUTS)
+    # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
+    programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
+                * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
+    num_splits = weight_grad_splits(grad_output.device, programs, out_h * out_w)
+    if all_taps:
+        # Splits are bands of output rows.
+        num_splits = min(num_splits, out_h)
+    return conv_weight_gradient_plan(
+        tuple(grad_output.shape), grad_output.stride(), tuple(input.shape), input.stride(),
+        input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0,
+        grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
+        dilation, groups, allow_tf32, grad_weight.stride(),
+        None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
+        None if grad_output_copy is None else grad_output_copy.stride(),
+        # Only an NCHW dy is K-major for wgmma's B (TF32_X_IN_REGISTERS).
+        TF32_X_IN_REGISTERS and grad_output_layout == "nchw")
 
 
 def conv_bwd_weight(
@@ -451,51 +536,7 @@ def conv_bwd_weight(
         (S = 1: views of grad_weight and grad_bias).
     """
     check_launchable(grad_output, input)
-    batch, channels = input.shape[:2]
-    out_channels, out_h, out_w = grad_output.shape[1:]
-    kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
-                                          tuple(dilation))
-    grad_output_layout = "channels_last" if _channels_last(grad_output) else "nchw"
-    # 3x3 at stride 1 and dilation 1: one kernel for all taps (reads dy twice and x three
-    # times, or x twice and dy three times: _transposes).
-    all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-                and input.dtype in ALL_TAPS_DTYPES and grad_output_layout in ALL_TAPS_LAYOUTS)
-    # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
-    programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
-                * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
-    num_splits = weight_grad_splits(grad_output.device, programs, out_h * out_w)
-    if all_taps:
-        # Splits are bands of output rows.
-        num_splits = min(num_splits, out_h)
-    partial, grid, args, constexprs = _conv_bwd_weight_plan(
-        tuple(grad_output.shape), grad_output.stride(), tuple(input.shape), input.stride(),
-        input.dtype, input.data_ptr() % TMA_ALIGN_BYTES == 0,
-        grad_output.data_ptr() % TMA_ALIGN_BYTES == 0, kernel_size, stride, pad,
-        dilation, groups, allow_tf32, grad_weight.stride(),
-        None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
-        None if grad_output_copy is None else grad_output_copy.stride(),
-        # Only an NCHW dy is K-major for wgmma's B (TF32_X_IN_REGISTERS).
-        TF32_X_IN_REGISTERS and grad_output_layout == "nchw")
-    if partial is None:
-        weight_parts = grad_weight.unsqueeze(0)
-        bias_parts = grad_bias.unsqueeze(0) if grad_bias is not None else None
-    else:
-        weight_parts = grad_weight.new_empty((num_splits, *grad_weight.shape), dtype=partial)
-        bias_parts = (grad_bias.new_empty((num_splits, *grad_bias.shape), dtype=partial)
-                      if grad_bias is not None else None)
-    tensors = (grad_output, input, weight_parts,
-               bias_parts if bias_parts is not None else weight_parts,
-               grad_output_copy if grad_output_copy is not None else grad_output)
-    if all_taps:
-        if constexprs["INPUT_ROUTE"] != "gather":
-            set_descriptor_allocator(input)
-        if constexprs["TRANSPOSED"]:
-            tensors = (input, grad_output, *tensors[2:])
-        conv_bwd_weight_3x3_kernel[grid](*tensors, *args, **constexprs)
-    else:
-        conv_bwd_weight_kernel[grid](*tensors, *args, **constexprs)
-    if partial is not None and sum_splits:
-        grad_weight.copy_(weight_parts.sum(dim=0))
-        if grad_bias is not None:
-            grad_bias.copy_(bias_parts.sum(dim=0))
-    return weight_parts, bias_parts
+    plan = conv_weight_gradient_for(grad_output, input, kernel_size, stride, pad, dilation,
+                                    groups, allow_tf32, grad_weight, grad_bias,
+                                    grad_output_copy)
+    return plan(grad_output, input, grad_weight, grad_bias, grad_output_copy, sum_splits)

@@ -32,8 +32,9 @@ import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
 from triton_nsr.kernels.operands import (
-    empty_packed_forward_weight,
     empty_packed_input_grad_weight,
+    empty_packed_storage,
+    forward_weight_view,
     input_grad_weight_shape,
     packed_channels,
 )
@@ -351,60 +352,118 @@ def _accumulator(*dtypes: torch.dtype):
     return accumulator_dtype(torch.float64 if torch.float64 in dtypes else torch.float32)
 
 
+class MixForward:
+    """mix_fwd_kernel's launch for one shape class, decided once: call it with the tensors
+    (:meth:`__call__`); the temperature comes per call.
+
+    ``route``: None (the routing is read), else (partials shape, partials strides, mlp_weight
+    strides, mlp_bias stride or None, pixels) for :func:`route_and_mix`.
+    """
+
+    __slots__ = ("output_shape", "second_output_shape", "dtype", "packed", "copy_groups",
+                 "has_second", "grid", "args", "constexprs")
+
+    def __init__(self, routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+                 second_shape, second_stride, dtype, kernel_shape, copy_groups, route) -> None:
+        batch, num_groups, num_cardinals = routing_shape
+        features = bank_shape[2]
+        second_features = second_shape[2] if second_shape is not None else 0
+        output_shape = (batch, num_cardinals, features)
+        second_output_shape = (batch, num_cardinals, second_features)
+
+        def grid(meta):
+            tiles = num_cardinals * cdiv(batch, meta["BLOCK_B"])
+            return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
+                    * tiles,)
+
+        copy_layout = (0, 1, 0, 0, 0, 0)
+        if kernel_shape is None:
+            batch_stride, cardinal_stride, feature_stride = contiguous_strides(output_shape)
+            layout = (batch_stride, cardinal_stride, 1, 1, feature_stride, 0, 0)
+        else:
+            # The forward convolution's packed (B, out, kh, kw, Cp) layout.
+            out, in_channels, kernel_h, kernel_w = kernel_shape
+            padded = packed_channels(in_channels)
+            row_stride = kernel_h * kernel_w * padded
+            layout = (out * row_stride, out // num_cardinals * row_stride,
+                      in_channels, kernel_h * kernel_w, row_stride, 1, padded)
+            output_shape = (batch, *kernel_shape)
+            if copy_groups is not None:
+                # The TF32 input gradient's (B, groups, kh, kw, Cg, Op) layout, via its strides.
+                b, g, h, w, c, o = contiguous_strides(
+                    input_grad_weight_shape(output_shape, copy_groups))
+                copy_layout = (b, out // copy_groups, g, o, c, w)
+        route_args = (0,) * 11
+        if route is not None:
+            partials_shape, partials_stride, mlp_weight_stride, mlp_bias_stride, pixels = route
+            route_args = (partials_shape[2], pixels, partials_shape[1], *partials_stride,
+                          *mlp_weight_stride, mlp_bias_stride or 0,
+                          *contiguous_strides((batch, partials_shape[2])))
+        args = (batch, num_groups, num_cardinals, features, second_features,
+                *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
+                *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)),
+                *copy_layout, *route_args)
+        constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
+                      "ROUTE": route is not None,
+                      # The packed layout's channel stride is 1 and its tap stride Cp: store the
+                      # tile channel by channel (see _mix_tile).
+                      "CHANNELS_INNER": kernel_shape is not None and layout[3] > 1,
+                      "HAS_MLP_BIAS": route is not None and route[3] is not None,
+                      "ACC_DTYPE": _accumulator(bank_dtype, dtype),
+                      "BLOCK_GROUPS": power_of_2_at_least(num_groups) if route else 1,
+                      "ROUTE_BLOCK_C": ROUTE_BLOCK_C}
+        self.output_shape, self.second_output_shape = output_shape, second_output_shape
+        self.dtype, self.packed, self.copy_groups = dtype, kernel_shape is not None, copy_groups
+        self.has_second = second_shape is not None
+        self.grid, self.args, self.constexprs = grid, args, constexprs
+
+    def __call__(self, routing, bank, second_bank=None, route_tensors=None,
+                 temperature=(1.0, 0.0), storage: bool = False):
+        """Allocate the outputs and launch. ``route_tensors``: (partials, mlp_weight, mlp_bias
+        or None, pooled) when the kernel computes the routing into ``routing``; temperature:
+        the (hi, lo) pair (router.temperature_pair). Returns (mixed, second mixed or None,
+        input-gradient copy or None); packed mixed kernels come as their (B, out, Cg, kh, kw)
+        view, or with ``storage`` as the (B, out, kh, kw, Cp) storage itself.
+
+        Only the addresses of bank and second_bank are read (their strides are this plan's):
+        the (k*out, Cg, kh, kw) weight itself may stand for its contiguous (k, d, F) view.
+        """
+        device = bank.device
+        if self.packed:
+            output = empty_packed_storage(self.output_shape, self.dtype, device)
+            if not storage:
+                output = forward_weight_view(output, self.output_shape[2])
+        else:
+            output = torch.empty(self.output_shape, dtype=self.dtype, device=device)
+        second_output = (torch.empty(self.second_output_shape, dtype=self.dtype,
+                                     device=device) if self.has_second else None)
+        copy = None
+        if self.copy_groups is not None:
+            copy = empty_packed_input_grad_weight(self.output_shape, self.copy_groups,
+                                                  self.dtype, device)
+        if self.output_shape[0] == 0:
+            return output, second_output, copy
+        if route_tensors is None:
+            route_tensors = (routing, routing, routing, routing)
+        else:
+            partials, mlp_weight, mlp_bias, pooled = route_tensors
+            route_tensors = (partials, mlp_weight,
+                             mlp_bias if mlp_bias is not None else mlp_weight, pooled)
+        mix_fwd_kernel[self.grid](
+            routing, bank, second_bank if self.has_second else bank,
+            output, second_output if self.has_second else output,
+            copy if copy is not None else output,
+            *route_tensors, *self.args, *temperature, **self.constexprs)
+        return output, second_output, copy
+
+
 @launch_plan
-def _mix_fwd_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
-                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route):
-    """mix_fwd's decisions per shape class: (output shapes, grid, integer arguments,
-    constexprs). ``route``: None (the routing is read), else (partials shape, partials strides,
-    mlp_weight strides, mlp_bias stride or None, pixels) for :func:`route_and_mix`."""
-    batch, num_groups, num_cardinals = routing_shape
-    features = bank_shape[2]
-    second_features = second_shape[2] if second_shape is not None else 0
-    output_shape = (batch, num_cardinals, features)
-    second_output_shape = (batch, num_cardinals, second_features)
-
-    def grid(meta):
-        tiles = num_cardinals * cdiv(batch, meta["BLOCK_B"])
-        return ((cdiv(features, meta["BLOCK_F"]) + cdiv(second_features, meta["BLOCK_F"]))
-                * tiles,)
-
-    copy_layout = (0, 1, 0, 0, 0, 0)
-    if kernel_shape is None:
-        batch_stride, cardinal_stride, feature_stride = contiguous_strides(output_shape)
-        layout = (batch_stride, cardinal_stride, 1, 1, feature_stride, 0, 0)
-    else:
-        # The forward convolution's packed (B, out, kh, kw, Cp) layout.
-        out, in_channels, kernel_h, kernel_w = kernel_shape
-        padded = packed_channels(in_channels)
-        row_stride = kernel_h * kernel_w * padded
-        layout = (out * row_stride, out // num_cardinals * row_stride,
-                  in_channels, kernel_h * kernel_w, row_stride, 1, padded)
-        output_shape = (batch, *kernel_shape)
-        if copy_groups is not None:
-            # The TF32 input gradient's (B, groups, kh, kw, Cg, Op) layout, via its strides.
-            b, g, h, w, c, o = contiguous_strides(
-                input_grad_weight_shape(output_shape, copy_groups))
-            copy_layout = (b, out // copy_groups, g, o, c, w)
-    route_args = (0,) * 11
-    if route is not None:
-        partials_shape, partials_stride, mlp_weight_stride, mlp_bias_stride, pixels = route
-        route_args = (partials_shape[2], pixels, partials_shape[1], *partials_stride,
-                      *mlp_weight_stride, mlp_bias_stride or 0,
-                      *contiguous_strides((batch, partials_shape[2])))
-    args = (batch, num_groups, num_cardinals, features, second_features,
-            *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
-            *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)),
-            *copy_layout, *route_args)
-    constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
-                  "ROUTE": route is not None,
-                  # The packed layout's channel stride is 1 and its tap stride Cp: store the
-                  # tile channel by channel (see _mix_tile).
-                  "CHANNELS_INNER": kernel_shape is not None and layout[3] > 1,
-                  "HAS_MLP_BIAS": route is not None and route[3] is not None,
-                  "ACC_DTYPE": _accumulator(bank_dtype, dtype),
-                  "BLOCK_GROUPS": power_of_2_at_least(num_groups) if route else 1,
-                  "ROUTE_BLOCK_C": ROUTE_BLOCK_C}
-    return output_shape, second_output_shape, grid, args, constexprs
+def mix_forward_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+                     second_shape, second_stride, dtype, kernel_shape, copy_groups,
+                     route) -> MixForward:
+    """The :class:`MixForward` of a shape class, made once."""
+    return MixForward(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+                      second_shape, second_stride, dtype, kernel_shape, copy_groups, route)
 
 
 def mix_fwd(
@@ -435,8 +494,25 @@ def mix_fwd(
         layout with input_grad_groups, else None.
     """
     check_launchable(routing, bank, second_bank)
-    return _launch(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
-                   input_grad_groups)
+    return mix_forward_for(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
+                           input_grad_groups)(routing, bank, second_bank)
+
+
+def mix_forward_for(routing, bank, second_bank, dtype, kernel_shape=None,
+                    input_grad_groups=None, partials=None, pixels=None, mlp_weight=None,
+                    mlp_bias=None) -> MixForward:
+    """The :class:`MixForward` of these tensors (with ``partials`` and its ``pixels``, the
+    router's: :func:`route_and_mix`)."""
+    route = None
+    if partials is not None:
+        route = (tuple(partials.shape), partials.stride(), mlp_weight.stride(),
+                 None if mlp_bias is None else mlp_bias.stride(0), pixels)
+    has_second = second_bank is not None
+    return mix_forward_plan(
+        tuple(routing.shape), routing.stride(), tuple(bank.shape), bank.stride(), bank.dtype,
+        tuple(second_bank.shape) if has_second else None,
+        second_bank.stride() if has_second else None,
+        dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None, route)
 
 
 def route_and_mix(
@@ -465,77 +541,103 @@ def route_and_mix(
         for float64 partials), which the backward reads.
     """
     check_launchable(partials, mlp_weight, mlp_bias, bank, second_bank)
-    batch, _, channels = partials.shape
-    num_groups = bank.shape[0]
-    routing = torch.empty((batch, num_groups, num_cardinals), dtype=partials.dtype,
-                          device=partials.device)
-    pooled = torch.empty((batch, channels), dtype=partials.dtype, device=partials.device)
-    route = ((tuple(partials.shape), partials.stride(), mlp_weight.stride(),
-              None if mlp_bias is None else mlp_bias.stride(0), pixels),
-             (partials, mlp_weight, mlp_bias, pooled), temperature_pair(temperature))
-    outputs = _launch(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
-                      input_grad_groups, route)
+    routing, pooled = empty_routing(partials, bank.shape[0], num_cardinals)
+    plan = mix_forward_for(routing, bank, second_bank, dtype or bank.dtype, kernel_shape,
+                           input_grad_groups, partials, pixels, mlp_weight, mlp_bias)
+    outputs = plan(routing, bank, second_bank, (partials, mlp_weight, mlp_bias, pooled),
+                   temperature_pair(temperature))
     return (*outputs, routing, pooled)
 
 
-def _launch(routing, bank, second_bank, dtype, kernel_shape, input_grad_groups, route=None):
-    """mix_fwd_kernel's launch; ``route``: None, or (plan key, (partials, mlp_weight,
-    mlp_bias, pooled), temperature pair) to compute the routing into ``routing``."""
-    has_second = second_bank is not None
-    output_shape, second_output_shape, grid, args, constexprs = _mix_fwd_plan(
-        tuple(routing.shape), routing.stride(), tuple(bank.shape), bank.stride(), bank.dtype,
-        tuple(second_bank.shape) if has_second else None,
-        second_bank.stride() if has_second else None,
-        dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None,
-        route[0] if route is not None else None)
-    if kernel_shape is None:
-        output = torch.empty(output_shape, dtype=dtype, device=bank.device)
-    else:
-        output = empty_packed_forward_weight(output_shape, dtype, bank.device)
-    second_output = (torch.empty(second_output_shape, dtype=dtype, device=bank.device)
-                     if has_second else None)
-    copy = None
-    if constexprs["HAS_COPY"]:
-        copy = empty_packed_input_grad_weight(output_shape, input_grad_groups, dtype,
-                                              bank.device)
-    if output_shape[0] == 0:
-        return output, second_output, copy
-    if route is None:
-        route_tensors, temperature = (routing, routing, routing, routing), (1.0, 0.0)
-    else:
-        (partials, mlp_weight, mlp_bias, pooled), temperature = route[1], route[2]
-        route_tensors = (partials, mlp_weight, mlp_bias if mlp_bias is not None else mlp_weight,
-                         pooled)
-    mix_fwd_kernel[grid](
-        routing, bank, second_bank if has_second else bank,
-        output, second_output if has_second else output, copy if copy is not None else output,
-        *route_tensors, *args, *temperature, **constexprs)
-    return output, second_output, copy
+def empty_routing(partials: torch.Tensor, num_groups: int, num_cardinals: int):
+    """New routing (B, k, d) and pooled (B, C) tensors for :func:`route_and_mix` to fill, in
+    the partial sums' dtype."""
+    batch, _, channels = partials.shape
+    return (torch.empty((batch, num_groups, num_cardinals), dtype=partials.dtype,
+                        device=partials.device),
+            torch.empty((batch, channels), dtype=partials.dtype, device=partials.device))
+
+
+class MixBackward:
+    """mix_bwd_kernel's launch for one shape class, decided once: call it with the tensors."""
+
+    __slots__ = ("parts_shape", "grid", "args", "constexprs", "has_second", "need_banks",
+                 "need_routing")
+
+    def __init__(self, grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
+                 routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
+                 second_shape, second_stride, need_banks: bool, need_routing: bool) -> None:
+        num_splits, batch = grad_shape[:2]
+        num_groups, num_cardinals, features = bank_shape
+        second_features = second_shape[2] if second_shape is not None else 0
+        parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
+        self.parts_shape = (parts, batch, num_groups, num_cardinals)
+        self.args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
+                     *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
+                     *bank_stride, *(second_stride or (0, 0, 0)),
+                     *contiguous_strides(bank_shape),
+                     *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)),
+                     *contiguous_strides(self.parts_shape))
+        self.constexprs = {"HAS_SECOND": second_shape is not None, "NEED_BANK": need_banks,
+                           "NEED_ROUTING": need_routing,
+                           "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype, routing_dtype),
+                           "BLOCK_GROUPS": power_of_2_at_least(num_groups),
+                           "BLOCK_F": MIX_BWD_BLOCK_F}
+        self.grid = (parts * num_cardinals,)
+        self.has_second = second_shape is not None
+        self.need_banks, self.need_routing = need_banks, need_routing
+
+    def __call__(self, grad, second_grad, routing, bank, second_bank=None):
+        """(routing_parts or None, grad_bank or None, grad_second_bank or None); see
+        :func:`mix_bwd`."""
+        has_second, need_banks, need_routing = self.has_second, self.need_banks, \
+            self.need_routing
+        routing_parts = grad_bank = grad_second_bank = None
+        if need_routing:
+            routing_parts = torch.empty(self.parts_shape, dtype=routing.dtype,
+                                        device=routing.device)
+        if need_banks:
+            grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
+            if has_second:
+                grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
+                                               device=second_bank.device)
+        if grad.shape[1] == 0:
+            for tensor in (routing_parts, grad_bank, grad_second_bank):
+                if tensor is not None:
+                    tensor.zero_()
+            return routing_parts, grad_bank, grad_second_bank
+        if need_banks or need_routing:
+            mix_bwd_kernel[self.grid](
+                routing, grad, second_grad if has_second else grad,
+                bank, second_bank if has_second else bank,
+                grad_bank if need_banks else bank,
+                grad_second_bank if need_banks and has_second else bank,
+                routing_parts if need_routing else routing,
+                *self.args, **self.constexprs)
+        return routing_parts, grad_bank, grad_second_bank
 
 
 @launch_plan
-def _mix_bwd_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
-                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
-                  second_shape, second_stride, need_banks, need_routing):
-    """mix_bwd's decisions per shape class: (routing parts shape, grid, integer arguments,
-    constexprs)."""
-    num_splits, batch = grad_shape[:2]
-    num_groups, num_cardinals, features = bank_shape
-    second_features = second_shape[2] if second_shape is not None else 0
-    parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
-    parts_shape = (parts, batch, num_groups, num_cardinals)
-    args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
-            *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
-            *bank_stride, *(second_stride or (0, 0, 0)),
-            *contiguous_strides(bank_shape),
-            *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)),
-            *contiguous_strides(parts_shape))
-    constexprs = {"HAS_SECOND": second_shape is not None, "NEED_BANK": need_banks,
-                  "NEED_ROUTING": need_routing,
-                  "ACC_DTYPE": _accumulator(bank_dtype, grad_dtype, routing_dtype),
-                  "BLOCK_GROUPS": power_of_2_at_least(num_groups),
-                  "BLOCK_F": MIX_BWD_BLOCK_F}
-    return parts_shape, (parts * num_cardinals,), args, constexprs
+def mix_backward_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
+                      routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
+                      second_shape, second_stride, need_banks: bool,
+                      need_routing: bool) -> MixBackward:
+    """The :class:`MixBackward` of a shape class, made once."""
+    return MixBackward(grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
+                       routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
+                       second_shape, second_stride, need_banks, need_routing)
+
+
+def mix_backward_for(grad, second_grad, routing, bank, second_bank=None, need_banks=True,
+                     need_routing=True) -> MixBackward:
+    """The :class:`MixBackward` of these tensors."""
+    has_second = second_bank is not None
+    return mix_backward_plan(
+        tuple(grad.shape), grad.stride(), grad.dtype,
+        second_grad.stride() if has_second else None,
+        tuple(routing.shape), routing.stride(), routing.dtype, tuple(bank.shape),
+        bank.stride(), bank.dtype, tuple(second_bank.shape) if has_second else None,
+        second_bank.stride() if has_second else None, need_banks, need_routing)
 
 
 def mix_bwd(
@@ -561,31 +663,5 @@ def mix_bwd(
         grad_second_bank (k, d, F2) in the banks' dtypes; None for what was not asked for.
     """
     check_launchable(grad, second_grad, routing, bank, second_bank)
-    has_second = second_bank is not None
-    parts_shape, grid, args, constexprs = _mix_bwd_plan(
-        grad.shape, grad.stride(), grad.dtype, second_grad.stride() if has_second else None,
-        routing.shape, routing.stride(), routing.dtype, bank.shape, bank.stride(), bank.dtype,
-        second_bank.shape if has_second else None,
-        second_bank.stride() if has_second else None, need_banks, need_routing)
-    routing_parts = grad_bank = grad_second_bank = None
-    if need_routing:
-        routing_parts = torch.empty(parts_shape, dtype=routing.dtype, device=routing.device)
-    if need_banks:
-        grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
-        if has_second:
-            grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
-                                           device=second_bank.device)
-    if grad.shape[1] == 0:
-        for tensor in (routing_parts, grad_bank, grad_second_bank):
-            if tensor is not None:
-                tensor.zero_()
-        return routing_parts, grad_bank, grad_second_bank
-    if need_banks or need_routing:
-        mix_bwd_kernel[grid](
-            routing, grad, second_grad if has_second else grad,
-            bank, second_bank if has_second else bank,
-            grad_bank if need_banks else bank,
-            grad_second_bank if need_banks and has_second else bank,
-            routing_parts if need_routing else routing,
-            *args, **constexprs)
-    return routing_parts, grad_bank, grad_second_bank
+    return mix_backward_for(grad, second_grad, routing, bank, second_bank, need_banks,
+                            need_routing)(grad, second_grad, routing, bank, second_bank)

@@ -60,14 +60,15 @@ def pack_forward_weight(weight: torch.Tensor, groups: int):
         packed = weight.as_strided((batch, out, kh, kw, cp),
                                    (weight.stride(0), weight.stride(1), kw * cp, cp, 1))
     else:
-        packed = _empty_packed_storage(weight.shape, weight.dtype, weight.device)
+        packed = empty_packed_storage(weight.shape, weight.dtype, weight.device)
         packed[..., :cg].copy_(weight.permute(0, 1, 3, 4, 2))
     b, o, h, w, c = packed.stride()
     return packed, (b, o * (out // groups), o, c, h, w), cp
 
 
-def _empty_packed_storage(shape, dtype, device) -> torch.Tensor:
-    """(B, out, kh, kw, Cp) for a (B, out, Cg, kh, kw) weight, channels Cg..Cp-1 zeroed."""
+def empty_packed_storage(shape, dtype, device) -> torch.Tensor:
+    """New (B, out, kh, kw, Cp) storage for a (B, out, Cg, kh, kw) weight, channels Cg..Cp-1
+    zeroed (the layer keeps it as the mixed kernels: the kernels read it by its address)."""
     batch, out, cg, kh, kw = shape
     cp = packed_channels(cg)
     storage = torch.empty((batch, out, kh, kw, cp), dtype=dtype, device=device)
@@ -79,7 +80,12 @@ def _empty_packed_storage(shape, dtype, device) -> torch.Tensor:
 def empty_packed_forward_weight(shape, dtype, device) -> torch.Tensor:
     """A (B, out, Cg, kh, kw) view of new packed (B, out, kh, kw, Cp) storage, padding zeroed:
     what :func:`pack_forward_weight` reads without a copy (the layer's mixing writes into it)."""
-    return _empty_packed_storage(shape, dtype, device)[..., :shape[2]].permute(0, 1, 4, 2, 3)
+    return forward_weight_view(empty_packed_storage(shape, dtype, device), shape[2])
+
+
+def forward_weight_view(storage: torch.Tensor, channels: int) -> torch.Tensor:
+    """The (B, out, Cg, kh, kw) view of packed (B, out, kh, kw, Cp) storage."""
+    return storage[..., :channels].permute(0, 1, 4, 2, 3)
 
 
 def is_packed_forward_weight(weight: torch.Tensor) -> bool:
@@ -175,7 +181,7 @@ def route_of(shape, strides, dtype, aligned: bool, group_channels: int, stride, 
 
 
 def channels_last_copy_helps(input: torch.Tensor, group_channels: int, stride, pad, dilation,
-                             kernel_size) -> bool:
+                             kernel_size, aligned: bool | None = None) -> bool:
     """Whether the convolution should read a channels_last copy of ``input`` rather than input.
 
     True where TMA cannot take the input only because of its NCHW layout (a tap shifts its
@@ -183,10 +189,22 @@ def channels_last_copy_helps(input: torch.Tensor, group_channels: int, stride, p
     whole pixels: the router's pooling pass, which reads all of x anyway, then writes the copy
     (router.router_pool), one x-sized write in exchange for TMA boxes and a pipelined main loop
     instead of synchronous 2-byte (bf16) or 4-byte (float32) pointer loads.
+
+    ``aligned``: decide as for an input whose address is (True) or is not (False) 16-byte
+    aligned; None: as input's is.
     """
-    return _copy_helps(tuple(input.shape), input.stride(), input.dtype,
-                       input.data_ptr() % TMA_ALIGN_BYTES == 0, group_channels, tuple(stride),
-                       tuple(pad), tuple(dilation), tuple(kernel_size))
+    if aligned is None:
+        aligned = input.data_ptr() % TMA_ALIGN_BYTES == 0
+    return _copy_helps(tuple(input.shape), input.stride(), input.dtype, aligned,
+                       group_channels, tuple(stride), tuple(pad), tuple(dilation),
+                       tuple(kernel_size))
+
+
+def copy_helps_for(shape, strides, dtype, group_channels, stride, pad, dilation,
+                   kernel_size) -> bool:
+    """:func:`channels_last_copy_helps` from a 16-byte aligned input's shape and strides."""
+    return _copy_helps(shape, strides, dtype, True, group_channels, stride, pad, dilation,
+                       kernel_size)
 
 
 @launch_plan

@@ -287,21 +287,45 @@ def pool_chunks(batch: int, pixels: int) -> int:
     return max(1, min(cdiv(pixels, MIN_CHUNK_PIXELS), cdiv(POOL_PROGRAMS, max(batch, 1))))
 
 
+class RouterPool:
+    """router_pool's launch for one shape class of input, decided once: call it with the input.
+
+    Returns partials (B, chunks, C) in the routing dtype, and the channels_last copy of the
+    input or None.
+    """
+
+    __slots__ = ("dtype", "partials_shape", "write_copy", "grid", "args", "constexprs")
+
+    def __init__(self, input_shape, input_stride, input_dtype, write_copy: bool) -> None:
+        batch, channels, height, width = input_shape
+        pixels = height * width
+        self.dtype = routing_dtype(input_dtype)
+        chunks = pool_chunks(batch, pixels)
+        self.partials_shape = (batch, chunks, channels)
+        self.write_copy = write_copy
+        copy_stride = (format_strides(input_shape, torch.channels_last) if write_copy
+                       else (0, 0, 0, 0))
+        self.grid = (batch * chunks,)
+        self.args = (channels, width, pixels, cdiv(pixels, chunks), chunks, *input_stride,
+                     *contiguous_strides(self.partials_shape), *copy_stride)
+        self.constexprs = {"WRITE_COPY": write_copy,
+                           "ACC_DTYPE": accumulator_dtype(self.dtype)}
+
+    def __call__(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        partials = torch.empty(self.partials_shape, dtype=self.dtype, device=input.device)
+        copy = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                            memory_format=torch.channels_last) if self.write_copy else None)
+        if self.grid[0] == 0:
+            return partials, copy
+        router_pool_kernel[self.grid](input, partials, copy if copy is not None else partials,
+                                      *self.args, **self.constexprs)
+        return partials, copy
+
+
 @launch_plan
-def _router_pool_plan(input_shape, input_stride, input_dtype, write_copy):
-    """router_pool's decisions per shape class: (partials dtype and shape, grid, integer
-    arguments, constexprs)."""
-    batch, channels, height, width = input_shape
-    pixels = height * width
-    dtype = routing_dtype(input_dtype)
-    chunks = pool_chunks(batch, pixels)
-    partials_shape = (batch, chunks, channels)
-    copy_stride = (format_strides(input_shape, torch.channels_last) if write_copy
-                   else (0, 0, 0, 0))
-    args = (channels, width, pixels, cdiv(pixels, chunks), chunks, *input_stride,
-            *contiguous_strides(partials_shape), *copy_stride)
-    constexprs = {"WRITE_COPY": write_copy, "ACC_DTYPE": accumulator_dtype(dtype)}
-    return dtype, partials_shape, (batch * chunks,), args, constexprs
+def router_pool_plan(input_shape, input_stride, input_dtype, write_copy: bool) -> RouterPool:
+    """The :class:`RouterPool` of a shape class, made once."""
+    return RouterPool(input_shape, input_stride, input_dtype, write_copy)
 
 
 def router_pool(input: torch.Tensor,
@@ -319,41 +343,66 @@ def router_pool(input: torch.Tensor,
         H*W), which mix.route_and_mix adds to compute the routing; and the copy, or None.
     """
     check_launchable(input)
-    dtype, shape, grid, args, constexprs = _router_pool_plan(
-        tuple(input.shape), input.stride(), input.dtype, channels_last_copy)
-    partials = torch.empty(shape, dtype=dtype, device=input.device)
-    copy = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                        memory_format=torch.channels_last) if channels_last_copy else None)
-    if grid[0] == 0:
-        return partials, copy
-    router_pool_kernel[grid](input, partials, copy if copy is not None else partials, *args,
-                             **constexprs)
-    return partials, copy
+    return router_pool_plan(tuple(input.shape), input.stride(), input.dtype,
+                            channels_last_copy)(input)
+
+
+class RouterBackward:
+    """router_bwd's launch for one shape class, decided once; the temperature comes per call
+    (an annealed temperature changes every step, and Triton does not specialise on floats).
+    """
+
+    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias")
+
+    def __init__(self, grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
+                 routing_dtype, pooled_shape, pooled_stride, mlp_weight_shape,
+                 mlp_weight_stride, has_mlp_bias: bool, pixels: int) -> None:
+        batch, num_groups, num_cardinals = routing_shape
+        channels = pooled_shape[1]
+        # The kernel's arguments before and after the temperature pair.
+        self.head = (batch, grad_routing_shape[0], channels, pixels, num_groups, num_cardinals)
+        self.tail = (*grad_routing_stride, *routing_stride, *pooled_stride, *mlp_weight_stride,
+                     *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
+                     1 if has_mlp_bias else 0)
+        self.has_mlp_bias = has_mlp_bias
+        block_groups = power_of_2_at_least(num_groups)
+        block_cardinals = power_of_2_at_least(num_cardinals)
+        self.constexprs = {"HAS_BIAS": has_mlp_bias,
+                           "ACC_DTYPE": accumulator_dtype(routing_dtype),
+                           "BLOCK_GROUPS": block_groups, "BLOCK_CARDINALS": block_cardinals,
+                           "BLOCK_B": router_bwd_block_b(block_groups * block_cardinals, batch)}
+
+        def grid(meta):
+            return (cdiv(channels, meta["BLOCK_C"]),)
+
+        self.grid = grid
+
+    def __call__(self, grad_routing, routing, pooled, mlp_weight, temperature: float):
+        mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
+        grad_mlp_weight = torch.empty(mlp_weight.shape, dtype=mlp_weight.dtype,
+                                      device=mlp_weight.device)
+        grad_mlp_bias = (mlp_weight.new_empty(mlp_weight.shape[0]) if self.has_mlp_bias
+                         else None)
+        if routing.shape[0] == 0:
+            grad_mlp_weight.zero_()
+            return (mean_grad, grad_mlp_weight,
+                    grad_mlp_bias.zero_() if grad_mlp_bias is not None else None)
+        router_bwd_kernel[self.grid](
+            grad_routing, routing, pooled, mlp_weight,
+            mean_grad, grad_mlp_weight,
+            grad_mlp_bias if grad_mlp_bias is not None else grad_mlp_weight,
+            *self.head, *temperature_pair(temperature), *self.tail, **self.constexprs)
+        return mean_grad, grad_mlp_weight, grad_mlp_bias
 
 
 @launch_plan
-def _router_bwd_plan(grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
-                     routing_dtype,
-                     pooled_shape, pooled_stride, mlp_weight_shape, mlp_weight_stride,
-                     has_mlp_bias, temperature, pixels):
-    """router_bwd's decisions per shape class: (grid, integer arguments, constexprs)."""
-    batch, num_groups, num_cardinals = routing_shape
-    channels = pooled_shape[1]
-    args = (batch, grad_routing_shape[0], channels, pixels, num_groups, num_cardinals,
-            *temperature_pair(temperature),
-            *grad_routing_stride, *routing_stride, *pooled_stride, *mlp_weight_stride,
-            *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
-            1 if has_mlp_bias else 0)
-    block_groups = power_of_2_at_least(num_groups)
-    block_cardinals = power_of_2_at_least(num_cardinals)
-    constexprs = {"HAS_BIAS": has_mlp_bias, "ACC_DTYPE": accumulator_dtype(routing_dtype),
-                  "BLOCK_GROUPS": block_groups, "BLOCK_CARDINALS": block_cardinals,
-                  "BLOCK_B": router_bwd_block_b(block_groups * block_cardinals, batch)}
-
-    def grid(meta):
-        return (cdiv(channels, meta["BLOCK_C"]),)
-
-    return grid, args, constexprs
+def router_bwd_plan(grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
+                    routing_dtype, pooled_shape, pooled_stride, mlp_weight_shape,
+                    mlp_weight_stride, has_mlp_bias: bool, pixels: int) -> RouterBackward:
+    """The :class:`RouterBackward` of a shape class, made once."""
+    return RouterBackward(grad_routing_shape, grad_routing_stride, routing_shape,
+                          routing_stride, routing_dtype, pooled_shape, pooled_stride,
+                          mlp_weight_shape, mlp_weight_stride, has_mlp_bias, pixels)
 
 
 # Samples per step of router_bwd_kernel's walk over the batch, times its (k, d) block: the
@@ -392,19 +441,8 @@ def router_bwd(
         mlp_weight's dtype.
     """
     check_launchable(grad_routing, routing, pooled, mlp_weight)
-    mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
-    grad_mlp_weight = torch.empty(mlp_weight.shape, dtype=mlp_weight.dtype,
-                                  device=mlp_weight.device)
-    grad_mlp_bias = mlp_weight.new_empty(mlp_weight.shape[0]) if has_mlp_bias else None
-    if routing.shape[0] == 0:
-        grad_mlp_weight.zero_()
-        return mean_grad, grad_mlp_weight, grad_mlp_bias.zero_() if has_mlp_bias else None
-    grid, args, constexprs = _router_bwd_plan(
-        grad_routing.shape, grad_routing.stride(), routing.shape, routing.stride(),
-        routing.dtype, pooled.shape, pooled.stride(), mlp_weight.shape, mlp_weight.stride(),
-        has_mlp_bias, temperature, pixels)
-    router_bwd_kernel[grid](
-        grad_routing, routing, pooled, mlp_weight,
-        mean_grad, grad_mlp_weight, grad_mlp_bias if has_mlp_bias else grad_mlp_weight,
-        *args, **constexprs)
-    return mean_grad, grad_mlp_weight, grad_mlp_bias
+    plan = router_bwd_plan(tuple(grad_routing.shape), grad_routing.stride(),
+                           tuple(routing.shape), routing.stride(), routing.dtype,
+                           tuple(pooled.shape), pooled.stride(), tuple(mlp_weight.shape),
+                           mlp_weight.stride(), has_mlp_bias, pixels)
+    return plan(grad_routing, routing, pooled, mlp_weight, temperature)

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 import triton
 
+from triton_nsr.kernels.known_launches import KnownLaunches
+
 TABLE_PATH = Path(__file__).with_name("tuned_configs.json")
 TABLE_SCHEMA = 1
 
@@ -93,6 +95,11 @@ class Telemetry:
 
 telemetry = Telemetry()
 _policy = Policy()
+# Set while a tool forces a kernel choice (inspection.capture.kernel_gradient_variant): known
+# launches stand aside, as under the recording and fixed-config policies.
+_known_launches_suspended = False
+# Every tuned kernel, for forget_known_launches.
+_KERNELS: list[TunedKernel] = []
 
 
 @contextlib.contextmanager
@@ -230,6 +237,24 @@ def write_table(path: Path, table: dict) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def known_launches_suspended() -> Iterator[None]:
+    """Inside the block every launch takes the JIT (known_launches stand aside)."""
+    global _known_launches_suspended
+    saved, _known_launches_suspended = _known_launches_suspended, True
+    try:
+        yield
+    finally:
+        _known_launches_suspended = saved
+
+
+def forget_known_launches() -> None:
+    """Every tuned kernel forgets its known launches (autotune.clear_launch_plans calls it)."""
+    for kernel in _KERNELS:
+        if kernel.known is not None:
+            kernel.known.clear()
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a table section applies: the Triton version and the device name."""
@@ -289,6 +314,8 @@ class TunedKernel:
         self._chosen: dict[tuple, dict] = {}
         self._autotuners: dict[tuple, object] = {}
         self._sections: dict[Target, dict] = {}
+        self.known = None if interpreted else KnownLaunches(self.arg_names)
+        _KERNELS.append(self)
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
@@ -328,6 +355,14 @@ class TunedKernel:
 
     def _launch(self, grid, args: tuple, kwargs: dict):
         policy = _policy
+        # Known launches serve the autotuning policies only: a recording or a fixed config is a
+        # tool's mode, in which every launch takes the path below.
+        known = (policy.autotune and policy.record is None and self.known is not None
+                 and not _known_launches_suspended)
+        if known:
+            kernel = self.known.launch(grid, args, kwargs)
+            if kernel is not None:
+                return kernel
         if policy.record is None and self.interpreted:
             if any(getattr(a, "dtype", None) == torch.bfloat16 for a in (*args, *kwargs.values())):
                 # Its dot would multiply the raw 16 bits: refuse rather than return garbage.
@@ -350,11 +385,17 @@ class TunedKernel:
                 telemetry.table_hits += 1
             elif policy.autotune and (policy.max_autotunes is None
                                       or telemetry.autotuned < policy.max_autotunes):
-                return self._autotune(key, grid, args, kwargs, policy)
+                kernel = self._autotune(key, grid, args, kwargs, policy)
+                if known and kernel is not None:
+                    self.known.learn(grid, args, kwargs, self._chosen[key], kernel)
+                return kernel
             else:
                 telemetry.first_config_launches += 1
                 chosen = self.configs[0].all_kwargs() | COMPILE_OPTIONS
-        return self.fn[grid](*args, **kwargs, **chosen)
+        kernel = self.fn[grid](*args, **kwargs, **chosen)
+        if known and kernel is not None:
+            self.known.learn(grid, args, kwargs, chosen, kernel)
+        return kernel
 
     def autotuner(self, warmup_ms: int | None = None, rep_ms: int | None = None):
         """Triton's autotuner over this kernel's configs, key and pruner; each config

@@ -116,6 +116,7 @@ def launchable_on_cpu():
     """Let the launchers take CPU tensors outside the interpreter, sizing their grids for an
     H200's multiprocessors: what a stand-in for the kernels (a recorder, a compile) needs."""
     from triton_nsr.kernels import conv_bwd_weight
+    from triton_nsr.kernels.autotune import clear_launch_plans
 
     patched = []
     for module in _kernel_modules():
@@ -125,11 +126,14 @@ def launchable_on_cpu():
     patched.append((conv_bwd_weight, "multiprocessor_count",
                     conv_bwd_weight.multiprocessor_count))
     conv_bwd_weight.multiprocessor_count = lambda device: H200_MULTIPROCESSORS
+    # Decisions cached for CPU tensors outside the block (one split there) are not these.
+    clear_launch_plans()
     try:
         yield
     finally:
         for module, name, value in reversed(patched):
             setattr(module, name, value)
+        clear_launch_plans()
 
 
 @contextlib.contextmanager
@@ -165,7 +169,8 @@ def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
     untransposed and unpipelined) or "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy
     transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS). Launch plans are keyed on
     the choice, so none need clearing."""
-    from triton_nsr.kernels import conv_bwd_weight
+    from triton_nsr.kernels import conv_bwd_weight, tuned_configs
+    from triton_nsr.kernels.autotune import clear_launch_plans
 
     if variant not in KERNEL_GRADIENT_VARIANTS:
         raise ValueError(f"kernel gradient variant is one of {KERNEL_GRADIENT_VARIANTS}, not "
@@ -179,9 +184,14 @@ def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
         conv_bwd_weight.ALL_TAPS_DTYPES = ()
         conv_bwd_weight.TF32_X_IN_REGISTERS = variant == "per_tap_x_in_registers"
     conv_bwd_weight.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
+    # The layers' cached decisions are the layer's own choice of kernel: forget them, here and
+    # after.
+    clear_launch_plans()
     try:
-        yield
+        with tuned_configs.known_launches_suspended():
+            yield
     finally:
+        clear_launch_plans()
         (conv_bwd_weight.ALL_TAPS_DTYPES, conv_bwd_weight.ALL_TAPS_LAYOUTS,
          conv_bwd_weight.TF32_X_IN_REGISTERS) = saved
 

@@ -1,0 +1,140 @@
+"""The layer's host path under the host-only driver, counted: run as a child process of
+tests/test_host_path.py, without TRITON_INTERPRET (Triton compiles for sm_90):
+
+    python -m tests.host_path OUT.json
+
+Each case runs NSRConv2d(backend='triton') on CPU tensors with Triton's real JIT, autotuner
+and our known launches, only the kernel launcher stood in for (kernels/inspection/host_only.py),
+and records per call after warm-up: launches, Triton JIT runs (its binder), compiles,
+autotunes, allocations and every other aten op, host reads of a tensor value; the tools' modes
+(in which every launch takes the JIT); whether a launch hook gets the launch metadata; and the
+arguments each launch handed the launcher, through known launches and through the JIT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
+os.environ["TRITON_NSR_TUNED_CONFIGS"] = "none"
+
+import torch  # noqa: E402
+from triton import knobs  # noqa: E402
+
+from triton_nsr import NSRConv2d  # noqa: E402
+from triton_nsr.kernels import autotune, tuned_configs  # noqa: E402
+from triton_nsr.kernels.inspection.host_only import AtenOps, host_only  # noqa: E402
+
+
+def per_call(after: dict, before: dict, calls: int) -> dict:
+    return {name: (after[name] - before[name]) / calls for name in after}
+
+
+def layer_steps(layout: str, autocast: bool):
+    """(forward, forward_backward) of W1-expand's channels on a small image."""
+    layer = NSRConv2d(32, 128, 3, 4, 16, padding=1, backend="triton")
+    x = torch.randn(2, 32, 9, 8)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    inputs = [x, *layer.parameters()]
+    grad_output = {}
+
+    def forward():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return layer(x)
+
+    def forward_backward():
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            y = layer(x)
+        if "dy" not in grad_output:  # made once: the gradient is the step's input
+            grad_output["dy"] = torch.ones_like(y)
+        return torch.autograd.grad(y, inputs, grad_output["dy"])
+
+    return forward, forward_backward
+
+
+def steady_state(counters, step, repeats: int = 3, warmup: int = 2) -> dict:
+    """What one call of ``step`` costs after ``warmup`` calls, averaged over ``repeats``."""
+    for _ in range(warmup):
+        step()
+    before = counters.snapshot()
+    with AtenOps() as ops:
+        for _ in range(repeats):
+            step()
+    counted = per_call(counters.snapshot(), before, repeats)
+    counted["allocations"] = ops.allocations / repeats
+    counted["host_reads"] = ops.host_reads / repeats
+    counted["aten"] = {name: n / repeats for name, n in sorted(ops.names.items())}
+    return counted
+
+
+def launch_arguments(counters, step) -> list:
+    """The launcher's arguments of one call of ``step``, each tensor as (its order of first
+    use in the call, 16-byte aligned, dtype): fresh buffers get new addresses every call."""
+    counters.arguments.clear()
+    counters.keep_arguments = True
+    try:
+        step()
+    finally:
+        counters.keep_arguments = False
+    order: dict = {}
+    out = []
+    for name, arguments in counters.arguments:
+        plain = []
+        for value in arguments:
+            if isinstance(value, torch.Tensor):
+                address = value.data_ptr()
+                value = ["tensor", order.setdefault(address, len(order)), address % 16 == 0,
+                         str(value.dtype)]
+            elif not isinstance(value, (int, float, bool, str, type(None))):
+                value = repr(value)
+            plain.append(value)
+        out.append([name, plain])
+    return out
+
+
+def main(out: str) -> None:
+    results = {"cases": {}}
+    with host_only() as counters:
+        for layout in ("nchw", "channels_last"):
+            for precision, autocast in (("fp32", False), ("bf16-autocast", True)):
+                forward, forward_backward = layer_steps(layout, autocast)
+                results["cases"][f"{layout}-{precision}"] = {
+                    "forward": steady_state(counters, forward),
+                    "forward_backward": steady_state(counters, forward_backward)}
+        forward, forward_backward = layer_steps("nchw", False)
+        steady_state(counters, forward_backward)
+        modes = {}
+        for mode, context in (
+                ("fixed config",
+                 lambda: tuned_configs.use(tuned_configs.Policy(autotune=False))),
+                ("recording", lambda: tuned_configs.use(tuned_configs.Policy(record=[]))),
+                ("suspended", tuned_configs.known_launches_suspended)):
+            with context():
+                modes[mode] = steady_state(counters, forward_backward, repeats=1, warmup=0)
+        before = counters.snapshot()
+        autotune.clear_launch_plans()
+        forward_backward()
+        modes["after clear_launch_plans"] = per_call(counters.snapshot(), before, 1)
+        results["modes"] = modes
+        # With a launch hook set, known launches hand it the launch metadata.
+        hooked = []
+        knobs.runtime.launch_enter_hook.add(hooked.append)
+        try:
+            forward()
+        finally:
+            knobs.runtime.launch_enter_hook.remove(hooked.append)
+        results["hook"] = [meta.get()["name"] for meta in hooked]
+        known = launch_arguments(counters, forward_backward)
+        with tuned_configs.known_launches_suspended():
+            jit = launch_arguments(counters, forward_backward)
+        results["arguments"] = {"known": known, "jit": jit}
+    with open(out, "w") as file:
+        json.dump(results, file, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,154 @@
+"""A launch seen before goes straight to the compiled kernel's launcher.
+
+Triton's JIT spends tens of microseconds a launch before the kernel's launcher runs: it binds
+and specialises every argument, hashes a cache key, finds the kernel, evaluates the grid and
+builds launch metadata; our tuned kernel adds its shape class and the config lookup. For a
+launch it has seen, none of that changes. So a ``TunedKernel`` keeps, per launch plan (the
+launcher's decisions per shape class, ``autotune.launch_plan``, whose grid is one object per
+plan), the compiled kernel, the grid evaluated for the chosen config and every argument after the
+tensors, and on a later launch checks only what Triton would have specialised differently:
+each tensor's dtype and 16-byte alignment, the integer arguments and constexprs (the same
+objects when they come from the same plan), the current device. Then it reads the current
+stream (CUDA graph capture and user streams depend on it) and calls the launcher.
+
+Launch metadata is built only when a launch hook is set (a profiler's), as Triton builds it.
+The interpreter, and the tuned-config policies other than the default (recording, a fixed
+config, a capped autotune), never use known launches (``tuned_configs``), and forgetting the
+launch plans forgets them too.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton import knobs
+from triton.runtime import driver
+
+# Known launches kept per kernel before all are forgotten (a plan's entry is small), and per
+# plan (its tensors' dtypes and alignments) before the oldest is.
+MAX_KNOWN = 1024
+MAX_PER_PLAN = 8
+TMA_ALIGN_MASK = 15
+
+
+def _hooked() -> bool:
+    """Whether a launch hook is set: Triton >= 3.4 keeps a chain that may be empty."""
+    runtime = knobs.runtime
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
+class KnownLaunch:
+    """One launch plan's launch, ready: the compiled kernel, the grid, the constexprs after the
+    positional arguments (as Triton's launcher takes them), and what a later launch must match:
+    the ``count`` leading tensors' dtypes and 16-byte alignment, the other positional arguments
+    (floats may differ: Triton does not specialise on them) and the constexprs."""
+
+    __slots__ = ("grid_source", "constants", "floats", "kwargs", "count", "signature",
+                 "device", "grid", "kernel", "run", "function", "metadata", "tail")
+
+    def __init__(self, grid_source, args: tuple, kwargs: dict, count: int, device: int,
+                 grid: tuple, kernel, tail: tuple) -> None:
+        # The plan's grid is held, so its identity, the key, is never reused while this lives.
+        self.grid_source = grid_source
+        self.constants = args[count:]
+        self.floats = frozenset(i for i, value in enumerate(self.constants)
+                                if type(value) is float)
+        self.kwargs = dict(kwargs)
+        self.count = count
+        self.signature = _signature(args, count)
+        self.device = device
+        self.grid = grid
+        self.kernel = kernel
+        self.run = kernel.run
+        self.function = kernel.function
+        self.metadata = kernel.packed_metadata
+        self.tail = tail
+
+    def matches(self, args: tuple, kwargs: dict) -> bool:
+        count = self.count
+        if kwargs != self.kwargs:
+            return False
+        if args[count:] != self.constants and not self._only_floats_differ(args[count:]):
+            return False
+        try:
+            return _signature(args, count) == self.signature
+        except AttributeError:  # not a tensor where this launch had one
+            return False
+
+    def _only_floats_differ(self, constants: tuple) -> bool:
+        if len(constants) != len(self.constants):
+            return False
+        floats = self.floats
+        return all(new == old or (i in floats and type(new) is float)
+                   for i, (new, old) in enumerate(zip(constants, self.constants)))
+
+    def launch(self, args: tuple, active):
+        stream = active.get_current_stream(self.device)
+        x, y, z = self.grid
+        if _hooked():
+            bound = (*args, *self.tail)
+            self.run(x, y, z, stream, self.function, self.metadata,
+                     self.kernel.launch_metadata(self.grid, stream, *bound),
+                     knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound)
+        else:
+            self.run(x, y, z, stream, self.function, self.metadata, None, None, None, *args,
+                     *self.tail)
+        return self.kernel
+
+
+def _signature(args: tuple, count: int) -> tuple:
+    """(dtype, 16-byte aligned) of each of the ``count`` leading tensors."""
+    return tuple([(tensor.dtype, tensor.data_ptr() & TMA_ALIGN_MASK == 0)
+                  for tensor in args[:count]])
+
+
+class KnownLaunches:
+    """The known launches of one kernel, by the plan's grid object."""
+
+    def __init__(self, arg_names: list[str]) -> None:
+        self.arg_names = arg_names
+        self._by_grid: dict = {}
+
+    def launch(self, grid, args: tuple, kwargs: dict):
+        """Launch as a known launch and return the compiled kernel, or None: not known."""
+        entries = self._by_grid.get(grid)
+        if entries is None:
+            return None
+        active = driver.active
+        device = active.get_current_device()
+        for entry in entries:
+            if entry.device == device and entry.matches(args, kwargs):
+                return entry.launch(args, active)
+        return None
+
+    def learn(self, grid, args: tuple, kwargs: dict, launched: dict, kernel) -> None:
+        """Remember a launch the JIT just made: ``args`` and ``kwargs`` as the launcher passed
+        them, ``launched`` what the JIT was given on top (the config's constexprs and
+        options), ``kernel`` the CompiledKernel it returned. Launches whose tensors do not
+        all lead the arguments, or whose keywords are not all constexprs after the positional
+        arguments, are not remembered (they take the JIT every time)."""
+        count = 0
+        while count < len(args) and isinstance(args[count], torch.Tensor):
+            count += 1
+        if any(isinstance(value, torch.Tensor) for value in (*args[count:], *kwargs.values())):
+            return
+        named = dict(zip(self.arg_names, args)) | kwargs | launched
+        if any(name not in named for name in self.arg_names):
+            return  # a default Triton would fill in: leave it to the JIT
+        if any(name in kwargs for name in self.arg_names[:len(args)]):
+            return
+        bound = [named[name] for name in self.arg_names]
+        cells = grid(dict(zip(self.arg_names, bound))) if callable(grid) else grid
+        cells = (*cells, 1, 1)[:3]
+        if len(self._by_grid) >= MAX_KNOWN:
+            self._by_grid.clear()
+        entry = KnownLaunch(grid, args, kwargs, count, driver.active.get_current_device(),
+                            tuple(cells), kernel, tuple(bound[len(args):]))
+        entries = self._by_grid.setdefault(grid, [])
+        entries.insert(0, entry)
+        del entries[MAX_PER_PLAN:]
+
+    def clear(self) -> None:
+        self._by_grid.clear()
