@@ -47,15 +47,15 @@ report: setup
 # kept in OUT/jit_kernels.tar.xz (bench/gpu/jit_log.py; read it back with python -m
 # bench.gpu.jit_compare). Runs with the machine's own python3 (torch, triton), no venv, no network:
 # `make gpu OUT=$OUT`, or without make (BENCH_JIT_LOG=DIR to keep the compiles):
-#   PYTHONPATH=. python3 -m bench lease --budget-s 300 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.diagnose --budget-s 90 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.splits --budget-s 45 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.layer_probe --budget-s 90 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench lease --budget-s 360 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.diagnose --budget-s 60 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.splits --budget-s 30 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.layer_probe --budget-s 75 --output-dir "$OUT"
 OUT ?= bench/results/lease
-BUDGET ?= 300
-DIAGNOSE_BUDGET ?= 90
-SPLITS_BUDGET ?= 45
-PROBE_BUDGET ?= 90
+BUDGET ?= 360
+DIAGNOSE_BUDGET ?= 60
+SPLITS_BUDGET ?= 30
+PROBE_BUDGET ?= 75
 gpu:
 	export BENCH_JIT_LOG=$(abspath $(OUT))/jit; rm -rf $(OUT)/jit; \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --output-dir $(OUT); \

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from bench import end_to_end, hardware, providers, results
-from bench.timing import Timer, summarize
+from bench.timing import Timer, summarize, wall_busy_host
 from bench.workloads import FORWARD, FORWARD_BACKWARD, EndToEnd, Workload
 
 LAYOUTS = ("nchw", "channels_last")
@@ -69,7 +69,8 @@ def _row(workload: str, provider: str, part: str, precision: str, layout: str, p
     return {
         "workload": workload, "provider": provider, "part": part, "precision": precision,
         "layout": layout, "pass": pass_, "status": status, "message": message,
-        "latency_ms": None, "peak_memory_bytes": None, "flops_analytic": None,
+        "latency_ms": None, "gpu_busy_ms": None, "host_ms": None,
+        "peak_memory_bytes": None, "flops_analytic": None,
         "flops_counted": None, "bytes_analytic": None, "tflops": None, "gbps": None,
         "roofline_fraction": None,
     }
@@ -200,6 +201,7 @@ class Harness:
             make_step = _training_step if backward else _inference_step
             step = make_step(forward, leaves)
             latency = summarize(self.timer.samples(step))
+            timing = wall_busy_host(latency, self.timer.gpu_busy_ms(step))
             memory = self.timer.peak_memory(step)
         # A provider may fail in any way (compiler errors, OOM, missing kernels); the row
         # records it and the run goes on.
@@ -217,7 +219,7 @@ class Harness:
         seconds = latency["median"] * 1e-3
         tflops = flops / seconds / 1e12
         row.update(
-            latency_ms=latency,
+            **timing,
             peak_memory_bytes=memory,
             flops_analytic=flops,
             flops_counted=_counted_flops(provider.part, workload, backward),
@@ -230,15 +232,22 @@ class Harness:
 
     def _job_case(self, job: EndToEnd, provider: str) -> dict:
         s = self.settings
-        precision, layout = s.precisions[0], "nchw"
+        # The training step runs channels_last (end_to_end.build), the patch evaluation NCHW.
+        precision = s.precisions[0]
+        layout = "channels_last" if job.kind == "train" else "nchw"
         row = _row(job.name, provider, "model", precision, layout,
                    FORWARD_BACKWARD if job.kind == "train" else FORWARD)
         dtype, tf32 = hardware.PRECISIONS[precision]
-        if provider in providers.PROVIDERS:
+        reason = None
+        if job.kind != "train" and provider in end_to_end.TRAIN_ONLY:
+            reason = "compared on the training step only"
+        elif provider.endswith("_graphed") and s.device != "cuda":
+            reason = "CUDA graphs need CUDA"
+        elif provider in providers.PROVIDERS:
             reason = providers.unavailable_reason(providers.get(provider), s.device, dtype)
-            if reason is not None:
-                row.update(status="skipped", message=reason)
-                return self._report(row)
+        if reason is not None:
+            row.update(status="skipped", message=reason)
+            return self._report(row)
         # Whole models run with float32 weights; bfloat16 means autocast, as people train.
         autocast = (torch.autocast(s.device, dtype=dtype) if dtype != torch.float32
                     else contextlib.nullcontext())
@@ -246,13 +255,14 @@ class Harness:
             step = end_to_end.build(job, provider, s.device)
             with hardware.tf32_mode(tf32), autocast:
                 latency = summarize(self.timer.samples(step))
+                timing = wall_busy_host(latency, self.timer.gpu_busy_ms(step))
                 memory = self.timer.peak_memory(step)
         except ImportError as error:
             row.update(status="skipped", message=_describe(error))
         except Exception as error:  # recorded in the row, as in _measure_layer
             row.update(status="error", message=_describe(error))
         else:
-            row.update(latency_ms=latency, peak_memory_bytes=memory)
+            row.update(**timing, peak_memory_bytes=memory)
         if s.device == "cuda":
             torch.cuda.empty_cache()
         return self._report(row)

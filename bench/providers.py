@@ -99,7 +99,9 @@ class Provider:
     """A named implementation: ``build(inputs)`` returns (forward function, gradient leaves).
 
     ``requires`` is a module that must import for the provider to run (None: always runs);
-    ``needs_triton`` marks providers that run Triton kernels (CUDA, or the CPU interpreter).
+    ``needs_triton`` marks providers that run Triton kernels (CUDA, or the CPU interpreter);
+    ``compiles``, those built with torch.compile; ``graphed``, those that replay CUDA graphs
+    (``mode="reduce-overhead"``: CUDA only).
     """
 
     name: str
@@ -109,6 +111,7 @@ class Provider:
     requires: str | None = None
     needs_triton: bool = False
     compiles: bool = False
+    graphed: bool = False
 
 
 PROVIDERS: dict[str, Provider] = {}
@@ -131,6 +134,8 @@ def get(name: str) -> Provider:
 def unavailable_reason(provider: Provider, device: str,
                        dtype: torch.dtype | None = None) -> str | None:
     """Why ``provider`` cannot run on ``device`` in ``dtype`` here, or None when it can."""
+    if provider.graphed and device != "cuda":
+        return "CUDA graphs need CUDA"
     if provider.needs_triton and device != "cuda":
         from triton_nsr.functional import interpreter_enabled
 
@@ -234,6 +239,19 @@ def _build_static_conv(inputs: LayerInputs):
     return reference_part("static", inputs)
 
 
+def graphed(build):
+    """``build``'s forward under torch.compile(mode="reduce-overhead"): Inductor's graph, its
+    forward and backward replayed as CUDA graphs (cudagraph trees) after the warm-up calls."""
+
+    def build_graphed(inputs: LayerInputs):
+        forward, leaves = build(inputs)
+        # As _build_paper_compiled: this shape, dtype and layout, not a recompile limit's.
+        torch._dynamo.reset()
+        return torch.compile(forward, mode="reduce-overhead", dynamic=False), leaves
+
+    return build_graphed
+
+
 register(Provider("paper", "layer", "the paper's formulation, eager: einsum mixing and one "
                   "grouped F.conv2d over the batch", _build_paper))
 register(Provider("paper_compiled", "layer", "the paper's formulation under torch.compile",
@@ -247,6 +265,14 @@ register(Provider("triton_conv", "conv", "the Triton per-sample convolution alon
                   needs_triton=True))
 register(Provider("static_conv", "static", "one F.conv2d with a kernel shared by the batch "
                   "(cuDNN on GPU): the floor NSR is measured against", _build_static_conv))
+# The three a user compares, each CUDA-graphed (torch.compile, mode="reduce-overhead").
+register(Provider("paper_graphed", "layer", "the paper's formulation, CUDA-graphed",
+                  graphed(_build_paper), compiles=True, graphed=True))
+register(Provider("triton_nsr_graphed", "layer", "triton_nsr, CUDA-graphed",
+                  graphed(_build_triton_nsr), requires="triton_nsr.ops", needs_triton=True,
+                  compiles=True, graphed=True))
+register(Provider("static_conv_graphed", "static", "the static convolution, CUDA-graphed",
+                  graphed(_build_static_conv), compiles=True, graphed=True))
 
 
 def part_flops_and_bytes(part: str, workload: Workload, cost: LayerCost,

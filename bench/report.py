@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench import plots
+from bench import comparison, plots
 from bench.costs import cost_table, markdown_table
 from bench.results import REPO_ROOT
 from bench.workloads import Workload, main_workloads
@@ -285,6 +285,7 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
         "a share of the roofline at the layer's arithmetic intensity (analytic FLOPs over "
         "minimum bytes), from the peaks measured above.",
         headline_table(run),
+        *comparison.section(run),
     ]
     e2e = end_to_end_table(run)
     if e2e:

@@ -143,10 +143,7 @@ def test_module_constructor_rejects_bad_arguments(kwargs, match):
 
 
 def test_triton_backend_without_cuda_or_interpreter_is_a_clear_error(monkeypatch):
-    from triton_nsr import functional
-
-    # As in a process that imported triton without TRITON_INTERPRET (it is read once).
-    monkeypatch.setattr(functional, "_INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA"):
         resolve_backend("triton", torch.randn(1))
     assert resolve_backend("auto", torch.randn(1)) == "torch"

@@ -139,10 +139,7 @@ def test_harness_records_failing_and_unavailable_providers(monkeypatch):
 
     monkeypatch.setitem(providers.PROVIDERS, "broken",
                         providers.Provider("broken", "layer", "always fails", broken))
-    from triton_nsr import functional
-
-    # As in a process that imported triton without TRITON_INTERPRET (it is read once).
-    monkeypatch.setattr(functional, "_INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     settings = _cpu_settings(layouts=["nchw"], providers=["broken", "triton_nsr"],
                              passes=["forward"])
     run = harness.Harness(settings, lambda message: None).run(tiny_workloads(), [])
@@ -429,3 +426,52 @@ def test_missing_or_broken_kernels_are_reported_not_raised(monkeypatch):
     assert [(r.status, "half-written" in r.message) for r in outcome] == [("failed", True)]
     reason = providers.unavailable_reason(providers.get("triton_mix"), "cpu")
     assert "SyntaxError" in reason
+
+
+def test_gpu_busy_leaves_out_the_l2_flush_and_host_time_is_the_rest():
+    from bench.timing import busy_ms_per_call, wall_busy_host
+
+    flush = "void at::native::vectorized_elementwise_kernel<4, at::native::bitwise_not_kernel_cuda"
+    kernels = [(flush, 900.0), ("conv_fwd_kernel", 30.0), ("mix_fwd_kernel", 10.0)] * 2
+    assert busy_ms_per_call(kernels, calls=2) == pytest.approx(0.040)
+    wall = {"median": 0.100, "p20": 0.09, "p80": 0.12}
+    assert wall_busy_host(wall, 0.040) == {"latency_ms": wall, "gpu_busy_ms": 0.040,
+                                           "host_ms": pytest.approx(0.060)}
+    assert wall_busy_host(wall, None)["host_ms"] is None
+
+
+def test_comparison_and_targets_render_from_a_stored_run():
+    from bench import comparison
+
+    run = _synthetic_gpu_run()
+    # W1-expand in bf16 channels_last, eager and graphed, with the profiler's GPU time.
+    timings = {"static_conv": (0.10, 0.05), "paper": (0.60, 0.30), "triton_nsr": (0.19, 0.05),
+               "static_conv_graphed": (0.06, 0.05), "paper_graphed": (0.35, 0.30),
+               "triton_nsr_graphed": (0.07, 0.05)}
+    for name, (wall, busy) in timings.items():
+        part = providers.get(name).part
+        row = harness._row("W1-expand", name, part, "bf16", "channels_last",
+                           "forward_backward")
+        row.update(latency_ms={"median": wall, "p20": wall, "p80": wall, "min": wall, "n": 20},
+                   gpu_busy_ms=busy, host_ms=wall - busy)
+        run["measurements"].append(row)
+    for name, ms in (("paper_graphed", 30.0), ("triton_nsr_graphed", 15.0)):
+        row = harness._row("E2E-train", name, "model", "bf16", "channels_last",
+                           "forward_backward")
+        row.update(latency_ms={"median": ms, "p20": ms, "p80": ms, "min": ms, "n": 20})
+        run["measurements"].append(row)
+    table = comparison.comparison_table(run)
+    assert "| W1-expand | bf16 channels_last | forward_backward | triton_nsr | 0.190 | 0.050 | " \
+           "0.140 | 0.070 | 0.050 | 0.020 |" in table
+    verdicts = {target: (measured, verdict) for target, measured, verdict in
+                comparison.targets(run)}
+    host = verdicts["W1-expand forward_backward: host time <= 3x the static conv's"]
+    assert host == ("2.80x (0.140 vs 0.050 ms)", "met")
+    wall = verdicts["W1-expand forward_backward: eager wall <= 1.5x the static conv's"]
+    assert wall[1] == "MISSED" and "the host" in wall[0]
+    assert verdicts["W1-expand forward_backward: GPU time <= 2.5x the static conv's"][1] == "met"
+    graphed = verdicts["graphed WDSR-NSR training step >= 1.5x faster than the paper's "
+                       "graphed step"]
+    assert graphed == ("2.00x", "met")
+    page = "\n\n".join(comparison.section(run))
+    assert "## Targets of this run" in page and "## Eager and CUDA-graphed" in page

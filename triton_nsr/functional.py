@@ -31,12 +31,8 @@ from triton_nsr.router import autocast_enabled
 
 
 def interpreter_enabled() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1, which must be
-    set before triton is imported, so it is read once)."""
-    return _INTERPRETED
-
-
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_backend(backend: str, input: torch.Tensor) -> str:

@@ -74,13 +74,14 @@ class _LeaseHarness(harness.Harness):
 
     def _job_case(self, job, provider: str) -> dict:
         reason = self.lease.stop_reason()
+        pass_ = FORWARD_BACKWARD if job.kind == "train" else FORWARD
+        layout = "channels_last" if job.kind == "train" else "nchw"
         if reason is not None:
-            pass_ = FORWARD_BACKWARD if job.kind == "train" else FORWARD
             return self._report(harness._row(job.name, provider, "model",
-                                             self.settings.precisions[0], "nchw", pass_,
+                                             self.settings.precisions[0], layout, pass_,
                                              "skipped", f"not reached: {reason}"))
-        row = harness._row(job.name, provider, "model", self.settings.precisions[0], "nchw",
-                           FORWARD_BACKWARD if job.kind == "train" else FORWARD)
+        row = harness._row(job.name, provider, "model", self.settings.precisions[0], layout,
+                           pass_)
         with self.lease.timed(row):
             measured = super()._job_case(job, provider)
         measured["setup"] = row["setup"]  # the harness built its own row for the job
@@ -204,7 +205,8 @@ class Lease:
         used = []
         for step in self.steps:
             for case in step.cases:
-                used += [p for p in case.providers if p not in used]
+                if case.kind == "layer":
+                    used += [p for p in case.providers if p not in used]
         return harness.Settings(
             device=self.device, precisions=[p for p, _ in plan.HEADLINE_CONFIGS],
             layouts=[layout for _, layout in plan.HEADLINE_CONFIGS], providers=used,
@@ -355,6 +357,7 @@ class Lease:
                      + (f" - {row['message']}" if row["message"] else ""))
         elif case.kind == "layer":
             bench.settings.providers = list(case.providers)
+            bench.settings.passes = list(case.passes)
             bench._total += case.measurements
             bench._layer_case(case.target, case.precision, case.layout)
         elif case.kind == "job":

@@ -32,7 +32,15 @@ from triton_nsr.kernels import tuned_configs
 
 HEADLINE_CONFIGS = (("bf16", "channels_last"), ("tf32", "nchw"))
 HEADLINE_PROVIDERS = ("paper", "triton_nsr", "static_conv")
+# The comparison a user makes: each of the three eager and CUDA-graphed (reduce-overhead), the
+# graphed ones on the training pass, where host time weighs.
+GRAPHED_PROVIDERS = ("paper_graphed", "triton_nsr_graphed", "static_conv_graphed")
+TRAIN_PROVIDERS = ("paper", "triton_nsr", "static", "paper_graphed", "triton_nsr_graphed",
+                   "static_graphed")
 JOB_PROVIDERS = ("paper", "triton_nsr")
+# The layers the comparison covers, most important first; W3 (patch evaluation) runs its
+# forward only, eagerly, for its target.
+COMPARISON_LAYERS = ("W1-expand", "W1-reduce", "W2", "W4")
 LAYOUTS = ("nchw", "channels_last")
 
 # The machine a lease plans for when the dry run cannot see it (device README: one H200,
@@ -50,6 +58,12 @@ ROOFLINE_EFFICIENCY = 0.3
 MEASUREMENT_OVERHEAD_S = 0.3
 CUDNN_BENCHMARK_S = 0.3
 TORCH_COMPILE_S = 30.0
+# reduce-overhead compiles: one layer's forward and backward graphs, and a whole WDSR-NSR
+# training step's (guesses, as TORCH_COMPILE_S).
+GRAPH_COMPILE_S = 15.0
+GRAPH_MODEL_COMPILE_S = 60.0
+# The comparison's share of the lease: 240 s of make gpu's 360 s budget.
+COMPARISON_FRACTION = 240 / 360
 JOB_SETUP_S = 8.0
 JOB_CALL_S = {"train": 0.05, "eval": 0.4}
 PEAKS_S = 6.0
@@ -69,10 +83,13 @@ class Case:
     precision: str | None = None
     layout: str | None = None
     providers: tuple[str, ...] = ()
+    only_passes: tuple[str, ...] | None = None
 
     @property
     def passes(self) -> tuple[str, ...]:
         if self.kind == "layer":
+            if self.only_passes is not None:
+                return tuple(p for p in self.target.passes if p in self.only_passes)
             return self.target.passes
         if self.kind == "job":
             return (FORWARD_BACKWARD if self.target.kind == "train" else FORWARD,)
@@ -85,7 +102,9 @@ class Case:
     def label(self) -> str:
         parts = [self.kind] + ([self.target.name] if self.target else [])
         parts += [p for p in (self.precision, self.layout) if p]
-        return " ".join(parts) + (f" [{', '.join(self.providers)}]" if self.providers else "")
+        passes = f" {'/'.join(self.only_passes)}" if self.only_passes else ""
+        return (" ".join(parts) + (f" [{', '.join(self.providers)}]" if self.providers else "")
+                + passes)
 
 
 @dataclass(frozen=True)
@@ -137,10 +156,35 @@ class Scale:
                    jobs, sweeps, (), warmup=1, repeats=2, max_autotunes=0)
 
 
+def comparison_cases(scale: Scale) -> tuple[Case, ...]:
+    """The user's comparison, in the order the targets need it (docs/design.md, "Targets of
+    the next GPU run"): the three providers eager on every layer in bf16 channels_last, W3's
+    forward, the WDSR-NSR training step graphed (triton_nsr and the paper's) then the rest of
+    it, the layers CUDA-graphed (forward+backward), then TF32 NCHW."""
+    layers = {w.name: w for w in scale.layers}
+    names = [n for n in COMPARISON_LAYERS if n in layers] or [w.name for w in scale.layers
+                                                               if w.name != "W3"]
+    (precision, layout), (precision2, layout2) = HEADLINE_CONFIGS
+    cases = [Case("layer", layers[n], precision, layout, HEADLINE_PROVIDERS) for n in names]
+    if "W3" in layers:
+        cases.append(Case("layer", layers["W3"], precision, layout, HEADLINE_PROVIDERS))
+    for job in scale.jobs:
+        if job.kind == "train":
+            graphed = ("triton_nsr_graphed", "paper_graphed")
+            cases.append(Case("job", job, "bf16", "channels_last", graphed))
+            cases.append(Case("job", job, "bf16", "channels_last",
+                              tuple(p for p in TRAIN_PROVIDERS if p not in graphed)))
+    cases += [Case("layer", layers[n], precision, layout, GRAPHED_PROVIDERS,
+                   only_passes=(FORWARD_BACKWARD,)) for n in names]
+    for n in names:
+        cases.append(Case("layer", layers[n], precision2, layout2, HEADLINE_PROVIDERS))
+        cases.append(Case("layer", layers[n], precision2, layout2, GRAPHED_PROVIDERS,
+                          only_passes=(FORWARD_BACKWARD,)))
+    return tuple(cases)
+
+
 def lease_steps(scale: Scale) -> list[Step]:
     """The lease's steps, most important first."""
-    headline = tuple(Case("layer", w, p, layout, HEADLINE_PROVIDERS)
-                     for w in scale.layers for p, layout in HEADLINE_CONFIGS)
     precision, layout = HEADLINE_CONFIGS[0]
     extras = tuple(Case("layer", w, p, lay, scale.extra_providers)
                    for w in scale.layers for p, lay in HEADLINE_CONFIGS
@@ -154,10 +198,13 @@ def lease_steps(scale: Scale) -> list[Step]:
                       "NCHW and channels_last, forward and every gradient, bitwise repeat",
              0.22, tuple(Case("smoke", w, p, lay) for w in scale.smoke_layers
                          for p in smoke.PRECISIONS for lay in LAYOUTS), autotune=False),
-        Step("headline", "headline table: W1-W4 x (bf16 channels_last, TF32 NCHW) x (forward, "
-                         "forward+backward) x (paper, triton_nsr, static conv)", 0.5, headline),
-        Step("end_to_end", "WDSR-NSR training step and patch evaluation (bf16 autocast)", 0.2,
-             tuple(Case("job", job, "bf16", "nchw", JOB_PROVIDERS) for job in scale.jobs)),
+        Step("comparison", "the comparison: static conv, paper's layer and triton_nsr, eager "
+                           "and CUDA-graphed, wall and GPU-busy time, per layer (bf16 "
+                           "channels_last, then TF32 NCHW) and for a WDSR-NSR training step",
+             COMPARISON_FRACTION, comparison_cases(scale)),
+        Step("end_to_end", "WDSR-NSR patch evaluation (bf16 autocast)", 0.1,
+             tuple(Case("job", job, "bf16", "nchw", JOB_PROVIDERS) for job in scale.jobs
+                   if job.kind != "train")),
         Step("extras", "paper under torch.compile, then the sweeps (bf16, channels_last)", 1.0,
              extras),
     ]
@@ -177,6 +224,8 @@ class Estimate:
     benchmarks: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # (case label, estimated seconds) in the step's order
+    case_seconds: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _recorded_launches(run) -> list[tuned_configs.Launch]:
@@ -266,41 +315,55 @@ class Planner:
         est = Estimate(cases=len(step.cases))
         calls = self.scale.warmup + self.scale.repeats + 1  # + the peak-memory call
         for case in step.cases:
-            est.measurements += case.measurements
-            if case.kind == "peaks":
-                est.seconds += PEAKS_S if self.gpu else 1.0
-                continue
-            if case.kind == "smoke":
-                launches = _record_layer(case.target, case.precision, case.layout, self.device,
-                                         backward=True)
-                self._add(est, launches, autotune=False)
-                per_run = (SMOKE_RUN_S if self.gpu
-                           else len(launches) * INTERPRETED_LAUNCH_S)
-                est.seconds += 3 * per_run
-                continue
-            if case.kind == "job":
-                for provider in case.providers:
-                    launches = (_record_job(case.target, self.device)
-                                if provider == "triton_nsr" else [])
-                    self._add(est, launches, step.autotune)
-                    per_call = (JOB_CALL_S[case.target.kind] if self.gpu
-                                else len(launches) * INTERPRETED_LAUNCH_S + 1.0)
-                    est.seconds += JOB_SETUP_S + calls * per_call
-                continue
-            for provider in case.providers:
-                for pass_ in case.passes:
-                    launches = []
-                    if providers.get(provider).needs_triton:
-                        launches = _record_layer(case.target, case.precision, case.layout,
-                                                 self.device, pass_ == FORWARD_BACKWARD)
-                        self._add(est, launches, step.autotune)
-                    elif self.gpu:
-                        est.seconds += CUDNN_BENCHMARK_S
-                    if providers.get(provider).compiles:
-                        est.seconds += TORCH_COMPILE_S
-                    est.seconds += MEASUREMENT_OVERHEAD_S + calls * self._call_seconds(
-                        case, provider, pass_, len(launches))
+            before = est.seconds
+            self._estimate_case(est, step, case, calls)
+            est.case_seconds.append((case.label(), est.seconds - before))
         return est
+
+    def _estimate_case(self, est: Estimate, step: Step, case: Case, calls: int) -> None:
+        """Add ``case``'s measurements, compiles and seconds to ``est``."""
+        est.measurements += case.measurements
+        if case.kind == "peaks":
+            est.seconds += PEAKS_S if self.gpu else 1.0
+            return
+        if case.kind == "smoke":
+            launches = _record_layer(case.target, case.precision, case.layout, self.device,
+                                     backward=True)
+            self._add(est, launches, autotune=False)
+            per_run = (SMOKE_RUN_S if self.gpu
+                       else len(launches) * INTERPRETED_LAUNCH_S)
+            est.seconds += 3 * per_run
+            return
+        if case.kind == "job":
+            for provider in case.providers:
+                if provider.endswith("_graphed") and not self.gpu:
+                    continue  # skipped without CUDA
+                launches = (_record_job(case.target, self.device)
+                            if provider.startswith("triton_nsr") else [])
+                self._add(est, launches, step.autotune)
+                per_call = (JOB_CALL_S[case.target.kind] if self.gpu
+                            else len(launches) * INTERPRETED_LAUNCH_S + 1.0)
+                est.seconds += JOB_SETUP_S + calls * per_call
+                if provider.endswith("_graphed"):
+                    est.seconds += GRAPH_MODEL_COMPILE_S
+            return
+        for provider in case.providers:
+            if providers.get(provider).graphed and not self.gpu:
+                continue  # skipped without CUDA
+            for pass_ in case.passes:
+                launches = []
+                if providers.get(provider).needs_triton:
+                    launches = _record_layer(case.target, case.precision, case.layout,
+                                             self.device, pass_ == FORWARD_BACKWARD)
+                    self._add(est, launches, step.autotune)
+                elif self.gpu:
+                    est.seconds += CUDNN_BENCHMARK_S
+                if providers.get(provider).graphed:
+                    est.seconds += GRAPH_COMPILE_S
+                elif providers.get(provider).compiles:
+                    est.seconds += TORCH_COMPILE_S
+                est.seconds += MEASUREMENT_OVERHEAD_S + calls * self._call_seconds(
+                    case, provider, pass_, len(launches))
 
     def _add(self, est: Estimate, launches, autotune: bool) -> None:
         compiles, tuned, benchmarks = self._compile_work(launches, autotune)
@@ -309,6 +372,18 @@ class Planner:
         est.benchmarks += benchmarks
         if self.gpu:
             est.seconds += compiles * COMPILE_S + benchmarks * AUTOTUNE_BENCH_S
+
+
+def _case_lines(est: Estimate, cap: float) -> list[str]:
+    """The comparison's cases in the order they run, with their estimated seconds, where the
+    step's cap falls among them."""
+    lines, spent = [], 0.0
+    for label, seconds in est.case_seconds:
+        spent += seconds
+        where = "" if spent <= cap else "  (beyond the cap: not reached)"
+        lines.append(f"{'':<11} {'':>5} {'':>5} {'':>8} {'':>9} {'':>7} {seconds:>7.0f} "
+                     f"{'':>6} {spent:>6.0f}    {label}{where}")
+    return lines
 
 
 def reserve_seconds(budget_s: float) -> float:
@@ -350,6 +425,8 @@ def format_plan(scale: Scale, budget_s: float, device: str, target: tuned_config
         lines.append(f"{step.name:<11} {est.cases:>5} {est.measurements:>5} {est.compiles:>8} "
                      f"{est.autotuned:>9} {est.benchmarks:>7} {est.seconds:>7.0f} {cap:>6.0f} "
                      f"{clock:>6.0f}  {step.title}{cut}")
+        if step.name == "comparison":
+            lines += _case_lines(est, cap)
     lines.append(f"{'total':<11} {totals.cases:>5} {totals.measurements:>5} {totals.compiles:>8} "
                  f"{totals.autotuned:>9} {totals.benchmarks:>7} {totals.seconds:>7.0f}")
     lines += [
