@@ -124,17 +124,20 @@ def test_graphed_layer_replays_eager_bit_for_bit():
     assert tuned_configs.telemetry.autotuned == autotuned
 
 
-def _train(model, steps, lr_batch, hr_batch, step_fn=None):
+def _step(model, optimizer, lr_batch, hr_batch):
+    """One bf16 training step (autocast's cast cache off, as a captured graph needs)."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
+        loss = F.l1_loss(model(lr_batch), hr_batch)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _train(model, steps, lr_batch, hr_batch):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
-            loss = F.l1_loss(model(lr_batch), hr_batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach().float())
-    return torch.stack(losses)
+    return torch.stack([_step(model, optimizer, lr_batch, hr_batch).detach().float()
+                        for _ in range(steps)])
 
 
 @pytest.mark.gpu
@@ -150,20 +153,11 @@ def test_training_step_captured_in_a_cuda_graph_trains_as_eager():
     losses = []
     with torch.cuda.stream(side):  # warm-up: tuning, compiles, plans, the optimizer's state
         for _ in range(3):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
-                loss = F.l1_loss(model(lr_batch), hr_batch)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach().float())
+            losses.append(_step(model, optimizer, lr_batch, hr_batch).detach().float())
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        with torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
-            static_loss = F.l1_loss(model(lr_batch), hr_batch)
-        static_loss.backward()
-        optimizer.step()
+        static_loss = _step(model, optimizer, lr_batch, hr_batch)
     for _ in range(3):
         graph.replay()
         losses.append(static_loss.detach().float().clone())
