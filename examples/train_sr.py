@@ -3,6 +3,7 @@
 One device:      python examples/train_sr.py --data path/to/images --scale 2 --steps 10000
 Several GPUs:    torchrun --nproc_per_node=4 examples/train_sr.py --data path/to/images
 No data at hand: python examples/train_sr.py --synthetic --steps 200
+A CPU try-out:   python examples/train_sr.py --synthetic --small-cpu   (about a minute)
 
 Low-resolution inputs are bicubic downscalings of random high-resolution crops. Under torchrun
 (WORLD_SIZE > 1) each process trains on its own crops under DistributedDataParallel; rank 0
@@ -32,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from triton_nsr import NSRConv2d, reference
 from triton_nsr.models import WDSRNSR
+from triton_nsr.models.wdsr_nsr import EVAL_OVERLAP, EVAL_PADDING
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -47,6 +49,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+# WDSRNSR's eval-time patching pads 4 px and overlaps patches by 8: a patch must exceed 16.
+MIN_PATCH_SIZE = 2 * EVAL_PADDING + EVAL_OVERLAP + 1
+
+
+def patch_size(text: str) -> int:
+    """argparse type: a low-resolution patch side of at least MIN_PATCH_SIZE."""
+    value = int(text)
+    if value < MIN_PATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_PATCH_SIZE} (the evaluation "
+                                         f"pads {EVAL_PADDING} px and overlaps patches by "
+                                         f"{EVAL_OVERLAP}), got {value}")
+    return value
+
+
+# --small-cpu: a network and a run a 2-core CPU trains in about a minute.
+SMALL_CPU = {"num_blocks": 4, "units": 32, "width": 2, "cardinals": 4, "steps": 300,
+             "batch_size": 8, "patch_size": 32, "synthetic_images": 16,
+             "synthetic_size": 96, "val_every": 150, "save_every": 150}
 
 
 # The options that decide the network's parameters: a checkpoint only resumes under the same.
@@ -87,8 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--steps", type=positive_int, default=1000,
                        help="total optimizer steps, those of a resumed run included")
     train.add_argument("--batch-size", type=positive_int, default=16, help="per process")
-    train.add_argument("--patch-size", type=positive_int, default=48,
-                       help="low-resolution patch side")
+    train.add_argument("--patch-size", type=patch_size, default=48,
+                       help=f"low-resolution patch side, at least {MIN_PATCH_SIZE}; training "
+                            "images need scale x patch-size pixels a side")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="torch device: cpu, cuda or cuda:N")
@@ -99,14 +122,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="steps between checkpoints")
     train.add_argument("--val-every", type=positive_int, default=500,
                        help="steps between PSNR runs")
+    train.add_argument("--small-cpu", action="store_true",
+                       help="a try-out sized for a CPU (about a minute on 2 cores): "
+                            + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                        for k, v in SMALL_CPU.items())
+                            + "; options given explicitly win")
     existing = train.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
                           help="continue from OUT/latest.pth (from step 0 if there is none)")
     existing.add_argument("--overwrite", action="store_true",
                           help="start from step 0 and replace an existing OUT/latest.pth")
     args = parser.parse_args(argv)
+    if args.small_cpu:
+        given = {action.dest for action in parser._actions
+                 if any(option in (argv if argv is not None else sys.argv[1:])
+                        for option in action.option_strings)}
+        for name, value in SMALL_CPU.items():
+            if name not in given:
+                setattr(args, name, value)
     if (args.data is None) == (not args.synthetic):
         parser.error("give exactly one of --data DIR and --synthetic")
+    if args.synthetic and args.synthetic_size < args.scale * args.patch_size:
+        parser.error(f"--synthetic-size {args.synthetic_size} is below --scale x --patch-size "
+                     f"({args.scale * args.patch_size}): no patch fits a synthetic image")
+    if args.synthetic and args.synthetic_images <= args.val_images:
+        parser.error(f"--synthetic-images {args.synthetic_images} must exceed --val-images "
+                     f"{args.val_images} (those are held out for PSNR)")
+    try:  # the network's own checks, on the meta device: nothing is allocated
+        build_model(args, torch.device("meta"))
+    except ValueError as error:
+        parser.error(str(error))
     try:
         device = torch.device(args.device)
     except RuntimeError:

@@ -184,3 +184,26 @@ def test_progress_shows_the_time_left(script, capsys, monkeypatch):
     bar.update(2, 0.5)
     assert "2/12 loss 0.5000 0.20 it/s ETA 0:50" in capsys.readouterr().err
     assert script.format_duration(50) == "0:50" and script.format_duration(3725) == "1:02:05"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--patch-size", "16"], "--patch-size: must be at least 17"),
+    (["--units", "30"], "num_residual_units (30) must be divisible by num_sparsity_cardinals"),
+    (["--patch-size", "100"], "--synthetic-size 128 is below --scale x --patch-size (200)"),
+    (["--width", "0.01"], "width_multiplier must give a block at least one channel"),
+    (["--synthetic-images", "4"], "--synthetic-images 4 must exceed --val-images 4"),
+])
+def test_out_of_range_options_are_usage_errors_without_a_traceback(script, options, message,
+                                                                    capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script.parse_args(["--synthetic", *options])
+    assert exit_.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
+
+
+def test_small_cpu_fills_in_what_is_not_given(script):
+    args = script.parse_args(["--synthetic", "--small-cpu", "--steps", "5"])
+    assert args.steps == 5
+    assert (args.num_blocks, args.patch_size) == (script.SMALL_CPU["num_blocks"],
+                                                  script.SMALL_CPU["patch_size"])
