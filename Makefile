@@ -34,7 +34,8 @@ test-quick: setup
 bench: setup
 	$(PY) -m bench
 
-# Re-render docs/performance.md and docs/images/ from the newest stored GPU and CPU runs
+# Re-render docs/performance.md, docs/images/ and the README speed table from the newest
+# committed GPU and CPU runs
 # (no measuring).
 report: setup
 	$(PY) -m bench report

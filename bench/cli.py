@@ -1,12 +1,14 @@
 """Benchmarks of triton_nsr against the paper's NSR formulation, and the performance report.
 
 Without a subcommand: on a CUDA machine, check the kernels, run the full suite (W1-W4 in every
-precision and layout, the sweeps and the end-to-end jobs), store the JSON under bench/results/
-and render docs/performance.md. Without CUDA (about 5 minutes on a 2-core CPU): run the CPU
-suite (the paper's layer, the default layer and a static conv timed side by side, and their
-peak memory; see `cpu`), store its JSON, check the kernels in the Triton interpreter on one
-tiny case (in a child process, so the timing saw what backend='auto' means to a user), print
-the analytic cost table, and render the report from the newest stored GPU and CPU runs.
+precision and layout, the sweeps and the end-to-end jobs), store the JSON and render its report in
+--output-dir (bench/results/local/, ignored by git). Without CUDA (about 2 minutes on a 2-core
+CPU): run the CPU suite (the paper's layer, the default layer and a static conv timed side by side,
+and their peak memory; see `cpu`), store its JSON, check the kernels in the Triton interpreter on
+one tiny case (in a child process, so the timing saw what backend='auto' means to a user), print
+the analytic cost table, and render the report there from the newest GPU run and this CPU run.
+`report` renders the committed docs/performance.md and the README's speed table from committed runs
+only.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from bench import (
     harness,
     plots,
     providers,
+    readme,
     report,
     results,
 )
-from bench.costs import bytes_table, cost_table, kernel_bytes_table
+from bench.costs import BYTES_COLUMNS, bytes_table, cost_legend, cost_table, kernel_bytes_table
 from bench.workloads import FORWARD, FORWARD_BACKWARD, main_workloads, select
 
 FULL_SUITE = ["main", "sweeps", "e2e"]
@@ -106,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--results-dir", type=Path, default=results.RESULTS_DIR,
-                        help="where run JSON files are stored and looked up "
+                        help="where the committed runs are looked up for the report "
                              "(default: bench/results)")
+    parser.add_argument("--output-dir", type=Path, default=results.LOCAL_DIR,
+                        help="where a measuring command writes its JSON and the page rendered "
+                             "from it (default: bench/results/local, ignored by git)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -141,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="untimed calls first, for compiling and autotuning "
                           "(default: 5 on cuda, 1 on cpu)")
     run.add_argument("--output", type=Path, default=None,
-                     help="JSON path (default: <results-dir>/<date>_<device>_<commit>.json)")
+                     help="JSON path (default: <output-dir>/<date>_<device>_<commit>.json)")
     run.add_argument("--no-check", action="store_true",
                      help="skip the kernel check against the reference before measuring")
     run.add_argument("--report", action="store_true",
-                     help="render docs/performance.md from this run afterwards "
+                     help="render <output-dir>/performance.md from this run afterwards "
                           "(cuda runs only)")
 
     rep = commands.add_parser(
@@ -207,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rounds timed even past the budget (default: %(default)s)")
     cpu.add_argument("--no-memory", action="store_true", help="skip the peak-memory child")
     cpu.add_argument("--output", type=Path, default=None,
-                     help="JSON path (default: <results-dir>/<date>_cpu-suite_<commit>.json)")
+                     help="JSON path (default: <output-dir>/<date>_cpu-suite_<commit>.json)")
     cpu.add_argument("--no-report", action="store_true",
-                     help="do not re-render docs/performance.md afterwards")
+                     help="do not render <output-dir>/performance.md afterwards")
     return parser
 
 
@@ -234,17 +240,21 @@ def command_check(device: str) -> int:
 
 
 def command_costs() -> int:
+    workloads = main_workloads()
     print("analytic cost per layer (triton_nsr.flops; forward, float32):")
-    print(cost_table(main_workloads()))
+    print(cost_table(workloads))
+    print()
+    print(cost_legend(workloads))
     print()
     print("HBM bytes the triton path moves per layer and pass (bfloat16 activations, float32 "
-          "parameters; each tensor once per kernel that reads or writes it, no L2 credit), "
-          "against the floor (forward x + y + bank; backward dy + x + dx + bank + bank "
-          "gradient):")
-    print(bytes_table(main_workloads()))
+          "parameters):")
+    print(bytes_table(workloads))
     print()
-    print("MB per kernel (forward+backward; W3 forward only; channels_last input):")
-    print(kernel_bytes_table(main_workloads()))
+    print("\n".join(f"- `{name}`: {meaning}" for name, meaning in BYTES_COLUMNS.items()))
+    print()
+    print("MB per kernel (forward+backward; W3 forward only; channels_last input), each "
+          "kernel's share of `moved MB`:")
+    print(kernel_bytes_table(workloads))
     return 0
 
 
@@ -271,7 +281,7 @@ def command_run(args: argparse.Namespace) -> tuple[int, Path]:
     outcome = [] if args.no_check else _kernel_check(args.device)
     run = harness.Harness(settings, _progress).run(layers, jobs)
     run["kernel_check"] = [asdict(result) for result in outcome]
-    path = results.write(run, args.output or results.default_path(run, args.results_dir))
+    path = results.write(run, args.output or results.default_path(run, args.output_dir))
     _progress(f"wrote {path}")
     return _failed(outcome), path
 
@@ -287,7 +297,7 @@ def command_cpu(args: argparse.Namespace) -> Path:
     except (ValueError, RuntimeError) as error:
         raise SystemExit(f"python -m bench cpu: {error}") from None
     path = cpu_suite.write(record, args.output or cpu_suite.default_path(record,
-                                                                          args.results_dir))
+                                                                          args.output_dir))
     print(f"CPU suite ({record['environment']['cpu_model']}, "
           f"{record['environment']['torch_threads']} threads):")
     print(cpu_report.timing_table(record))
@@ -299,10 +309,12 @@ def command_cpu(args: argparse.Namespace) -> Path:
     return path
 
 
-def _cpu_section(results_dir: Path, markdown: Path, images: Path | None) -> str | None:
-    """The report's CPU section from the newest stored CPU-suite run (without its chart when
-    ``images`` is None), or None."""
-    found = cpu_suite.newest(results_dir)
+def _cpu_section(results_dir: Path, markdown: Path, images: Path | None,
+                 cpu_path: Path | None = None) -> str | None:
+    """The report's CPU section from the CPU-suite run at ``cpu_path``, else the newest one
+    stored in ``results_dir`` (without its chart when ``images`` is None), or None."""
+    found = ((cpu_path, cpu_suite.load(cpu_path)) if cpu_path is not None
+             else cpu_suite.newest(results_dir))
     if found is None:
         return None
     path, record = found
@@ -312,12 +324,15 @@ def _cpu_section(results_dir: Path, markdown: Path, images: Path | None) -> str 
 
 
 def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
-                   images: Path | None) -> int:
+                   images: Path | None, cpu_path: Path | None = None) -> int:
+    """Render ``markdown`` (and charts under ``images``) from the GPU run at ``input_path``,
+    else the newest committed one, and the CPU-suite run at ``cpu_path``, else the newest
+    committed one."""
     if input_path is not None:
         found = (input_path, results.load(input_path))
     else:
         found = results.newest(results_dir, "cuda")
-    cpu_section = _cpu_section(results_dir, markdown, images)
+    cpu_section = _cpu_section(results_dir, markdown, images, cpu_path)
     if found is None:
         page = report.render_without_results(_repo_relative(results_dir), markdown,
                                              cpu_section)
@@ -329,6 +344,10 @@ def command_report(input_path: Path | None, results_dir: Path, markdown: Path,
     page = report.render(run, _repo_relative(path), markdown, images, cpu_section)
     print(f"report: rendered {page} from {_repo_relative(path)} "
           f"({env['device_name']}, {run['created_utc']}, commit {env['git_commit'][:12]})")
+    if Path(markdown).resolve() == report.DEFAULT_MARKDOWN.resolve():
+        # The committed report: the README's speed table follows the same run.
+        print(f"report: README speed table from {_repo_relative(path)}: "
+              f"{readme.update(run, str(_repo_relative(path)))}")
     return 0
 
 
@@ -397,24 +416,34 @@ def main(argv: list[str] | None = None) -> int:
         except plots.MissingMatplotlibError as error:
             raise SystemExit(f"python -m bench report: {error}") from None
     if args.command == "cpu":
-        command_cpu(args)
+        path = command_cpu(args)
         if not args.no_report:
-            command_report(None, args.results_dir, report.DEFAULT_MARKDOWN,
-                           report.DEFAULT_IMAGES)
+            _local_report(args.results_dir, args.output_dir, cpu_path=path)
         return 0
     if args.command == "run":
         status, path = command_run(args)
         if args.report and args.device == "cuda":
-            command_report(path, args.results_dir, report.DEFAULT_MARKDOWN,
-                           report.DEFAULT_IMAGES)
+            _local_report(args.results_dir, args.output_dir, gpu_path=path)
         return status
     # No subcommand: the main job (`make bench`).
+    dirs = ["--results-dir", str(args.results_dir), "--output-dir", str(args.output_dir)]
     if torch.cuda.is_available():
-        return main(["--results-dir", str(args.results_dir), "run", "--report"])
-    command_cpu(build_parser().parse_args(["--results-dir", str(args.results_dir), "cpu"]))
+        return main([*dirs, "run", "--report"])
+    path = command_cpu(build_parser().parse_args([*dirs, "cpu"]))
     # The kernel check runs in a child, in the interpreter: here backend='auto' keeps meaning
     # the torch backend, as it did for the timing above.
     status = _run_in_interpreter(["check", "--device", "cpu"])
     command_costs()
-    command_report(None, args.results_dir, report.DEFAULT_MARKDOWN, report.DEFAULT_IMAGES)
+    _local_report(args.results_dir, args.output_dir, cpu_path=path)
     return status
+
+
+def _local_report(results_dir: Path, output_dir: Path, gpu_path: Path | None = None,
+                  cpu_path: Path | None = None) -> Path:
+    """The page of a user's run, beside its JSON in ``output_dir`` (the committed
+    docs/performance.md is left alone: `make report` renders it from committed runs)."""
+    markdown = Path(output_dir) / "performance.md"
+    command_report(gpu_path, results_dir, markdown, Path(output_dir) / "images", cpu_path)
+    print(f"your run's report: {_repo_relative(markdown)} (docs/performance.md, the committed "
+          "report, is rendered from the committed runs by `make report`)")
+    return markdown

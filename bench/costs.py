@@ -78,10 +78,55 @@ def bound_note(workloads: list[Workload]) -> str:
             "bound assumes C_out = C_in and no bias) for " + ", ".join(over) + ".")
 
 
+# What each column of the analytic cost table (COST_HEADERS) means.
+COST_COLUMNS = {
+    "workload": "the layer shape (above)",
+    "input": "batch x height x width of the layer's input",
+    "C_in->C_out": "input and output channels",
+    "static params": "parameters of an `nn.Conv2d` of the same shape (weight and bias)",
+    "NSR params": "parameters of the NSR layer: k weight and bias banks plus the router's "
+                  "`Linear(C_in, k*d)`",
+    "static GFLOP": "forward FLOPs of that static convolution over the whole batch, 10^9 "
+                    "(a multiply-add counts as two; bias adds included)",
+    "NSR GFLOP": "forward FLOPs of the NSR layer: the convolution plus the spatial mean, the "
+                 "router's matmul, the softmax and mixing every sample's kernel from the k banks",
+    "extra FLOPs": "(NSR - static) / static: the overhead the supplementary calls negligible",
+    "paper bound (c=C_in)": "the supplementary's (section 2) estimate of that overhead, "
+                            "(p^2 c + k c d + k q^2 c^2) / (p^2 q^2 c^2) with image side p, "
+                            "kernel side q and c = C_in channels; it assumes C_out = C_in and "
+                            "no bias",
+    "min MB fp32": "the least memory traffic of the NSR layer's forward in float32, in MB "
+                   "(10^6 bytes): input, output and every parameter moved once; the mixed "
+                   "per-sample kernels, which an implementation may keep on chip, are not "
+                   "counted",
+}
+
+
+def cost_legend(workloads: list[Workload]) -> str:
+    """The cost table's workloads (from their descriptions) and columns, as markdown."""
+    lines = ["Each workload is one NSR layer as WDSR-NSR runs it (3x3 kernel, padding 1, "
+             "k = 4 sparsity groups of d = 16 cardinals, bias):", ""]
+    lines += [f"- **{w.name}**: {w.description}" for w in workloads]
+    lines += ["", "Columns:", ""]
+    lines += [f"- `{name}`: {meaning}" for name, meaning in COST_COLUMNS.items()]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- HBM bytes
 
 BYTES_HEADERS = ("workload", "layout", "pass", "launches", "moved MB", "floor MB", "ratio",
                  "target")
+# What each column of the bytes table means.
+BYTES_COLUMNS = {
+    "launches": "Triton launches of the layer call (forward; or forward and backward)",
+    "moved MB": "what the launches read and write in HBM, each tensor once per launch that "
+                "touches it, no credit for L2 hits (10^6 bytes)",
+    "floor MB": "the least a layer call must move: forward x, y and the k banks; backward dy, "
+                "x, dx, the banks and their gradient",
+    "ratio": "moved / floor",
+    "target": "the most moved / floor set for this layer and pass when the launches were "
+              "merged (docs/design.md, HBM bytes), met or MISSED",
+}
 # Issue 11's targets, bfloat16 activations: (workload, pass) -> most moved bytes / floor.
 BYTES_TARGETS = {
     ("W3", FORWARD): 1.25, ("W4", FORWARD): 1.55,

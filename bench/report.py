@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench import comparison, plots
-from bench.costs import cost_table, markdown_table
+from bench import comparison, consistency, plots
+from bench.costs import cost_legend, cost_table, markdown_table
 from bench.results import REPO_ROOT
 from bench.workloads import Workload, main_workloads
 
@@ -21,40 +21,6 @@ DEFAULT_MARKDOWN = REPO_ROOT / "docs" / "performance.md"
 DEFAULT_IMAGES = REPO_ROOT / "docs" / "images"
 
 
-# What each column of the analytic cost table (bench.costs.COST_HEADERS) means.
-COST_COLUMNS = {
-    "workload": "the layer shape (above)",
-    "input": "batch x height x width of the layer's input",
-    "C_in->C_out": "input and output channels",
-    "static params": "parameters of an `nn.Conv2d` of the same shape (weight and bias)",
-    "NSR params": "parameters of the NSR layer: k weight and bias banks plus the router's "
-                  "`Linear(C_in, k*d)`",
-    "static GFLOP": "forward FLOPs of that static convolution over the whole batch, 10^9 "
-                    "(a multiply-add counts as two; bias adds included)",
-    "NSR GFLOP": "forward FLOPs of the NSR layer: the convolution plus the spatial mean, the "
-                 "router's matmul, the softmax and mixing every sample's kernel from the k banks",
-    "extra FLOPs": "(NSR - static) / static: the overhead the supplementary calls negligible",
-    "paper bound (c=C_in)": "the supplementary's (section 2) estimate of that overhead, "
-                            "(p^2 c + k c d + k q^2 c^2) / (p^2 q^2 c^2) with image side p, "
-                            "kernel side q and c = C_in channels; it assumes C_out = C_in and "
-                            "no bias",
-    "min MB fp32": "the least memory traffic of the NSR layer's forward in float32, in MB "
-                   "(10^6 bytes): input, output and every parameter moved once; the mixed "
-                   "per-sample kernels, which an implementation may keep on chip, are not "
-                   "counted",
-}
-
-
-def cost_legend(workloads: list[Workload]) -> str:
-    """The cost table's workloads (from their descriptions) and columns, as markdown."""
-    lines = ["Each workload is one NSR layer as WDSR-NSR runs it (3x3 kernel, padding 1, "
-             "k = 4 sparsity groups of d = 16 cardinals, bias):", ""]
-    lines += [f"- **{w.name}**: {w.description}" for w in workloads]
-    lines += ["", "Columns:", ""]
-    lines += [f"- `{name}`: {meaning}" for name, meaning in COST_COLUMNS.items()]
-    return "\n".join(lines)
-
-
 def _layer_workloads(run: dict, headline_only: bool = False) -> dict[str, Workload]:
     """The run's layer workloads (not the end-to-end jobs); without sweeps if headline_only."""
     return {name: Workload(**{**w, "passes": tuple(w["passes"])})
@@ -62,13 +28,19 @@ def _layer_workloads(run: dict, headline_only: bool = False) -> dict[str, Worklo
             if "passes" in w and (plots.is_headline_workload(w) or not headline_only)}
 
 
-def _latency(row: dict | None) -> str:
+def _latency(row: dict | None, run: dict | None = None) -> str:
+    """Median [p20-p80] ms, marked (!) where the run measured the same case twice and the two
+    disagree beyond their spread (consistency.measured_twice), or a short reason."""
     if row is None:
         return "-"
     if row["status"] != "ok":
-        return f"{row['status']}"
+        return consistency.short_reason(row)
     lat = row["latency_ms"]
-    return f"{lat['median']:.3f} [{lat['p20']:.3f}-{lat['p80']:.3f}]"
+    mark = ""
+    if run is not None and (row["workload"], row["provider"], row["precision"], row["layout"],
+                            row["pass"]) in consistency.disagreeing_keys(run):
+        mark = " (!)"
+    return f"{lat['median']:.3f} [{lat['p20']:.3f}-{lat['p80']:.3f}]{mark}"
 
 
 def _find(run: dict, **match) -> dict | None:
@@ -106,13 +78,21 @@ def provenance(run: dict, source: Path) -> str:
     ]
     if env.get("git_commit_note"):
         lines.append(f"- commit note: {env['git_commit_note']}")
-    failed = sorted({(r["precision"], r["layout"]) for r in run.get("smoke", [])
-                     if r["status"] == "failed"})
-    if failed:
-        cases = ", ".join(f"{precision} {layout}" for precision, layout in failed)
-        lines.append(f"- **the correctness smoke failed for {cases}** (see the GPU lease "
-                     "section): the `triton_nsr` timings in those settings measure kernels that "
-                     "computed a wrong result")
+    lines.append(f"- age: {consistency.freshness(run, REPO_ROOT)}")
+    failed = [r for r in run.get("smoke", []) if r["status"] == "failed"]
+    for precision, layout in sorted({(r["precision"], r["layout"]) for r in failed}):
+        cases = [r for r in failed if (r["precision"], r["layout"]) == (precision, layout)]
+        inaccurate = [r for r in cases if "over" in consistency.smoke_verdicts(r)[0]]
+        unrepeated = [r for r in cases if consistency.smoke_verdicts(r)[1] == "**no**"]
+        what = []
+        if inaccurate:
+            what.append(f"{len(inaccurate)} over the float64 tolerance")
+        if unrepeated:
+            what.append(f"{len(unrepeated)} wrote different bits on a repeat"
+                        + (" (within the tolerance)" if not inaccurate else ""))
+        lines.append(f"- **the correctness smoke failed for {precision} {layout}** "
+                     f"({'; '.join(what) or 'see the GPU lease section'}): the `triton_nsr` "
+                     "timings in that setting are of kernels that did not pass it")
     return "\n".join(lines)
 
 
@@ -151,7 +131,7 @@ def headline_table(run: dict) -> str:
                             layout=layout, pass_=pass_)
                 ok = row is not None and row["status"] == "ok"
                 speedup = plots.speedup(run, row) if ok else None
-                cells += [_latency(row), _number(speedup, ".2f"),
+                cells += [_latency(row, run), _number(speedup, ".2f"),
                           _number(row["roofline_fraction"] * 100 if ok else None, ".1f")]
             table.append(cells)
     headers = ["workload", "provider", "forward ms", "x paper", "% roofline",
@@ -165,11 +145,10 @@ def full_table(run: dict, workload: str) -> str:
     for row in run["measurements"]:
         if row["workload"] != workload:
             continue
-        ok = row["status"] == "ok"
         memory = row["peak_memory_bytes"]
         table.append([
             row["provider"], row["precision"], row["layout"], row["pass"],
-            _latency(row) if ok else f"{row['status']}: {row['message']}",
+            _latency(row, run),
             _number(plots.speedup(run, row), ".2f"),
             _number(row["tflops"], ".2f"), _number(row["gbps"], ".0f"),
             _number(row["roofline_fraction"] * 100 if row["roofline_fraction"] else None,
@@ -182,7 +161,12 @@ def full_table(run: dict, workload: str) -> str:
 
 
 def flop_check_table(run: dict) -> str:
-    """Analytic FLOPs next to those torch's FlopCounterMode counts on the reference."""
+    """Analytic FLOPs next to those torch's FlopCounterMode counts on the reference, counted
+    here (on the meta device: shapes only) one sample at a time (providers.count_flops), and
+    the count the run stored where it differs (runs before the per-sample count)."""
+    from bench import providers
+    from bench.workloads import Workload
+
     precision, layout = plots.headline(run)
     table = []
     seen = set()
@@ -191,9 +175,16 @@ def flop_check_table(run: dict) -> str:
         if key in seen or row["flops_counted"] is None:
             continue
         seen.add(key)
+        fields = {k: v for k, v in run["workloads"][row["workload"]].items()
+                  if k in Workload.__dataclass_fields__}
+        counted = providers.count_flops(row["part"], Workload(**fields),
+                                        row["pass"] == "forward_backward")
+        stored = row["flops_counted"]
         table.append([row["workload"], row["part"], row["pass"],
-                      f"{row['flops_analytic']:,}", f"{row['flops_counted']:,}"])
-    return markdown_table(["workload", "part", "pass", "analytic FLOPs", "counted FLOPs"], table)
+                      f"{row['flops_analytic']:,}", f"{counted:,}",
+                      "" if stored == counted else f"{stored:,}"])
+    return markdown_table(["workload", "part", "pass", "analytic FLOPs", "counted FLOPs",
+                           "stored by the run (grouped count)"], table)
 
 
 def cost_paragraph(run: dict) -> str:
@@ -247,11 +238,9 @@ def end_to_end_table(run: dict) -> str | None:
     table = []
     for name in jobs:
         for row in (r for r in run["measurements"] if r["workload"] == name):
-            ok = row["status"] == "ok"
             memory = row["peak_memory_bytes"]
             table.append([
-                name, row["provider"], row["precision"],
-                _latency(row) if ok else f"{row['status']}: {row['message']}",
+                name, row["provider"], row["precision"], _latency(row, run),
                 _number(plots.speedup(run, row), ".2f"),
                 _number(memory["peak"] / 2**20 if memory else None, ".0f"),
             ])
@@ -285,6 +274,8 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
         "a share of the roofline at the layer's arithmetic intensity (analytic FLOPs over "
         "minimum bytes), from the peaks measured above.",
         headline_table(run),
+        *([consistency.measured_twice_paragraph(run)]
+          if consistency.measured_twice_paragraph(run) else []),
         *comparison.section(run),
     ]
     e2e = end_to_end_table(run)
@@ -298,8 +289,11 @@ def render(run: dict, source: Path, markdown: Path = DEFAULT_MARKDOWN,
         parts.append(f"![{name}]({relative})")
     parts += ["## FLOPs: analytic vs counted",
               "Counted by `torch.utils.flop_counter.FlopCounterMode` on the plain-PyTorch "
-              "version of each part; it counts matmuls and convolutions only (not pooling, "
-              "softmax or bias adds), and forward+backward as three passes.",
+              "version of each part, its per-sample convolution one sample at a time; it "
+              "counts matmuls and convolutions only (not pooling, softmax or bias adds), and "
+              "forward+backward as three passes. Runs before this count stored the batch-"
+              "grouped convolution's: the counter takes a grouped convolution's weight "
+              "gradient as ungrouped, `batch` times too many.",
               flop_check_table(run)]
     parts.append("## Every configuration")
     for name, workload in _layer_workloads(run).items():
@@ -326,26 +320,33 @@ def lease_section(run: dict) -> list[str]:
                       step["reason"] + (f" (not reached: {', '.join(step['not_reached'])})"
                                         if step["not_reached"] else "")])
     tuning = lease.get("tuning", {})
+    compiles, compile_s = tuning.get("triton_compiles"), tuning.get("triton_compile_s")
+    if compiles is None:  # runs that kept only the steps' counts
+        counted = [step.get("setup") or {} for step in lease["steps"]]
+        compiles = sum(setup.get("compiles") or 0 for setup in counted)
+        compile_s = sum(setup.get("compile_s") or 0.0 for setup in counted)
     parts = [
         "## GPU lease",
         f"Budget {lease['budget_s']:.0f} s, used {lease['elapsed_s']:.0f} s "
-        f"({lease['scale']} shapes). Triton compiles: {tuning.get('triton_compiles')} "
-        f"({_number(tuning.get('triton_compile_s'), '.1f')} s); shape classes autotuned: "
+        f"({lease['scale']} shapes). Triton compiles: {compiles} "
+        f"({_number(compile_s, '.1f')} s); shape classes autotuned: "
         f"{tuning.get('autotuned')}; launches from the stored table: "
         f"{tuning.get('table_hits')}.",
         markdown_table(["step", "status", "s", "cap s", "cases", "compiles", "compile s",
                         "autotuned", "autotune bench s", "reason"], steps),
     ]
     smoke_rows = [[r["workload"], r["precision"], r["layout"], r["status"],
-                   _number(max(r["errors"].values()) if r.get("errors") else None, ".1e"),
-                   _number(r.get("tolerance"), ".0e"),
-                   {True: "yes", False: "no"}.get(r.get("deterministic"), "-"), r["message"]]
+                   *consistency.smoke_verdicts(r),
+                   consistency.short_reason({**r, "status": ""})[2:] if r["message"] else ""]
                   for r in run.get("smoke", [])]
     if smoke_rows:
         parts += ["### Correctness smoke (fixed configs, float64 reference)",
+                  "Two verdicts per case: the worst relative error against float64 within "
+                  "the precision's tolerance, and three launches on the same inputs writing the "
+                  "same bits.",
                   markdown_table(["workload", "precision", "layout", "status",
-                                  "worst rel. error", "tolerance", "bitwise repeat",
-                                  "message"], smoke_rows)]
+                                  "accuracy vs float64", "bitwise repeat", "reason"],
+                                 smoke_rows)]
     parts += ["### Ratios in the same run",
               "`paper / triton_nsr` above 1 means triton_nsr is faster; `triton_nsr / static` "
               "is the cost over one static convolution.",

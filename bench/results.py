@@ -30,6 +30,9 @@ import torch
 
 SCHEMA_VERSION = 1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where a user's runs go, with the page rendered from them: ignored by git, so measuring
+# leaves the checkout clean (the committed report changes only through `make report`).
+LOCAL_DIR = RESULTS_DIR / "local"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_KEYS = ("schema", "created_utc", "environment", "settings", "peaks", "workloads",
             "measurements")

@@ -244,9 +244,11 @@ def test_report_without_gpu_results_says_so(tmp_path):
 
 
 def test_the_cost_table_defines_its_workloads_and_every_column(tmp_path):
-    from bench.costs import COST_HEADERS
+    from bench.costs import BYTES_COLUMNS, BYTES_HEADERS, COST_COLUMNS, COST_HEADERS
 
-    assert list(report.COST_COLUMNS) == list(COST_HEADERS)
+    assert list(COST_COLUMNS) == list(COST_HEADERS)
+    # The bytes table's first three columns name the case; every other one is explained.
+    assert list(BYTES_COLUMNS) == list(BYTES_HEADERS[3:])
     page = report.render_without_results(tmp_path, tmp_path / "performance.md")
     text = page.read_text()
     for header in COST_HEADERS:
@@ -475,3 +477,94 @@ def test_comparison_and_targets_render_from_a_stored_run():
     assert graphed == ("2.00x", "met")
     page = "\n\n".join(comparison.section(run))
     assert "## Targets of this run" in page and "## Eager and CUDA-graphed" in page
+
+
+def test_measuring_writes_where_git_ignores_and_the_report_reads_committed_runs(tmp_path):
+    import subprocess
+
+    # A user's run (python -m bench, run, cpu) writes its JSON and its page to an ignored
+    # folder; the committed docs/performance.md is rendered from committed runs only.
+    parser = cli.build_parser()
+    for command in ([], ["run"], ["cpu"]):
+        args = parser.parse_args(command)
+        assert args.output_dir == results.LOCAL_DIR
+    probe = results.LOCAL_DIR / "20260101T000000_cpu-suite_0000000.json"
+    for path in (probe, results.LOCAL_DIR / "performance.md",
+                 results.LOCAL_DIR / "images" / "cpu_ratios.png"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=results.REPO_ROOT)
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+    assert parser.parse_args(["report"]).markdown == report.DEFAULT_MARKDOWN
+    # newest() looks at the committed folder itself, not into local/.
+    local = tmp_path / "local"
+    local.mkdir()
+    run = _synthetic_gpu_run()
+    results.write(run, results.default_path(run, local))
+    assert results.newest(tmp_path, "cuda") is None
+    assert results.newest(local, "cuda") is not None
+
+
+def test_the_renderer_flags_cases_measured_twice_that_disagree():
+    from bench import consistency
+
+    # The stored H200 run of 865104e measured W1-expand's batch-16, k=4 point three times
+    # (the headline workload, the batch sweep, the k sweep), with the old timer.
+    stored = results.load(results.RESULTS_DIR / "20261130T211648_cuda_865104e.json")
+    cases = consistency.measured_twice(stored)
+    paper = next(c for c in cases if (c["provider"], c["pass"]) == ("paper", "forward"))
+    assert paper["workloads"] == ["W1-expand", "batch-16", "k-4"] and not paper["agree"]
+    flagged = consistency.disagreeing_keys(stored)
+    assert ("W1-expand", "paper", "bf16", "channels_last", "forward") in flagged
+    page = consistency.measured_twice_paragraph(stored)
+    assert "disagree beyond their spread" in page and "W1-expand 0.591 ms" in page
+    # The same case twice with overlapping spreads agrees; one far off is flagged.
+    run = _synthetic_gpu_run()
+    run["workloads"]["batch-16"] = {**run["workloads"]["W1-expand"], "name": "batch-16",
+                                    "group": "sweep-batch"}
+    twice = [{**row, "workload": "batch-16", "latency_ms": dict(row["latency_ms"])}
+             for row in run["measurements"] if row["workload"] == "W1-expand"]
+    run["measurements"] += twice
+    assert consistency.measured_twice(run)
+    assert all(c["agree"] for c in consistency.measured_twice(run))
+    twice[0]["latency_ms"] = {k: v * 3 if k != "n" else v
+                              for k, v in twice[0]["latency_ms"].items()}
+    assert sum(not c["agree"] for c in consistency.measured_twice(run)) == 1
+
+
+@pytest.mark.parametrize("path", sorted(results.RESULTS_DIR.glob("*_cuda_*.json")),
+                         ids=lambda path: path.name)
+def test_stored_runs_timed_from_a_synchronised_start_agree_with_themselves(path):
+    from bench import consistency
+
+    run = results.load(path)
+    if not consistency.timed_from_a_synchronised_start(run):
+        pytest.skip("timed before bench/timing.py; its disagreements are flagged instead")
+    bad = [case for case in consistency.measured_twice(run) if not case["agree"]]
+    assert not bad, bad
+
+
+def test_a_failed_provider_shows_a_short_reason_and_the_smoke_two_verdicts():
+    from bench import consistency
+
+    row = {"status": "error", "message": "RuntimeError: Expected all tensors to be on the same "
+                                         "device, but got mat1 is on cpu, different from cuda:0"}
+    assert consistency.short_reason(row) == "failed: expected all tensors to be on the same device"
+    smoke = {"errors": {"output": 3e-4, "grad_weight": 8e-4}, "tolerance": 1e-3,
+             "deterministic": False}
+    assert consistency.smoke_verdicts(smoke) == ("within (8.0e-04 <= 1e-03)", "**no**")
+    smoke.update(errors={"output": 4.7e-2}, deterministic=True)
+    assert consistency.smoke_verdicts(smoke) == ("**over** (4.7e-02 > 1e-03)", "yes")
+
+
+def test_the_readme_speed_table_is_the_stored_runs():
+    from bench import readme
+
+    # make report writes it from the newest committed GPU run; it must not drift from it.
+    path, run = results.newest(results.RESULTS_DIR, "cuda")
+    text = readme.README.read_text()
+    source = str(path.relative_to(results.REPO_ROOT))
+    assert readme.render_into(text, run, source) == text
+    table = readme.speed_table(run, source)
+    assert run["environment"]["device_name"] in table and run["created_utc"][:10] in table
+    for column in ("triton_nsr ms", "paper's layer ms", "paper's layer, torch.compile ms",
+                   "nn.Conv2d ms"):
+        assert column in table

@@ -80,7 +80,7 @@ REMOVED_WEIGHT_GRAD_CONFIGS = [
 # carries one dy row (float32) and loads the other again; tests/test_hopper_compile.py checks
 # in the sm_90 IR that every dot reads a loaded or carried operand, never a constant.
 ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-# Measured on an H200 (bench/splits.py, b49e5e9, bf16, channels_last, autotuned): the per-tap
+# Measured on an H200 (bench/gpu/splits.py, b49e5e9, bf16, channels_last, autotuned): the per-tap
 # kernel beat the all-taps one at every split count. Best of each, per-tap against all-taps:
 # W1-expand 70 us against 95 us (the layer's one split: 70 against 203), W1-reduce 72 against
 # 126 (the layer's TRANSPOSED: 75 against 156), W4 212 against 278 (32 splits, near the
@@ -88,7 +88,7 @@ ALL_TAPS_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 # programs fill the 132 SMs; the L2 bytes the all-taps kernel saves were not the limit. So a
 # channels_last dy takes the per-tap kernel; an NCHW dy keeps the all-taps one, which reads it
 # in unshifted rows (the per-tap kernel's are 2-byte loads there) and writes its channels_last
-# copy for the input gradient. bench.splits times both on every GPU lease, forcing the
+# copy for the input gradient. bench.gpu.splits times both on every GPU lease, forcing the
 # all-taps kernel for both layouts through ALL_TAPS_LAYOUTS.
 ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 # The per-tap kernel keys on the layouts of both operands, the precision, the pixel class, the
@@ -99,22 +99,22 @@ ALL_TAPS_LAYOUTS: tuple[str, ...] = ("nchw",)
 PER_TAP_WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pixels",
                            "kernel_h", "kernel_w", "num_splits", "grad_output_w_stride",
                            "input_w_stride", "PRECISION", "X_IN_REGISTERS"]
-# The per-tap kernel's pixel loop in TF32 runs unpipelined. On an H200 (Triton 3.6,
-# bench.layer_probe at 865104e) it wrote different bits on the same inputs, launch after
-# launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed,
-# by up to 34 in sums of about 1e3 (relative errors up to 4.7e-2 against float64, where a
-# correct TF32 sum is 8e-4). With one stage every tile and layout repeated bit for bit, as did
-# bf16 at any depth; the layer's TF32 smoke cases had failed their repeat check in both leases.
+# The per-tap kernel's pixel loop in TF32 runs unpipelined. On an H200 (Triton 3.6, the layer probe,
+# bench.gpu.layer_probe, at 865104e) it wrote different bits on the same inputs, launch after
+# launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed, by up
+# to 34 in sums of about 1e3 (relative errors up to 4.7e-2 against float64, where a correct TF32 sum
+# is 8e-4). With one stage every tile and layout repeated bit for bit, as did bf16 at any depth; the
+# layer's TF32 smoke cases had failed their repeat check in both leases.
 TF32_LOOP_STAGES = 1
-# The TF32 per-tap kernel gradient of an NCHW dy, run transposed (the kernel's X_IN_REGISTERS):
-# TF32 wgmma reads only K-major (pixel-contiguous) operands from shared memory. dy in NCHW is
-# one, as wgmma's B; x's tile is none at a tap shift (the channels_last copy the layer passes is
-# MN-major, an NCHW x 4 bytes off at odd columns), so it goes to wgmma's A from registers, which
-# takes any layout. Both then load by 16-byte cp.async and the loop pipelines at the config's
-# depth: wgmma, wait depth >= 1, no spills in the sm_90 compiles (docs/kernels.md, rows marked
-# alternative), where the unpipelined loop above has neither. Off until an H200 shows it repeats
-# bit for bit, which the untransposed pipelined loop did not: bench.layer_probe repeats and times
-# it right after its layer repeats (capture.kernel_gradient_variant("per_tap_x_in_registers")).
+# The TF32 per-tap kernel gradient of an NCHW dy, run transposed (the kernel's X_IN_REGISTERS): TF32
+# wgmma reads only K-major (pixel-contiguous) operands from shared memory. dy in NCHW is one, as
+# wgmma's B; x's tile is none at a tap shift (the channels_last copy the layer passes is MN-major,
+# an NCHW x 4 bytes off at odd columns), so it goes to wgmma's A from registers, which takes any
+# layout. Both then load by 16-byte cp.async and the loop pipelines at the config's depth: wgmma,
+# wait depth >= 1, no spills in the sm_90 compiles (docs/kernels.md, rows marked alternative), where
+# the unpipelined loop above has neither. Off until an H200 shows it repeats bit for bit, which the
+# untransposed pipelined loop did not: bench.gpu.layer_probe repeats and times it right after its
+# layer repeats (capture.kernel_gradient_variant("per_tap_x_in_registers")).
 TF32_X_IN_REGISTERS = False
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
