@@ -60,10 +60,11 @@ def _poisoned(factory):
 
 @pytest.fixture
 def poison_allocations(monkeypatch):
-    """Every new tensor from torch.empty / empty_like / new_empty starts as NaN.
+    """Every new tensor from torch.empty / empty_like / empty_strided / new_empty starts as NaN.
 
     A kernel that forgets to write an element then leaves a NaN that the comparison catches.
     """
     monkeypatch.setattr(torch, "empty", _poisoned(torch.empty))
     monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
+    monkeypatch.setattr(torch, "empty_strided", _poisoned(torch.empty_strided))
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))

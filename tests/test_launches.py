@@ -8,9 +8,10 @@ mixed-precision training runs the layer; the gradients come from torch.autograd.
 
 Budget (issue 11): forward <= 3 launches, forward + backward <= 8 launches and aten compute
 ops together (7 here). With zero padding there is no aten op at all: no cast of the parameters,
-no copy of the mixed kernels (the mixing kernel writes the forward's packed layout, which the
-16-bit input gradient reads too; only TF32 packs a copy), no sum of W4's split kernel gradient,
-no add of the mean's gradient. Other padding modes add their F.pad and its backward.
+no copy of a channels_last model's weights, no copy of the mixed kernels (the mixing kernel
+writes the forward's packed layout, which the 16-bit input gradient reads too; only TF32 packs a
+copy), no sum of W4's split kernel gradient, no add of the mean's gradient. Other padding modes
+add their F.pad and its backward.
 """
 
 import pytest
@@ -66,6 +67,8 @@ def _layer_call(shape, layout, padding_mode="zeros"):
     layer = NSRConv2d(cin, cout, 3, 4, 16, padding=1, padding_mode=padding_mode,
                       backend="triton")
     format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    # As a user trains in channels_last: the model converted too (its weights channels_last).
+    layer = layer.to(memory_format=format)
     x = torch.empty(batch, cin, height, width, dtype=torch.bfloat16,
                     memory_format=format).requires_grad_()
     return layer, x
@@ -111,6 +114,11 @@ def test_launch_budget_with_zero_padding(shape, layout):
                         "conv_bwd_input_kernel"]
     assert backward_ops == []
     assert len(forward) + len(backward) + len(backward_ops) <= TRAINING_LAUNCHES
+    # A channels_last weight is mixed where it is (no copy op above) and its gradient made in
+    # its strides, which autograd puts in .grad as they are.
+    assert layer.weight.is_contiguous(memory_format=torch.channels_last) == (
+        layout == "channels_last")
+    assert grads[1].stride() == layer.weight.stride()
     # The mixing reads the float32 banks and writes bfloat16 kernels: the cast is in the load.
     # Pointers: routing (written here), the banks, the two outputs and the unused TF32 copy's
     # stand-in, then the router's partial sums, MLP weight and bias, and the means: float32.

@@ -81,6 +81,42 @@ def test_channels_last_and_batch_one(config):
     run_triton(config, torch.float32, batch=1, channels_last=True)
 
 
+# Weight layouts: channels_last is mixed in place (its gradient in its strides); a dense
+# weight in another order (but for one-row or one-column kernels, where it is contiguous) and
+# a strided view are reshaped (copied) per call.
+WEIGHT_LAYOUTS = {
+    "channels_last": lambda w: w.to(memory_format=torch.channels_last),
+    "taps_transposed": lambda w: w.transpose(2, 3).contiguous().transpose(2, 3),
+    # Every stride doubled: not dense (NaN between the values).
+    "strided": lambda w: torch.stack([w, torch.full_like(w, float("nan"))], -1)[..., 0],
+}
+
+
+# channels_last on three kernel shapes (one with convolution groups); the copied layouts on one.
+@pytest.mark.parametrize("config,layout", [
+    (GRID[0], "channels_last"), (GRID[2], "channels_last"), (GRID[3], "channels_last"),
+    (GRID[0], "taps_transposed"), (GRID[0], "strided"),
+], ids=["3x3-channels_last", "3x1-groups-channels_last", "1x5-channels_last",
+        "3x3-taps_transposed", "3x3-strided"])
+def test_weights_in_any_layout(config, layout):
+    from triton_nsr.layer import weight_read_in_place
+
+    cin, cout, ks, k, d, stride, padding, dilation, groups, bias, mode, size = config
+    x = torch.randn(2, cin, *size, dtype=torch.float64)
+    weight, *rest = make_params(cin, cout, ks, k, d, groups, bias)
+    weight = WEIGHT_LAYOUTS[layout](weight.detach()).requires_grad_()
+    assert weight_read_in_place(weight, k, d) == (layout == "channels_last"
+                                                  or weight.is_contiguous())
+    assert_triton_matches_reference(x, [weight, *rest], k, d, stride, padding, dilation,
+                                    groups, temperature=0.8, padding_mode=mode)
+    if layout == "channels_last" and config is GRID[0]:
+        # What autograd puts in .grad: the mixing's gradient as it is, in the weight's strides.
+        out = nsr_conv2d(x, weight, *rest, k, d, stride, padding, dilation, groups,
+                         backend="triton")
+        out.sum().backward()
+        assert weight.grad.stride() == weight.stride()
+
+
 def test_batch_zero_gives_empty_output_and_zero_gradients():
     x = torch.randn(0, 4, 7, 7, requires_grad=True)
     params = make_params(4, 8, 3, 2, 2, dtype=torch.float32)

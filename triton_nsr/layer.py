@@ -29,7 +29,12 @@ from triton_nsr.kernels.autotune import dot_precision, on_clear_launch_plans
 from triton_nsr.kernels.conv import conv_forward_plan
 from triton_nsr.kernels.conv_bwd_input import conv_input_gradient_for
 from triton_nsr.kernels.conv_bwd_weight import conv_weight_gradient_for
-from triton_nsr.kernels.mix import empty_routing, mix_backward_for, mix_forward_for
+from triton_nsr.kernels.mix import (
+    empty_routing,
+    mix_backward_for,
+    mix_forward_for,
+    weight_bank_strides,
+)
 from triton_nsr.kernels.operands import (
     TMA_ALIGN_BYTES,
     channels_last_copy_helps,
@@ -47,6 +52,17 @@ on_clear_launch_plans(_PLANS.clear)
 
 def _aligned(tensor: torch.Tensor) -> bool:
     return tensor.data_ptr() % TMA_ALIGN_BYTES == 0
+
+
+def weight_read_in_place(weight, num_groups: int, num_cardinals: int) -> bool:
+    """Whether the mixing reads ``weight`` in place as its (k, d, F) bank and makes its
+    gradient in the weight's strides (which autograd then hands to .grad as they are): a dense
+    weight, contiguous or channels_last (a model converted with
+    ``.to(memory_format=torch.channels_last)``). Any other weight is reshaped (copied) on
+    every call and its gradient made contiguous."""
+    return ((weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last))
+            and weight_bank_strides(tuple(weight.shape), weight.stride(), num_groups,
+                                    num_cardinals) is not None)
 
 
 def layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups: int,
@@ -96,13 +112,14 @@ class LayerPlan:
         # The TF32 input gradient reads the kernels output-channels-contiguous: the forward's
         # mixing writes them that way too when that gradient will be wanted.
         self.copy_groups = groups if input_grad and self.tf32 else None
-        # A contiguous parameter is its own (k, d, F) bank: the kernels read its address.
-        self.weight_is_bank = weight.is_contiguous()
+        self.weight_is_bank = weight_read_in_place(weight, num_groups, num_cardinals)
+        # A contiguous bias is its own (k, d, F) bank: the kernels read its address.
         self.bias_is_bank = bias is None or bias.is_contiguous()
         self.pool = self.mix = self.conv = None
         self._backward: dict[tuple, BackwardPlan] = {}
 
     def _banks(self, weight, bias):
+        """(the weight's bank: the weight itself or its (k, d, F) copy, the bias's bank)."""
         k, d = self.num_groups, self.num_cardinals
         bank = weight if self.weight_is_bank else weight.reshape(k, d, -1)
         second = bias if bias is None or self.bias_is_bank else bias.reshape(k, d, -1)
@@ -126,8 +143,7 @@ class LayerPlan:
         if self.mix is None:
             k, d = self.num_groups, self.num_cardinals
             self.mix = mix_forward_for(
-                routing, weight.reshape(k, d, -1),
-                None if bias is None else bias.reshape(k, d, -1), input.dtype,
+                routing, bank, None if bias is None else bias.reshape(k, d, -1), input.dtype,
                 self.kernel_shape, self.copy_groups, partials, self.pixels, mlp_weight,
                 mlp_bias)
         weights, biases, weights_input_grad = self.mix(
@@ -236,8 +252,7 @@ class BackwardPlan:
                 self.mix = mix_backward_for(
                     weight_parts.view(splits, batch, d, -1),
                     None if bias is None else bias_parts.view(splits, batch, d, -1),
-                    routing, weight.reshape(k, d, -1),
-                    None if bias is None else bias.reshape(k, d, -1),
+                    routing, bank, None if bias is None else bias.reshape(k, d, -1),
                     need_banks=self.need_banks, need_routing=self.need_routing)
             routing_parts, grad_weight, grad_bias = self.mix(weight_parts, bias_parts, routing,
                                                              bank, second)

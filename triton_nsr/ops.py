@@ -40,7 +40,7 @@ from triton_nsr.kernels.operands import (
     empty_packed_storage,
 )
 from triton_nsr.kernels.router import routing_dtype
-from triton_nsr.layer import layer_plan
+from triton_nsr.layer import layer_plan, weight_read_in_place
 
 # ----------------------------------------------------------------------------- mixing
 
@@ -478,12 +478,15 @@ def _nsr_layer_backward_fake(grad_output, input, padded, weight, bias, mlp_weigh
             return input.new_empty(0)
         return like.new_empty(like.shape if shape is None else shape)
 
+    # The weight's gradient in its strides where the mixing reads it in place (LayerPlan).
+    in_place = weight_read_in_place(weight, num_groups, num_cardinals)
     return (
         (torch.empty_like(conv_input, memory_format=torch.contiguous_format) if input_is_copy
          else torch.empty_like(conv_input))
         if (need_input and padded is None) or need_padded else input.new_empty(0),
         empty_unless(need_routing, pooled),
-        empty_unless(need_weight, weight),
+        (weight.new_empty_strided(weight.shape, weight.stride()) if need_weight and in_place
+         else empty_unless(need_weight, weight)),
         empty_unless(need_bias and bias is not None, weight, (weight.shape[0],)),
         empty_unless(need_mlp_weight, mlp_weight),
         empty_unless(need_mlp_bias and has_mlp_bias, mlp_weight, (mlp_weight.shape[0],)),

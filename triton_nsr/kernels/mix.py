@@ -64,7 +64,8 @@ def _mix_tile(
     routing_pointer, bank_pointer, output_pointer, tile,
     batch, num_groups, num_cardinals, features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_row_stride, bank_channel_stride,
+    bank_tap_stride,
     output_batch_stride, output_cardinal_stride,
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
     copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride, copy_row_stride,
@@ -78,9 +79,10 @@ def _mix_tile(
     The routing comes from routing_pointer, or with ROUTE from ``routed`` (BLOCK_B,
     BLOCK_GROUPS), this tile's samples' routing column as router.route_samples computed it.
 
-    Feature f is stored at (f // (channels*taps)) * row + (f // taps % channels) * channel +
-    (f % taps) * tap strides: a conv weight's (o, c, tap) order written in any layout (the
-    forward convolution's packed one), or a flat row with channels = taps = 1.
+    Feature f is read from the bank and stored at (f // (channels*taps)) * row +
+    (f // taps % channels) * channel + (f % taps) * tap strides, each tensor with its own: a
+    conv weight's (o, c, tap) order in any layout (a channels_last weight read as it is, the
+    forward convolution's packed layout written), or a flat row with channels = taps = 1.
     With HAS_COPY the tile is also stored in a second conv-weight layout whose output
     channels come in convolution groups: row o of the weight (o = cardinal * d-th share + f's
     row) at (o // copy_group_rows) * group + (o % copy_group_rows) * row + channel + tap
@@ -108,11 +110,11 @@ def _mix_tile(
     else:
         channel = offs_t // taps % channels
         tap = offs_t % taps
-    offs_f = (row * channels + channel) * taps + tap
 
     routing_rows = (routing_pointer + offs_b * routing_batch_stride
                     + cardinal * routing_cardinal_stride)
-    bank_row = bank_pointer + cardinal * bank_cardinal_stride + offs_f * bank_feature_stride
+    bank_row = (bank_pointer + cardinal * bank_cardinal_stride + row * bank_row_stride
+                + channel * bank_channel_stride + tap * bank_tap_stride)
     acc = tl.zeros((BLOCK_B, BLOCK_F), dtype=ACC_DTYPE)
     for group in range(num_groups):
         if ROUTE:
@@ -151,7 +153,8 @@ def mix_fwd_kernel(
     copy_pointer, partials_pointer, mlp_weight_pointer, mlp_bias_pointer, pooled_pointer,
     batch, num_groups, num_cardinals, features, second_features,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_row_stride, bank_channel_stride,
+    bank_tap_stride,
     second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
     output_batch_stride, output_cardinal_stride,
     channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
@@ -169,7 +172,7 @@ def mix_fwd_kernel(
 ):
     """mixed[b, c, f] = sum_j routing[b, j, c] * bank[j, c, f], for one or two banks.
 
-    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F), its feature dimension
+    Pointers: routing (B, k, d); bank (k, d, F) and output (B, d, F), their feature dimension
     laid out as _mix_tile says; when HAS_SECOND,
     second_bank (k, d, F2) and second_output (B, d, F2); any strides. When HAS_COPY the first
     bank's mix is also written to copy_pointer, a second layout (see _mix_tile).
@@ -207,7 +210,8 @@ def mix_fwd_kernel(
         _mix_tile(routing_pointer, bank_pointer, output_pointer, pid,
                   batch, num_groups, num_cardinals, features,
                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
-                  bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+                  bank_group_stride, bank_cardinal_stride, bank_row_stride,
+                  bank_channel_stride, bank_tap_stride,
                   output_batch_stride, output_cardinal_stride,
                   channels, taps, output_row_stride, output_channel_stride, output_tap_stride,
                   copy_pointer, copy_batch_stride, copy_group_rows, copy_group_stride,
@@ -218,7 +222,7 @@ def mix_fwd_kernel(
                   batch, num_groups, num_cardinals, second_features,
                   routing_batch_stride, routing_group_stride, routing_cardinal_stride,
                   second_bank_group_stride, second_bank_cardinal_stride,
-                  second_bank_feature_stride,
+                  second_bank_feature_stride, 0, 0,
                   second_output_batch_stride, second_output_cardinal_stride,
                   1, 1, second_output_feature_stride, 0, 0,
                   copy_pointer, 0, 1, 0, 0, 0, 0, routed,
@@ -228,17 +232,23 @@ def mix_fwd_kernel(
 @triton.jit
 def _grad_tile(
     routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer, routing_parts_pointer,
-    tile, part_offset, batch, num_splits, num_groups, features,
+    tile, part_offset, batch, num_splits, num_groups, features, channels, taps,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_row_stride, bank_channel_stride,
+    bank_tap_stride,
+    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_row_stride,
+    grad_bank_channel_stride, grad_bank_tap_stride,
     parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
     NEED_BANK: tl.constexpr, NEED_ROUTING: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_GROUPS: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
     """One F tile of one cardinal: its bank gradient (all k rows) and, per sample, its share
-    of the routing gradient (written as part ``part_offset + f_block``)."""
+    of the routing gradient (written as part ``part_offset + f_block``).
+
+    The gradient's features are flat; the bank's and its gradient's are a conv weight's
+    (o, c, tap) order with (channels, taps), each in its own strides (as _mix_tile reads a
+    bank), or flat rows with channels = taps = 1."""
     num_f_blocks = tl.cdiv(features, BLOCK_F)
     f_block = tile % num_f_blocks
     cardinal = tile // num_f_blocks
@@ -249,11 +259,16 @@ def _grad_tile(
     mask_f = offs_f < features
     mask_jf = mask_j[:, None] & mask_f[None, :]
 
+    row = offs_f // (channels * taps)
+    channel = offs_f // taps % channels
+    tap = offs_f % taps
+
     routing_col = (routing_pointer + offs_j * routing_group_stride
                    + cardinal * routing_cardinal_stride)
     grad_row = grad_pointer + cardinal * grad_cardinal_stride + offs_f * grad_feature_stride
+    bank_offset = row * bank_row_stride + channel * bank_channel_stride + tap * bank_tap_stride
     bank = tl.load(bank_pointer + offs_j[:, None] * bank_group_stride
-                   + cardinal * bank_cardinal_stride + offs_f[None, :] * bank_feature_stride,
+                   + cardinal * bank_cardinal_stride + bank_offset[None, :],
                    mask=mask_jf, other=0.0).to(ACC_DTYPE)
     parts = (routing_parts_pointer + (part_offset + f_block) * parts_part_stride
              + offs_j * parts_group_stride + cardinal * parts_cardinal_stride)
@@ -276,9 +291,10 @@ def _grad_tile(
                      share.to(routing_parts_pointer.dtype.element_ty), mask=mask_j)
 
     if NEED_BANK:
+        grad_bank_offset = (row * grad_bank_row_stride + channel * grad_bank_channel_stride
+                            + tap * grad_bank_tap_stride)
         grad_bank = (grad_bank_pointer + offs_j[:, None] * grad_bank_group_stride
-                     + cardinal * grad_bank_cardinal_stride
-                     + offs_f[None, :] * grad_bank_feature_stride)
+                     + cardinal * grad_bank_cardinal_stride + grad_bank_offset[None, :])
         tl.store(grad_bank, acc.to(grad_bank_pointer.dtype.element_ty), mask=mask_jf)
 
 
@@ -287,14 +303,16 @@ def _grad_tile(
 def mix_bwd_kernel(
     routing_pointer, grad_pointer, second_grad_pointer, bank_pointer, second_bank_pointer,
     grad_bank_pointer, second_grad_bank_pointer, routing_parts_pointer,
-    batch, num_splits, num_groups, num_cardinals, features, second_features,
+    batch, num_splits, num_groups, num_cardinals, features, second_features, channels, taps,
     routing_batch_stride, routing_group_stride, routing_cardinal_stride,
     grad_split_stride, grad_batch_stride, grad_cardinal_stride, grad_feature_stride,
     second_grad_split_stride, second_grad_batch_stride, second_grad_cardinal_stride,
     second_grad_feature_stride,
-    bank_group_stride, bank_cardinal_stride, bank_feature_stride,
+    bank_group_stride, bank_cardinal_stride, bank_row_stride, bank_channel_stride,
+    bank_tap_stride,
     second_bank_group_stride, second_bank_cardinal_stride, second_bank_feature_stride,
-    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+    grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_row_stride,
+    grad_bank_channel_stride, grad_bank_tap_stride,
     second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
     second_grad_bank_feature_stride,
     parts_part_stride, parts_batch_stride, parts_group_stride, parts_cardinal_stride,
@@ -311,11 +329,11 @@ def mix_bwd_kernel(
     cdiv(F2, BLOCK_F) parts of the routing gradient are added by the router's backward, which
     reads them anyway: no atomics, no extra pass, deterministic.
 
-    Pointers: routing (B, k, d); grad (S, B, d, F), bank and grad_bank (k, d, F); when
-    HAS_SECOND, second_grad (S, B, d, F2), second_bank and second_grad_bank (k, d, F2);
-    routing_parts (T, B, k, d); any strides. BLOCK_F is set by the launcher (it fixes T).
-    Grid: (T * d,). Each program owns all k groups of one F tile of one cardinal
-    (BLOCK_GROUPS >= k) and walks the samples in order.
+    Pointers: routing (B, k, d); grad (S, B, d, F), bank and grad_bank (k, d, F), their
+    features laid out as _grad_tile says; when HAS_SECOND, second_grad (S, B, d, F2),
+    second_bank and second_grad_bank (k, d, F2); routing_parts (T, B, k, d); any strides.
+    BLOCK_F is set by the launcher (it fixes T). Grid: (T * d,). Each program owns all k
+    groups of one F tile of one cardinal (BLOCK_GROUPS >= k) and walks the samples in order.
     """
     pid = tl.program_id(0).to(tl.int64)
     first_parts = tl.cdiv(features, BLOCK_F)
@@ -323,28 +341,66 @@ def mix_bwd_kernel(
     if pid < first_tiles:
         _grad_tile(routing_pointer, grad_pointer, bank_pointer, grad_bank_pointer,
                    routing_parts_pointer, pid, 0, batch, num_splits, num_groups, features,
+                   channels, taps,
                    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
                    grad_split_stride, grad_batch_stride, grad_cardinal_stride,
                    grad_feature_stride,
-                   bank_group_stride, bank_cardinal_stride, bank_feature_stride,
-                   grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_feature_stride,
+                   bank_group_stride, bank_cardinal_stride, bank_row_stride,
+                   bank_channel_stride, bank_tap_stride,
+                   grad_bank_group_stride, grad_bank_cardinal_stride, grad_bank_row_stride,
+                   grad_bank_channel_stride, grad_bank_tap_stride,
                    parts_part_stride, parts_batch_stride, parts_group_stride,
                    parts_cardinal_stride,
                    NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
     elif HAS_SECOND:
         _grad_tile(routing_pointer, second_grad_pointer, second_bank_pointer,
                    second_grad_bank_pointer, routing_parts_pointer, pid - first_tiles,
-                   first_parts, batch, num_splits, num_groups, second_features,
+                   first_parts, batch, num_splits, num_groups, second_features, 1, 1,
                    routing_batch_stride, routing_group_stride, routing_cardinal_stride,
                    second_grad_split_stride, second_grad_batch_stride,
                    second_grad_cardinal_stride, second_grad_feature_stride,
                    second_bank_group_stride, second_bank_cardinal_stride,
-                   second_bank_feature_stride,
+                   second_bank_feature_stride, 0, 0,
                    second_grad_bank_group_stride, second_grad_bank_cardinal_stride,
-                   second_grad_bank_feature_stride,
+                   second_grad_bank_feature_stride, 0, 0,
                    parts_part_stride, parts_batch_stride, parts_group_stride,
                    parts_cardinal_stride,
                    NEED_BANK, NEED_ROUTING, ACC_DTYPE, BLOCK_GROUPS, BLOCK_F)
+
+
+def weight_bank_strides(weight_shape, weight_stride, num_groups: int, num_cardinals: int):
+    """The (group, cardinal, row, channel, tap) strides that read a conv weight
+    (k*out, Cg, kh, kw) as its (k, d, F) bank in place, F in (o, c, tap) order; None where no
+    tap stride walks its taps (kh, kw > 1 and stride_h != kw * stride_w). Contiguous and
+    channels_last weights both qualify, so a model converted to channels_last has its banks
+    read where they are, not copied on every call."""
+    rows, _, kernel_h, kernel_w = weight_shape
+    row, channel, tap_h, tap_w = weight_stride
+    if kernel_h == 1:
+        tap = tap_w
+    elif kernel_w == 1 or tap_h == kernel_w * tap_w:
+        tap = tap_h if kernel_w == 1 else tap_w
+    else:
+        return None
+    out = rows // num_groups
+    return (out * row, out // num_cardinals * row, row, channel, tap)
+
+
+def bank_layout(bank: torch.Tensor, num_groups: int, num_cardinals: int, channels: int,
+                taps: int) -> tuple[tuple, tuple]:
+    """((k, d, F), its (group, cardinal, row, channel, tap) strides) of a bank: a (k, d, F)
+    tensor, F read as (F / (channels*taps), channels, taps), or a conv weight
+    (k*out, channels, kh, kw) read in place (:func:`weight_bank_strides`)."""
+    if bank.dim() == 3:
+        group, cardinal, feature = bank.stride()
+        return tuple(bank.shape), (group, cardinal, channels * taps * feature, taps * feature,
+                                   feature)
+    strides = weight_bank_strides(tuple(bank.shape), bank.stride(), num_groups, num_cardinals)
+    if strides is None:
+        raise ValueError(f"a weight of strides {bank.stride()} cannot be read as its bank in "
+                         "place: pass its (k, d, F) reshape")
+    features = bank.numel() // (num_groups * num_cardinals)
+    return (num_groups, num_cardinals, features), strides
 
 
 def _accumulator(*dtypes: torch.dtype):
@@ -363,7 +419,7 @@ class MixForward:
     __slots__ = ("output_shape", "second_output_shape", "dtype", "packed", "copy_groups",
                  "has_second", "grid", "args", "constexprs")
 
-    def __init__(self, routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+    def __init__(self, routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route) -> None:
         batch, num_groups, num_cardinals = routing_shape
         features = bank_shape[2]
@@ -400,7 +456,7 @@ class MixForward:
                           *mlp_weight_stride, mlp_bias_stride or 0,
                           *contiguous_strides((batch, partials_shape[2])))
         args = (batch, num_groups, num_cardinals, features, second_features,
-                *routing_stride, *bank_stride, *(second_stride or (0, 0, 0)), *layout,
+                *routing_stride, *bank_layout, *(second_stride or (0, 0, 0)), *layout,
                 *(contiguous_strides(second_output_shape) if second_shape else (0, 0, 0)),
                 *copy_layout, *route_args)
         constexprs = {"HAS_SECOND": second_shape is not None, "HAS_COPY": copy_groups is not None,
@@ -426,7 +482,7 @@ class MixForward:
         view, or with ``storage`` as the (B, out, kh, kw, Cp) storage itself.
 
         Only the addresses of bank and second_bank are read (their strides are this plan's):
-        the (k*out, Cg, kh, kw) weight itself may stand for its contiguous (k, d, F) view.
+        a (k*out, Cg, kh, kw) weight is read in place (:func:`bank_layout`).
         """
         device = bank.device
         if self.packed:
@@ -458,11 +514,12 @@ class MixForward:
 
 
 @launch_plan
-def mix_forward_plan(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+def mix_forward_plan(routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                      second_shape, second_stride, dtype, kernel_shape, copy_groups,
                      route) -> MixForward:
-    """The :class:`MixForward` of a shape class, made once."""
-    return MixForward(routing_shape, routing_stride, bank_shape, bank_stride, bank_dtype,
+    """The :class:`MixForward` of a shape class, made once; ``bank_layout``: the bank's five
+    strides (:func:`bank_layout`)."""
+    return MixForward(routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                       second_shape, second_stride, dtype, kernel_shape, copy_groups, route)
 
 
@@ -502,14 +559,19 @@ def mix_forward_for(routing, bank, second_bank, dtype, kernel_shape=None,
                     input_grad_groups=None, partials=None, pixels=None, mlp_weight=None,
                     mlp_bias=None) -> MixForward:
     """The :class:`MixForward` of these tensors (with ``partials`` and its ``pixels``, the
-    router's: :func:`route_and_mix`)."""
+    router's: :func:`route_and_mix`). ``bank``: (k, d, F), or with ``kernel_shape`` the conv
+    weight (k*out, Cg, kh, kw) itself, read in place (:func:`bank_layout`)."""
+    _, num_groups, num_cardinals = routing.shape
+    channels, taps = ((1, 1) if kernel_shape is None
+                      else (kernel_shape[1], kernel_shape[2] * kernel_shape[3]))
+    shape, layout = bank_layout(bank, num_groups, num_cardinals, channels, taps)
     route = None
     if partials is not None:
         route = (tuple(partials.shape), partials.stride(), mlp_weight.stride(),
                  None if mlp_bias is None else mlp_bias.stride(0), pixels)
     has_second = second_bank is not None
     return mix_forward_plan(
-        tuple(routing.shape), routing.stride(), tuple(bank.shape), bank.stride(), bank.dtype,
+        tuple(routing.shape), routing.stride(), shape, layout, bank.dtype,
         tuple(second_bank.shape) if has_second else None,
         second_bank.stride() if has_second else None,
         dtype, kernel_shape, input_grad_groups if kernel_shape is not None else None, route)
@@ -561,21 +623,41 @@ def empty_routing(partials: torch.Tensor, num_groups: int, num_cardinals: int):
 class MixBackward:
     """mix_bwd_kernel's launch for one shape class, decided once: call it with the tensors."""
 
-    __slots__ = ("parts_shape", "grid", "args", "constexprs", "has_second", "need_banks",
-                 "need_routing")
+    __slots__ = ("parts_shape", "grad_bank_shape", "grad_bank_stride", "grid", "args",
+                 "constexprs", "has_second", "need_banks", "need_routing")
 
     def __init__(self, grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
                  second_shape, second_stride, need_banks: bool, need_routing: bool) -> None:
         num_splits, batch = grad_shape[:2]
-        num_groups, num_cardinals, features = bank_shape
+        _, num_groups, num_cardinals = routing_shape
         second_features = second_shape[2] if second_shape is not None else 0
+        # A (k, d, F) bank is read with flat features and its gradient made contiguous; a conv
+        # weight is read in place and its gradient made in the weight's strides, so that
+        # autograd hands it to .grad as it is (a channels_last model's included).
+        if len(bank_shape) == 3:
+            features, channels, taps = bank_shape[2], 1, 1
+            group, cardinal, feature = bank_stride
+            layout = (group, cardinal, feature, 0, 0)
+            self.grad_bank_shape, self.grad_bank_stride = bank_shape, contiguous_strides(
+                bank_shape)
+            grad_layout = (*self.grad_bank_stride, 0, 0)
+        else:
+            rows, channels, kernel_h, kernel_w = bank_shape
+            taps = kernel_h * kernel_w
+            features = rows // (num_groups * num_cardinals) * channels * taps
+            layout = weight_bank_strides(bank_shape, bank_stride, num_groups, num_cardinals)
+            if layout is None:
+                raise ValueError(f"a weight of strides {bank_stride} cannot be read as its "
+                                 "bank in place: pass its (k, d, F) reshape")
+            self.grad_bank_shape, self.grad_bank_stride = bank_shape, bank_stride
+            grad_layout = layout
         parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
         self.parts_shape = (parts, batch, num_groups, num_cardinals)
         self.args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
+                     channels, taps,
                      *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
-                     *bank_stride, *(second_stride or (0, 0, 0)),
-                     *contiguous_strides(bank_shape),
+                     *layout, *(second_stride or (0, 0, 0)), *grad_layout,
                      *(contiguous_strides(second_shape) if second_shape else (0, 0, 0)),
                      *contiguous_strides(self.parts_shape))
         self.constexprs = {"HAS_SECOND": second_shape is not None, "NEED_BANK": need_banks,
@@ -597,7 +679,8 @@ class MixBackward:
             routing_parts = torch.empty(self.parts_shape, dtype=routing.dtype,
                                         device=routing.device)
         if need_banks:
-            grad_bank = torch.empty(bank.shape, dtype=bank.dtype, device=bank.device)
+            grad_bank = torch.empty_strided(self.grad_bank_shape, self.grad_bank_stride,
+                                            dtype=bank.dtype, device=bank.device)
             if has_second:
                 grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
                                                device=second_bank.device)
@@ -630,7 +713,9 @@ def mix_backward_plan(grad_shape, grad_stride, grad_dtype, second_grad_stride, r
 
 def mix_backward_for(grad, second_grad, routing, bank, second_bank=None, need_banks=True,
                      need_routing=True) -> MixBackward:
-    """The :class:`MixBackward` of these tensors."""
+    """The :class:`MixBackward` of these tensors. ``bank``: (k, d, F), or the conv weight
+    (k*out, Cg, kh, kw) itself, read in place and its gradient made in its strides (a weight
+    :func:`weight_bank_strides` accepts, dense: contiguous or channels_last)."""
     has_second = second_bank is not None
     return mix_backward_plan(
         tuple(grad.shape), grad.stride(), grad.dtype,
