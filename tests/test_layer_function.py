@@ -116,6 +116,21 @@ def test_layer_ops_pass_opcheck():
     torch.library.opcheck(ops.nsr_layer_backward_op, (
         torch.randn_like(output), x, None, weight, None, mlp_weight, False, *saved, *static,
         [False, False, True, False, True, False], False))
+    # The input's gradient alone (a frozen layer), then the weight's alone (a frozen bias): the
+    # real op and its fake agree on the absent gradients, though the mixing differentiates both
+    # banks in one launch and the router's backward its MLP's weight and bias. A channels_last
+    # weight is mixed in place: its gradient comes in its strides, the fake's too.
+    torch.library.opcheck(ops.nsr_layer_backward_op, (
+        torch.randn_like(output), x, None, weight, bias, mlp_weight, True, *saved, *static,
+        [True, False, False, False, False, False], False))
+    weight_cl = weight.to(memory_format=torch.channels_last)
+    torch.library.opcheck(ops.nsr_layer_backward_op, (
+        torch.randn_like(output), x, None, weight_cl, bias, mlp_weight, True, *saved, *static,
+        [False, False, True, False, False, False], False))
+    grads = ops.nsr_layer_backward_op(
+        torch.randn_like(output), x, None, weight_cl, bias, mlp_weight, True, *saved, *static,
+        [False, False, True, False, False, False], False)
+    assert grads[2].stride() == weight_cl.stride()
 
 
 # ----------------------------------------------------------------------------- CUDA graphs

@@ -209,7 +209,8 @@ class BackwardPlan:
             output_mask
         self.need_routing = need_input or need_mlp_weight or need_mlp_bias
         self.need_banks = need_weight or need_bias
-        self.need_bias = need_bias
+        self.need_weight, self.need_bias = need_weight, need_bias
+        self.need_mlp_weight, self.need_mlp_bias = need_mlp_weight, need_mlp_bias
         self.need_conv_input = (need_input and not has_padded) or need_padded
         self.has_padded = has_padded
         self.has_mlp_bias = has_mlp_bias
@@ -256,9 +257,15 @@ class BackwardPlan:
                     need_banks=self.need_banks, need_routing=self.need_routing)
             routing_parts, grad_weight, grad_bias = self.mix(weight_parts, bias_parts, routing,
                                                              bank, second)
-            if self.need_banks and not layer.weight_is_bank:
+            # The mixing differentiates both banks in one launch; only the wanted gradients are
+            # returned (the compiled path's fake gives the others no elements).
+            if not self.need_weight:
+                grad_weight = None
+            elif not layer.weight_is_bank:
                 grad_weight = grad_weight.view(weight.shape)
-            if grad_bias is not None and not layer.bias_is_bank:
+            if not self.need_bias:
+                grad_bias = None
+            elif grad_bias is not None and not layer.bias_is_bank:
                 grad_bias = grad_bias.view(bias.shape)
             if self.need_routing:
                 if self.router is None:
@@ -269,6 +276,11 @@ class BackwardPlan:
                         mlp_weight.stride(), self.has_mlp_bias, layer.pixels)
                 mean_grad, grad_mlp_weight, grad_mlp_bias = self.router(
                     routing_parts, routing, pooled, mlp_weight, temperature)
+                # As for the banks: the router's backward makes all three in one launch.
+                if not self.need_mlp_weight:
+                    grad_mlp_weight = None
+                if not self.need_mlp_bias:
+                    grad_mlp_bias = None
         grad_conv_input = None
         if self.need_conv_input:
             source = grad_output if grad_output_copy is None else grad_output_copy
