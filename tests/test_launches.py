@@ -236,3 +236,39 @@ def test_nchw_input_is_convolved_from_a_channels_last_copy_where_tma_needs_it(dt
     else:
         assert conv.named["INPUT_ROUTE"] == input_grad.named["INPUT_ROUTE"] == "gather"
         assert forward_reads == x.data_ptr() and backward_reads == grad_output.data_ptr()
+
+
+def test_programs_per_launch_are_the_launchers_grids():
+    # docs/kernels.md's "Programs per launch": each count is the launcher's grid for a config,
+    # and the table marks the launches that start fewer programs than the GPU has SMs.
+    from triton_nsr.kernels.inspection.capture import LayerShape, capture, kernels
+    from triton_nsr.kernels.inspection.grid_fill import grid_fill, render_grid_fill
+    from triton_nsr.kernels.mix import MIX_BWD_BLOCK_F
+    from triton_nsr.kernels.router import pool_chunks
+    from triton_nsr.kernels.tiling import cdiv
+
+    shape = LayerShape("W1-expand", 16, 32, 128, 48, 48)
+    launches = {launch.kernel: launch for launch in capture(shape, "bf16", "channels_last")}
+    features = 128 // 16 * 32 * 9  # a cardinal's share of the weight bank
+    assert set(launches["mix_bwd_kernel"].programs.values()) == {
+        (cdiv(features, MIX_BWD_BLOCK_F) + cdiv(128 // 16, MIX_BWD_BLOCK_F)) * 16}
+    assert set(launches["router_pool_kernel"].programs.values()) == {
+        16 * pool_chunks(16, 48 * 48)}
+    configs = kernels()["conv_bwd_weight_kernel"].configs
+    for index, programs in launches["conv_bwd_weight_kernel"].programs.items():
+        blocks = configs[index].kwargs
+        assert programs == 16 * 9 * cdiv(128, blocks["BLOCK_M"]) * cdiv(32, blocks["BLOCK_N"])
+
+    rows = [{"shape": "W1-expand", "batch": 16, "precision": "bf16", "layout": "nchw",
+             "kernel": kernel, "programs": programs}
+            for kernel, programs in (("mix_bwd_kernel", (160, 160)),
+                                     ("router_pool_kernel", (16, 16)),
+                                     ("conv_fwd_kernel", (H200_MULTIPROCESSORS - 1, 2304)))]
+    table = "\n".join(render_grid_fill(rows))
+    assert "| `mix_bwd_kernel` | 160 |" in table
+    assert "| `router_pool_kernel` | **16** |" in table
+    assert f"| `conv_fwd_kernel` | **{H200_MULTIPROCESSORS - 1}-2304** |" in table
+    assert "somewhere above: `conv_fwd_kernel`, `router_pool_kernel`." in table
+    # Batch 1 of W1-expand: the mixing backward's grid does not depend on the batch.
+    one = grid_fill([LayerShape("W1-expand", 1, 32, 128, 48, 48)], (("bf16", "channels_last"),))
+    assert {r["kernel"]: r["programs"] for r in one}["mix_bwd_kernel"] == (160, 160)

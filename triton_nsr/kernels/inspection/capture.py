@@ -12,7 +12,7 @@ code computes strides, grids and constexprs exactly as on a GPU, and nothing exe
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,7 +58,8 @@ class Launch:
     """One recorded launch: the kernel's name, its arguments, the layer's batch size.
 
     Tensors are replaced by :class:`PointerArg`, so a launch pickles to worker processes.
-    ``named`` maps every argument name of the kernel to its value.
+    ``named`` maps every argument name of the kernel to its value; ``programs`` the index of
+    each of the kernel's autotune configs to the number of programs its grid launches.
     """
 
     kernel: str
@@ -66,6 +67,7 @@ class Launch:
     kwargs: dict
     named: dict
     batch: int
+    programs: dict = field(default_factory=dict)
 
 
 def _kernel_modules():
@@ -106,9 +108,31 @@ class _Recorder:
             args = tuple(PointerArg(a.data_ptr(), a.dtype) if isinstance(a, torch.Tensor) else a
                          for a in args)
             named = dict(zip(self.tuner.fn.arg_names, args)) | kwargs
-            self.sink.append(Launch(self.tuner.fn.__name__, args, kwargs, named, self.batch))
+            self.sink.append(Launch(self.tuner.fn.__name__, args, kwargs, named, self.batch,
+                                    grid_programs(grid, named, self.tuner.configs)))
 
         return record
+
+
+def grid_programs(grid, named: dict, configs) -> dict[int, int]:
+    """{config index: programs} of a launch's grid (a tuple, or a function of the arguments and
+    the config's constexprs, as Triton evaluates it)."""
+    programs = {}
+    for index, config in enumerate(configs):
+        cells = grid(named | config.kwargs) if callable(grid) else grid
+        count = 1
+        for cell in cells:
+            count *= cell
+        programs[index] = count
+    return programs
+
+
+def kept_configs(tuner, launch) -> list[int]:
+    """Indices of the configs the autotuner tries for this launch (after its pruning)."""
+    if tuner.early_config_prune is None:
+        return list(range(len(tuner.configs)))
+    kept = tuner.early_config_prune(tuner.configs, launch.named)
+    return [i for i, config in enumerate(tuner.configs) if any(config is k for k in kept)]
 
 
 @contextlib.contextmanager

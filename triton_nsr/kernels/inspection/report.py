@@ -22,13 +22,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from triton_nsr.kernels.inspection.capture import LayerShape, alternative_launches, capture, kernels
+from triton_nsr.kernels.inspection.capture import (
+    LayerShape,
+    alternative_launches,
+    capture,
+    kept_configs,
+    kernels,
+)
 from triton_nsr.kernels.inspection.compiled import (
     compile_and_inspect,
     config_label,
     hopper_shortfalls,
     specialisation_key,
 )
+from triton_nsr.kernels.inspection.grid_fill import render_grid_fill
 from triton_nsr.kernels.inspection.traffic import l2_to_sm_bytes, weight_layout_costs
 
 # W1 and W4 as bench/workloads.py defines them (tests check they agree), and an odd shape.
@@ -88,14 +95,6 @@ def collect(shapes=SHAPES, precisions=PRECISION_NAMES, layouts=LAYOUT_NAMES,
             "compile_seconds": round(time.perf_counter() - start, 1),
             "compiles": {str(k): v for k, v in compiled.items()}, "rows": rows,
             "removed": removed_configs()}
-
-
-def kept_configs(tuner, launch) -> list[int]:
-    """Indices of the configs the autotuner tries for this launch (after its pruning)."""
-    if tuner.early_config_prune is None:
-        return list(range(len(tuner.configs)))
-    kept = tuner.early_config_prune(tuner.configs, launch.named)
-    return [i for i, config in enumerate(tuner.configs) if any(config is k for k in kept)]
 
 
 def removed_configs() -> list[dict]:
@@ -487,6 +486,7 @@ def render(reports: list[dict]) -> str:
     if reports:
         lines += render_traffic(reports[-1]) + [""]
     lines += render_weight_layouts()
+    lines += render_grid_fill()
     return "\n".join(lines)
 
 
