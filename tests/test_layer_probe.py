@@ -67,3 +67,34 @@ def test_kernel_gradient_repeats_report_splits_error_and_agreement():
     # The per-tap kernel in TF32 is also tried with 1 and 2 stages; bf16 with its kept configs.
     assert len(layer_probe.weight_grad_configs("per_tap", "tf32")) == 9
     assert len(layer_probe.weight_grad_configs("per_tap", "bf16")) == 3
+
+
+def test_pool_chunk_profiles_cut_the_pooling_as_asked_and_restore_the_layers_own():
+    # The probe's pool-chunk cases profile W1-expand's forward pooled in 1, 4 and 9 chunks per
+    # sample, after the profiles; inside pool_chunks_fixed the layer's pooling launch has that
+    # many programs per sample, and after it the layer's own count again.
+    from triton_nsr.kernels.inspection.capture import LayerShape, capture
+
+    jobs = layer_probe.probe_jobs()
+    kinds = [kind for kind, _ in jobs]
+    assert kinds.index("pool_chunks") > max(i for i, k in enumerate(kinds) if k == "profile")
+    assert [case[-1] for kind, case in jobs if kind == "pool_chunks"] == [1, 4, 9]
+    shape = LayerShape("W1-expand", 2, 4, 8, 6, 6, k=2, d=2)
+
+    def pooling_programs():
+        launch = next(launch for launch in capture(shape, "fp32", "nchw")
+                      if launch.kernel == "router_pool_kernel")
+        return set(launch.programs.values())
+
+    own = pooling_programs()
+    with layer_probe.pool_chunks_fixed(9):
+        assert pooling_programs() == {2 * 9}
+    assert pooling_programs() == own == {2}
+    line = layer_probe.summary({"repeat": [], "kernel_repeats": [], "profile": [],
+                                "pool_chunks": [{"workload": "W1-expand", "precision": "bf16",
+                                                 "layout": "channels_last", "pass": "forward",
+                                                 "chunks": 4, "synchronised_us": 1.0,
+                                                 "host_us": 1.0, "device_kernels_us": 1.0,
+                                                 "kernels": {}, "host_functions": []}]})
+    assert "forward pooled in 4 chunks:" in line
+

@@ -15,6 +15,9 @@ The lease times and checks whole layer calls; this command says which part is at
   with 1 and 2 stages, and transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS),
   launched four times on the same inputs: which configs write different bits, their error
   against float64 and their time.
+- **pool chunks**: W1-expand's forward profiled with the pooling cut into 1 (the layer's
+  own), 4 and 9 chunks per sample: whether the pooling's filled grid (16 programs on 132 SMs
+  at 1) repays the mixing's re-adding of the chunks, per kernel.
 
 Cases run in that order (repeats and profiles first: they are short), but for the transposed
 TF32 kernel's repeats, which come right after the layer repeats (the switch waits on them),
@@ -57,6 +60,12 @@ PROFILE_CASES = (("W1-expand", "bf16", "channels_last", "forward_backward"),
                  ("W1-expand", "bf16", "channels_last", "forward"),
                  ("W4", "bf16", "channels_last", "forward_backward"),
                  ("W3", "bf16", "channels_last", "forward"))
+# The pooling starts one program per sample on W1 at batch 16 (router.pool_chunks: chunks of at
+# least 4096 pixels), 16 of 132 SMs; more chunks fill the GPU but every mixing program adds
+# them again. The forward is profiled at these chunk counts per sample (1: the layer's own).
+POOL_CHUNK_CASES = (("W1-expand", "bf16", "channels_last", "forward", 1),
+                    ("W1-expand", "bf16", "channels_last", "forward", 4),
+                    ("W1-expand", "bf16", "channels_last", "forward", 9))
 CALLS = 20
 TOP_FUNCTIONS = 30
 
@@ -337,15 +346,40 @@ def profile_case(workload: Workload, precision: str, layout: str, pass_: str,
             "host_functions": functions}
 
 
+@contextlib.contextmanager
+def pool_chunks_fixed(chunks: int):
+    """Inside the block the pooling cuts every sample into ``chunks`` chunks (at most one a
+    pixel); launch plans are forgotten on entry and exit, so the layer's plans take it."""
+    from triton_nsr.kernels import router
+    from triton_nsr.kernels.autotune import clear_launch_plans
+
+    layer_own = router.pool_chunks
+    router.pool_chunks = lambda batch, pixels: max(1, min(chunks, pixels))
+    clear_launch_plans()
+    try:
+        yield
+    finally:
+        router.pool_chunks = layer_own
+        clear_launch_plans()
+
+
+def pool_chunks_case(workload: Workload, precision: str, layout: str, pass_: str, chunks: int,
+                     device: str) -> dict:
+    """profile_case with the pooling cut into ``chunks`` chunks per sample."""
+    with pool_chunks_fixed(chunks):
+        return profile_case(workload, precision, layout, pass_, device) | {"chunks": chunks}
+
+
 def probe_jobs() -> list[tuple[str, tuple]]:
     """(kind, case) in the order the probe runs them: the layer repeats, the transposed TF32
     kernel's repeats (the evidence conv_bwd_weight.TF32_X_IN_REGISTERS waits on), the profiles,
-    then the other kernel repeats."""
+    the pooling's chunk counts, then the other kernel repeats."""
     kernel_jobs = repeat_jobs()
     switch = [case for case in kernel_jobs if case[3] == "per_tap_x_in_registers"]
     jobs = [("repeat", case) for case in REPEAT_CASES]
     jobs += [("kernel_repeats", case) for case in switch]
     jobs += [("profile", case) for case in PROFILE_CASES]
+    jobs += [("pool_chunks", case) for case in POOL_CHUNK_CASES]
     return jobs + [("kernel_repeats", case) for case in kernel_jobs if case not in switch]
 
 
@@ -355,7 +389,7 @@ def probe(output_dir: Path, budget_s: float, device: str) -> dict:
     started = time.perf_counter()
     known = workloads()
     record = {"environment": environment(device), "budget_s": budget_s, "repeat": [],
-              "kernel_repeats": [], "profile": [], "not_reached": []}
+              "kernel_repeats": [], "profile": [], "pool_chunks": [], "not_reached": []}
     timer = None  # one L2 flush buffer for every kernel repeat, made at the first
     for kind, case in probe_jobs():
         if time.perf_counter() - started > budget_s:
@@ -367,6 +401,8 @@ def probe(output_dir: Path, budget_s: float, device: str) -> dict:
             elif kind == "kernel_repeats":
                 timer = timer or Timer(device, 1, REPEAT_TIMINGS)
                 row = weight_grad_repeats(REPEAT_SHAPES[case[0]], *case[1:], device, timer)
+            elif kind == "pool_chunks":
+                row = pool_chunks_case(known[case[0]], *case[1:], device)
             else:
                 row = profile_case(known[case[0]], *case[1:], device)
         except Exception as error:  # one case's failure is a finding; the rest still run
@@ -396,12 +432,13 @@ def summary(record: dict) -> str:
                      f"{row['differing_launches']} of {REPEAT_LAUNCHES - 1} differ "
                      f"(max {row['max_abs_difference']:.3g}), error {row['error']:.2e}, "
                      f"{row['ms']:.3f} ms")
-    for row in record["profile"]:
+    for row in record["profile"] + record.get("pool_chunks", []):
         if "error" in row:
             lines.append(f"profile {row['case']}: {row['error']}")
             continue
+        chunks = f" pooled in {row['chunks']} chunks" if "chunks" in row else ""
         lines.append(f"profile {row['workload']} {row['precision']} {row['layout']} "
-                     f"{row['pass']}: synchronised {row['synchronised_us']} us, host "
+                     f"{row['pass']}{chunks}: synchronised {row['synchronised_us']} us, host "
                      f"{row['host_us']} us, device kernels {row['device_kernels_us']} us")
         for name, kernel in list(row["kernels"].items())[:8]:
             lines.append(f"    {kernel['us_per_call']:8.1f} us x{kernel['count_per_call']} "
