@@ -155,7 +155,7 @@ SOURCE_HASHES = {
     "conv_bwd_weight_3x3_kernel":
         "873879666e7b4b938da07fb1e63bcaddefe11261b6db66a069f72034678e4e42",
     "conv_bwd_weight_kernel":
-        "b18ddeb9b7af73df0d186fb33715e644f340c949c3d3cfee434e504e1f9eb17a",
+        "ea7199436befd114b6baa68716141575d002fea1dfa6aecdcec26caa30f5320e",
     "conv_bwd_input_kernel":
         "56fd76fd26deee6c33ce3a2650fbf94920e02dc2dd275072e11660141c5fc5aa",
 }

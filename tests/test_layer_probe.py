@@ -47,6 +47,10 @@ def test_kernel_gradient_repeats_report_splits_error_and_agreement():
                                           config, "cpu")
     assert row["differing_launches"] == 0 and row["max_abs_difference"] == 0
     assert row["splits"] == 1 and row["error"] < 1e-5 and row["ms"] > 0
+    # Run at the config's depth (the layer's TF32 loop is unpipelined), then the layer's again.
+    from triton_nsr.kernels import conv_bwd_weight
+
+    assert conv_bwd_weight.TF32_LOOP_STAGES == 1
     # The transposed TF32 kernel (an NCHW dy) is repeated right after the layer repeats, with
     # its own tiles; every kernel repeat runs once.
     jobs = layer_probe.probe_jobs()

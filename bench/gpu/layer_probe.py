@@ -12,7 +12,8 @@ The lease times and checks whole layer calls; this command says which part is at
 - **device**: torch.profiler over the same calls: each GPU kernel's time per call, against the
   call's wall time.
 - **kernel repeats**: the kernel gradient alone, per config (the per-tap kernel in TF32 also
-  with 1 and 2 stages, and transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS),
+  with 1 and 2 stages, its pixel loop at the config's depth where the layer runs it at
+  conv_bwd_weight.TF32_LOOP_STAGES, and transposed and pipelined: TF32_X_IN_REGISTERS),
   launched four times on the same inputs: which configs write different bits, their error
   against float64 and their time.
 - **pool chunks**: W1-expand's forward profiled with the pooling cut into 1 (the layer's
@@ -218,6 +219,10 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     name = "conv_bwd_weight_3x3_kernel" if variant == "all_taps" else "conv_bwd_weight_kernel"
     tuner = getattr(conv_bwd_weight, name)
     setattr(conv_bwd_weight, name, fixed_config(tuner, config))
+    # The TF32 per-tap loop runs at the config's depth here (the layer's is
+    # TF32_LOOP_STAGES = 1): whether the pipelined loop now repeats is what these launches ask.
+    layer_stages = conv_bwd_weight.TF32_LOOP_STAGES
+    conv_bwd_weight.TF32_LOOP_STAGES = None
     autotune.clear_launch_plans()
     row = {"shape": list(shape), "precision": precision, "layout": layout, "variant": variant,
            "config": config_label(config)}
@@ -250,6 +255,7 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
     finally:
         setattr(conv_bwd_weight, name, tuner)
+        conv_bwd_weight.TF32_LOOP_STAGES = layer_stages
         autotune.clear_launch_plans()
     return row
 

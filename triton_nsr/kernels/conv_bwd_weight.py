@@ -104,7 +104,14 @@ PER_TAP_WEIGHT_GRAD_KEY = ["in_group_channels", "out_group_channels", "tuning_pi
 # launch, with 2 or more stages and 64-row tiles on an NCHW input: 1-3 of 3 repeats differed, by up
 # to 34 in sums of about 1e3 (relative errors up to 4.7e-2 against float64, where a correct TF32 sum
 # is 8e-4). With one stage every tile and layout repeated bit for bit, as did bf16 at any depth; the
-# layer's TF32 smoke cases had failed their repeat check in both leases.
+# layer's TF32 smoke cases had failed their repeat check in both leases. The cause, read from the
+# sm_90 compiles (Triton 3.6 and 3.9): the loaded dy tile also fed the bias sum and the dy copy,
+# and Triton then gave its ring of shared buffers one buffer fewer than the loop's stages while
+# the wgmma reading it stayed in flight, so the cp.async of the tile two steps ahead landed in the
+# buffer that wgmma still read (bf16 had the same ring; its faster wgmma evidently finished
+# first). The kernel now loads dy a second time for those uses and the ring is as deep as the
+# stages (compiled.shared_buffer_races finds none). Pipelined TF32 waits for a GPU run to repeat
+# bit for bit (the layer probe's kernel repeats run it at 1, 2 and the config's stages).
 TF32_LOOP_STAGES = 1
 # The TF32 per-tap kernel gradient of an NCHW dy, run transposed (the kernel's X_IN_REGISTERS): TF32
 # wgmma reads only K-major (pixel-contiguous) operands from shared memory. dy in NCHW is one, as
@@ -207,6 +214,11 @@ def conv_bwd_weight_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    # A pipelined loop of asynchronous wgmma (16-bit, or TF32 at more than one stage) keeps its
+    # operands in rings of shared buffers; an unpipelined or IEEE float32 loop has none, and
+    # there the second load of dy would only cost registers (spills in float32 tiles).
+    ASYNC_RING: tl.constexpr = LOOP_STAGES != 1 and (
+        grad_output_pointer.dtype.element_ty != tl.float32 or PRECISION == "tf32")
     chunk = tl.cdiv(tl.cdiv(out_pixels, num_splits), BLOCK_K) * BLOCK_K
     first_pixel = split * chunk
     for p_start in tl.range(first_pixel, tl.minimum(first_pixel + chunk, out_pixels), BLOCK_K,
@@ -235,13 +247,27 @@ def conv_bwd_weight_kernel(
             x = tl.load(input_cols + in_pixel[:, None], mask=pixel_ok[:, None] & mask_n[None, :],
                         other=0.0)
             acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
-        if HAS_BIAS:
-            bias_acc += tl.sum(dy.to(ACC_DTYPE), axis=1)
-        if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
-            if copier:
-                tl.store(copy_rows
-                         + (out_row * copy_h_stride + out_col * copy_w_stride)[None, :], dy,
-                         mask=mask_m[:, None] & mask_k[None, :])
+        if HAS_BIAS or WRITE_COPY:
+            if ASYNC_RING:
+                # dy once more, for the programs that sum or copy it (the others load nothing):
+                # the dot's own load must feed nothing but the dot. With a second use, Triton
+                # (3.6, 3.9) pipelines it through one shared-memory buffer fewer than the
+                # loop's stages while the MMA stays in flight, so the copy of the tile two
+                # steps ahead lands in the buffer that MMA still reads (docs/design.md, "A race
+                # in the pipelined kernel gradient").
+                copier_k = mask_k & (offs_k * 0 + tap + n_block == 0)
+                dy_once = tl.load(grad_output_rows + (out_row * grad_output_h_stride
+                                                      + out_col * grad_output_w_stride)[None, :],
+                                  mask=mask_m[:, None] & copier_k[None, :], other=0.0)
+            else:
+                dy_once = dy
+            if HAS_BIAS:
+                bias_acc += tl.sum(dy_once.to(ACC_DTYPE), axis=1)
+            if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
+                if copier:
+                    tl.store(copy_rows
+                             + (out_row * copy_h_stride + out_col * copy_w_stride)[None, :],
+                             dy_once, mask=mask_m[:, None] & mask_k[None, :])
 
     # One pointer expression per orientation, each summed in this order: summed from a shared
     # base instead, the untransposed store took more registers (Triton 3.6: 168 -> 227 in bf16

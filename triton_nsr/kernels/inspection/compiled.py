@@ -11,7 +11,8 @@ launch of that shape triggers. From the result this module reads, per GEMM opera
 - how it enters the MMA: shared memory or registers (the operand types of TTGIR's dot);
 
 and per kernel: the MMA instruction (wgmma, mma.sync or none), the deepest wgmma wait (how many
-wgmma groups stay in flight), registers, spilled bytes and shared memory.
+wgmma groups stay in flight), registers, spilled bytes, shared memory, and the shared buffers a
+pipelined loop overwrites under a running MMA (from the TTGIR).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Compiled:
     # Triton's cache hash: equal for two compiles of the same source, specialisation, options
     # and Triton version (a GPU run's JIT log names the same hash for the same launch).
     hash: str | None = None
+    # Shared-memory MMA operands the pipelined loop overwrites while an MMA may still read them
+    # (shared_buffer_races), each as "name: S buffers, loaded D steps ahead".
+    races: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -279,6 +283,51 @@ def _dot_operand_homes(ttgir: str) -> tuple[str, str]:
                  for part in match.groups())
 
 
+_MEMDESC_VIEW = re.compile(r"(%[\w.]+) = ttg\.(?:memdesc_index|memdesc_trans|memdesc_subslice|"
+                           r"memdesc_reinterpret|memdesc_subview)\s+(%[\w.]+)")
+
+
+def shared_buffer_races(ttgir: str) -> list[str]:
+    """Shared-memory operands of an asynchronous wgmma that the pipelined loop may overwrite
+    while that wgmma still reads them, as "name: S buffers, loaded D steps ahead".
+
+    A load pipelined D steps ahead into a ring of S shared buffers writes step i + D's tile into
+    buffer (i + D) mod S during step i. When the loop leaves step i's wgmma in flight (a
+    ``warp_group_dot_wait`` with pendings > 0), that buffer must not be step i's: S > D. D is
+    the number of buffers the prologue fills (constant indices). Triton 3.6 and 3.9 give a
+    loaded tile that also feeds something other than the MMA (a sum, a store) one buffer
+    fewer than its siblings, S = D, which is this race.
+    """
+    allocs = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"(%[\w.]+) = ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x", ttgir)}
+    if not allocs or not any(int(p) > 0 for p in re.findall(
+            r"warp_group_dot_wait .*pendings = (\d+)", ttgir)):
+        return []
+    source = {m.group(1): m.group(2) for m in _MEMDESC_VIEW.finditer(ttgir)}
+
+    def alloc_of(name):
+        seen = set()
+        while name in source and name not in seen:
+            seen.add(name)
+            name = source[name]
+        return name if name in allocs else None
+
+    races = []
+    for match in re.finditer(r"ttng\.warp_group_dot (%[\w.]+), (%[\w.]+),[^\n]*isAsync = true",
+                             ttgir):
+        for operand in match.groups():
+            alloc = alloc_of(operand)
+            if alloc is None:
+                continue
+            ahead = len(set(re.findall(rf"memdesc_index {re.escape(alloc)}\[(%c\d+_i32)\]",
+                                       ttgir)))
+            name = re.sub(r"_\d+$", "", alloc.lstrip("%"))
+            finding = f"{name}: {allocs[alloc]} buffers, loaded {ahead} steps ahead"
+            if ahead and allocs[alloc] <= ahead and finding not in races:
+                races.append(finding)
+    return races
+
+
 def dot_operands(kernel_name: str, constexprs: dict | None = None) -> tuple:
     """A GEMM kernel's (A, B) dot operands as DOT_OPERANDS names them; the per-tap kernel
     gradient with X_IN_REGISTERS multiplies x^T by dy^T, so x is its A."""
@@ -301,7 +350,7 @@ def inspect_compiled(kernel, fn, label: str, constexprs: dict | None = None) -> 
     waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)]
     registers, stack = _resource_usage(kernel.asm["cubin"])
     result = Compiled(fn.__name__, label, mma, max(waits) if waits else None, registers, stack,
-                      kernel.metadata.shared)
+                      kernel.metadata.shared, races=shared_buffer_races(ttgir))
     if fn.__name__ in DOT_OPERANDS:
         loads = global_loads_by_line(ptx, inspect.getsourcefile(fn.fn), kernel.asm.get("llir"))
         homes = _dot_operand_homes(ttgir)
@@ -317,7 +366,8 @@ def hopper_shortfalls(result: Compiled) -> list[str]:
     """What keeps a GEMM kernel's compile off the Hopper fast path; empty when none.
 
     The criteria: wgmma; every operand by TMA or 16-byte cp.async; a wgmma wait depth of at
-    least 1 in the main loop (the next loads overlap the running MMA); no register spills.
+    least 1 in the main loop (the next loads overlap the running MMA); no register spills; no
+    shared buffer overwritten under a running MMA (shared_buffer_races).
     """
     if result.error:
         return [result.error]
@@ -331,6 +381,7 @@ def hopper_shortfalls(result: Compiled) -> list[str]:
         shortfalls.append(f"wgmma wait depth {result.wait_depth}")
     if result.spill_bytes:
         shortfalls.append(f"{result.spill_bytes} B spilled")
+    shortfalls += [f"race on {race}" for race in result.races]
     return shortfalls
 
 
