@@ -480,3 +480,47 @@ def test_the_report_says_why_each_miss_happens():
     assert ("best kept config per shape and layout: W4 nchw 3.50x; the budget is 3x, "
             "missed on W4 nchw." in text)
     assert "the layer runs the per-tap kernel instead, W4 9.0x by the same model" in text
+
+
+def test_triton_gives_a_tile_with_a_second_use_a_ring_one_buffer_short():
+    # tests/ring_race_repro.py, compiled for sm_90 with the installed Triton (3.6 and 3.9 both
+    # show it): a pipelined tile that feeds only the dot has a full ring; one that also feeds a
+    # sum has a buffer too few under a running wgmma; a second, separately masked load for the
+    # sum (triton_nsr's workaround) gives the dot's tile its full ring back.
+    races = json.loads(run_compiled_mode("-m", "tests.ring_race_repro").splitlines()[-1])
+    assert races["0"] == [] and races["2"] == [], races
+    assert races["1"] == ["a: 2 buffers, loaded 2 steps ahead"], races
+
+
+@pytest.mark.gpu
+def test_the_full_ring_repeats_bit_for_bit_on_a_gpu():
+    # On a GPU: the dot whose tile feeds only the dot, and the workaround's second load, give
+    # the same bits launch after launch and the right product; the short ring (SUM_A = 1) is
+    # launched too and how many of its launches differed is printed (-s), for the record of
+    # which Triton versions show the race on which card.
+    import torch
+
+    from tests.ring_race_repro import ring_repro_kernel
+
+    torch.manual_seed(0)
+    block, k_size = 64, 4096
+    a = torch.randn(block, k_size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k_size, block, device="cuda", dtype=torch.bfloat16)
+    expected = a.float() @ b.float()
+    for sum_a in (0, 2, 1):
+        results = []
+        for _ in range(20):
+            out = torch.full((block, block), float("nan"), device="cuda")
+            sums = torch.full((block,), float("nan"), device="cuda")
+            ring_repro_kernel[(1,)](a, b, out, sums, k_size, block, SUM_A=sum_a, BLOCK=block,
+                                    STAGES=3, num_warps=4)
+            results.append((out, sums))
+        differing = sum(not (torch.equal(o, results[0][0]) and torch.equal(s, results[0][1]))
+                        for o, s in results[1:])
+        if sum_a == 1:
+            print(f"short ring: {differing} of 19 launches differed")
+            continue
+        assert differing == 0, sum_a
+        torch.testing.assert_close(results[0][0], expected, rtol=2e-2, atol=1e-1)
+        if sum_a == 2:
+            torch.testing.assert_close(results[0][1], a.float().sum(1), rtol=1e-3, atol=1e-2)
