@@ -42,6 +42,12 @@ class LayerShape:
     d: int = 16
 
 
+# W1's two layers (bench/workloads.py; tests check they agree): the report's shapes and the
+# grid-fill table's.
+W1_EXPAND = LayerShape("W1-expand", 16, 32, 128, 48, 48)
+W1_REDUCE = LayerShape("W1-reduce", 16, 128, 32, 48, 48)
+
+
 @dataclass(frozen=True)
 class PointerArg:
     """A tensor argument reduced to what Triton's JIT specialises on (address and dtype)."""

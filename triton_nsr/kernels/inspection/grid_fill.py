@@ -13,9 +13,12 @@ compiled or run; the numbers do not depend on the Triton version.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from triton_nsr.kernels.inspection.capture import (
     H200_MULTIPROCESSORS,
-    LayerShape,
+    W1_EXPAND,
+    W1_REDUCE,
     capture,
     kept_configs,
     kernels,
@@ -23,12 +26,7 @@ from triton_nsr.kernels.inspection.capture import (
 
 # The training layers of W1 at the batch they train with and at batch 1 (a latency-bound
 # deployment), bf16 in the layouts a user runs.
-GRID_FILL_SHAPES = [
-    LayerShape("W1-expand", 16, 32, 128, 48, 48),
-    LayerShape("W1-expand", 1, 32, 128, 48, 48),
-    LayerShape("W1-reduce", 16, 128, 32, 48, 48),
-    LayerShape("W1-reduce", 1, 128, 32, 48, 48),
-]
+GRID_FILL_SHAPES = [W1_EXPAND, replace(W1_EXPAND, batch=1), W1_REDUCE, replace(W1_REDUCE, batch=1)]
 GRID_FILL_CASES = (("bf16", "channels_last"), ("bf16", "nchw"))
 
 

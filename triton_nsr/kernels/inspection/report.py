@@ -23,6 +23,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from triton_nsr.kernels.inspection.capture import (
+    W1_EXPAND,
+    W1_REDUCE,
     LayerShape,
     alternative_launches,
     capture,
@@ -40,8 +42,8 @@ from triton_nsr.kernels.inspection.traffic import l2_to_sm_bytes, weight_layout_
 
 # W1 and W4 as bench/workloads.py defines them (tests check they agree), and an odd shape.
 SHAPES = [
-    LayerShape("W1-expand", 16, 32, 128, 48, 48),
-    LayerShape("W1-reduce", 16, 128, 32, 48, 48),
+    W1_EXPAND,
+    W1_REDUCE,
     LayerShape("W4", 1, 64, 64, 512, 512),
     LayerShape("odd", 3, 24, 48, 37, 29),
 ]
