@@ -199,12 +199,18 @@ def conv_bwd_weight_3x3_kernel(
                                          & (cols - pad_w + 2 < in_w))[:, None] & mask_n[None, :],
                                    other=0.0)
             rows_carried = rows_mid.to(rows_element)
-            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, rows_new, rows_carried, rows_old,
-                                           shifted0, PRECISION, ACC_DTYPE)
-            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, rows_new, rows_carried, rows_old,
-                                           shifted1, PRECISION, ACC_DTYPE)
-            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, rows_new, rows_carried, rows_old,
-                                           shifted2, PRECISION, ACC_DTYPE)
+            # The new row also feeds the carry, the bias sum and the copy: loaded straight into
+            # the wgmma, Triton would keep its shared-memory ring a buffer short of the loads in
+            # flight while the MMAs run, and the copy two rows ahead would land under them
+            # (docs/design.md, "A race in the pipelined kernel gradient"). Computed (+ 0.0
+            # leaves every value as it is), it enters the MMAs from registers, like the carry.
+            rows_computed = rows_new + 0.0
+            acc00, acc10, acc20 = _tap_row(acc00, acc10, acc20, rows_computed, rows_carried,
+                                           rows_old, shifted0, PRECISION, ACC_DTYPE)
+            acc01, acc11, acc21 = _tap_row(acc01, acc11, acc21, rows_computed, rows_carried,
+                                           rows_old, shifted1, PRECISION, ACC_DTYPE)
+            acc02, acc12, acc22 = _tap_row(acc02, acc12, acc22, rows_computed, rows_carried,
+                                           rows_old, shifted2, PRECISION, ACC_DTYPE)
             if HAS_BIAS:
                 if TRANSPOSED:
                     # The centre tap (pad 1) is dy's row in_row unshifted; each dy row is summed

@@ -274,7 +274,15 @@ MISS_CAUSES[("conv_bwd_weight_3x3_kernel", "bf16", "nchw")] = (
     "shifted by a column would be 2-byte loads) and writes its channels_last copy for the "
     "input gradient. On the odd shape dy's rows of 29 columns are 58 bytes apart, which neither "
     "TMA nor 16-byte cp.async can take: synchronous 2-byte loads, the fallback, and no MMA left "
-    "in flight (wait depth 0).")
+    "in flight (wait depth 0). Its new dy row enters the MMAs from registers, so that its ring "
+    "of shared buffers, which the carry, bias sum and copy also read, races no running MMA; "
+    "the registers that takes spill one or two of W4's three kept tiles.")
+MISS_CAUSES[("conv_bwd_weight_3x3_kernel", "bf16", "channels_last")] = (
+    "Alternative only: the layer takes the per-tap kernel for a channels_last dy. On W1-reduce "
+    "(more input than output channels) the all-taps kernel runs TRANSPOSED, shifting dy, and "
+    "sums the centre tap's shifted tile for the bias: that tile's ring is a buffer short under "
+    "a running MMA (docs/design.md, \"A race in the pipelined kernel gradient\"); left, as the "
+    "layer never runs it. On W4 the new row's registers spill one or two tiles, as in NCHW.")
 MISS_CAUSES[("conv_bwd_input_kernel", "bf16", "nchw")] = MISS_CAUSES[
     ("conv_fwd_kernel", "bf16", "nchw")]
 MISS_CAUSES[("conv_bwd_input_kernel", "tf32", "nchw")] = MISS_CAUSES[
