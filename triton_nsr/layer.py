@@ -14,8 +14,9 @@ the launches:
 
 Tensors pass between the launches as the kernels read them, by address with the strides the
 plans decided: the mixed kernels stay in their packed (B, out, kh, kw, Cp) storage, the banks
-are the parameters themselves (when contiguous, the same memory as their (k, d, F) views), the
-kernel gradient's splits go to the mixing backward as they are.
+are the parameters themselves (a contiguous or channels_last weight read in its own strides,
+:func:`weight_read_in_place`), the kernel gradient's splits go to the mixing backward as they
+are.
 
 ``triton_nsr.ops`` wraps this in the autograd Function and the custom ops; the plans are
 forgotten with the launch plans (``kernels.autotune.clear_launch_plans``).
@@ -42,7 +43,12 @@ from triton_nsr.kernels.operands import (
     pack_forward_weight,
     pack_input_grad_weight,
 )
-from triton_nsr.kernels.router import router_bwd_plan, router_pool_plan, routing_dtype
+from triton_nsr.kernels.router import (
+    router_bwd_plan,
+    router_pool_plan,
+    routing_dtype,
+    temperature_pair,
+)
 
 # Layer plans kept before all are forgotten (a plan is a few small objects).
 MAX_PLANS = 256
@@ -132,8 +138,6 @@ class LayerPlan:
         packed (B, out, kh, kw, Cp) storage, their TF32 input-gradient layout or None, the
         input's channels_last copy or None); all but the output are what the backward reads.
         """
-        from triton_nsr.kernels.router import temperature_pair
-
         if self.pool is None:
             self.pool = router_pool_plan(tuple(input.shape), input.stride(), input.dtype,
                                          self.copy)

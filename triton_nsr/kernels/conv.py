@@ -203,6 +203,16 @@ def _dense_in_order(shape, strides, order) -> bool:
     return True
 
 
+def gemm_constexprs(dtype, allow_tf32: bool, layouts, pad, dilation, kernel_size, route: str,
+                    tile_w) -> dict:
+    """The constexprs conv_fwd_kernel and conv_bwd_input_kernel share: the accumulator, the
+    dot's precision, the index width for ``layouts`` (index_dtype_of), the pixel operand's
+    route and the TMA tile's width."""
+    return {"ACC_DTYPE": accumulator_dtype(dtype), "PRECISION": dot_precision(dtype, allow_tf32),
+            "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, kernel_size),
+            "INPUT_ROUTE": route, "TILE_W": tile_w}
+
+
 class ConvForward:
     """conv_fwd_kernel's launch for one shape class, decided once: call it with the input, the
     weight in the forward's packed layout (operands.pack_forward_weight: only its address is
@@ -241,14 +251,9 @@ class ConvForward:
                     weight_strides)]
         if bias_stride is not None:
             layouts.append(((batch, out_channels), bias_stride))
-        constexprs = {
-            "HAS_BIAS": bias_stride is not None,
-            "ACC_DTYPE": accumulator_dtype(dtype),
-            "PRECISION": dot_precision(dtype, allow_tf32),
-            "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
-            "INPUT_ROUTE": route,
-            "TILE_W": tile_w,
-        }
+        constexprs = {"HAS_BIAS": bias_stride is not None,
+                      **gemm_constexprs(dtype, allow_tf32, layouts, pad, dilation,
+                                        (kernel_h, kernel_w), route, tile_w)}
         self.output_shape, self.memory_format = output_shape, memory_format
         self.grid, self.args, self.constexprs = grid, args, constexprs
 

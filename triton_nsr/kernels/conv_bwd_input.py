@@ -17,16 +17,14 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import (
-    accumulator_dtype,
     check_launchable,
     dot_precision,
     fits_shape,
-    index_dtype_of,
     launch_plan,
     size_class,
     tuned,
 )
-from triton_nsr.kernels.conv import CONV_CONFIGS
+from triton_nsr.kernels.conv import CONV_CONFIGS, gemm_constexprs
 from triton_nsr.kernels.operands import (
     TMA_ALIGN_BYTES,
     input_grad_weight_strides,
@@ -197,14 +195,9 @@ class ConvInputGradient:
         # The packed weight as the kernel indexes it: (B, groups, o, c, kh, kw) up to its bounds.
         layouts = [(grad_output_shape, grad_output_stride), (grad_input_shape, grad_input_stride),
                    ((batch, groups, *weight_bounds, kernel_h, kernel_w), weight_strides)]
-        constexprs = {
-            "HAS_MEAN_GRAD": mean_grad_stride is not None,
-            "ACC_DTYPE": accumulator_dtype(dtype),
-            "PRECISION": dot_precision(dtype, allow_tf32),
-            "INDEX_DTYPE": index_dtype_of(layouts, pad, dilation, (kernel_h, kernel_w)),
-            "INPUT_ROUTE": route,
-            "TILE_W": tile_w,
-        }
+        constexprs = {"HAS_MEAN_GRAD": mean_grad_stride is not None,
+                      **gemm_constexprs(dtype, allow_tf32, layouts, pad, dilation,
+                                        (kernel_h, kernel_w), route, tile_w)}
         self.grid, self.args, self.constexprs = grid, args, constexprs
 
     def __call__(self, grad_output, packed_weight, grad_input, mean_grad=None):

@@ -386,20 +386,21 @@ def weight_bank_strides(weight_shape, weight_stride, num_groups: int, num_cardin
     return (out * row, out // num_cardinals * row, row, channel, tap)
 
 
-def bank_layout(bank: torch.Tensor, num_groups: int, num_cardinals: int, channels: int,
-                taps: int) -> tuple[tuple, tuple]:
+def bank_layout(bank_shape: tuple, bank_stride: tuple, num_groups: int, num_cardinals: int,
+                channels: int, taps: int) -> tuple[tuple, tuple]:
     """((k, d, F), its (group, cardinal, row, channel, tap) strides) of a bank: a (k, d, F)
     tensor, F read as (F / (channels*taps), channels, taps), or a conv weight
     (k*out, channels, kh, kw) read in place (:func:`weight_bank_strides`)."""
-    if bank.dim() == 3:
-        group, cardinal, feature = bank.stride()
-        return tuple(bank.shape), (group, cardinal, channels * taps * feature, taps * feature,
+    if len(bank_shape) == 3:
+        group, cardinal, feature = bank_stride
+        return tuple(bank_shape), (group, cardinal, channels * taps * feature, taps * feature,
                                    feature)
-    strides = weight_bank_strides(tuple(bank.shape), bank.stride(), num_groups, num_cardinals)
+    strides = weight_bank_strides(bank_shape, bank_stride, num_groups, num_cardinals)
     if strides is None:
-        raise ValueError(f"a weight of strides {bank.stride()} cannot be read as its bank in "
+        raise ValueError(f"a weight of strides {bank_stride} cannot be read as its bank in "
                          "place: pass its (k, d, F) reshape")
-    features = bank.numel() // (num_groups * num_cardinals)
+    rows, _, kernel_h, kernel_w = bank_shape
+    features = rows // (num_groups * num_cardinals) * channels * kernel_h * kernel_w
     return (num_groups, num_cardinals, features), strides
 
 
@@ -564,7 +565,8 @@ def mix_forward_for(routing, bank, second_bank, dtype, kernel_shape=None,
     _, num_groups, num_cardinals = routing.shape
     channels, taps = ((1, 1) if kernel_shape is None
                       else (kernel_shape[1], kernel_shape[2] * kernel_shape[3]))
-    shape, layout = bank_layout(bank, num_groups, num_cardinals, channels, taps)
+    shape, layout = bank_layout(tuple(bank.shape), bank.stride(), num_groups, num_cardinals,
+                                channels, taps)
     route = None
     if partials is not None:
         route = (tuple(partials.shape), partials.stride(), mlp_weight.stride(),
@@ -636,22 +638,16 @@ class MixBackward:
         # weight is read in place and its gradient made in the weight's strides, so that
         # autograd hands it to .grad as it is (a channels_last model's included).
         if len(bank_shape) == 3:
-            features, channels, taps = bank_shape[2], 1, 1
-            group, cardinal, feature = bank_stride
-            layout = (group, cardinal, feature, 0, 0)
-            self.grad_bank_shape, self.grad_bank_stride = bank_shape, contiguous_strides(
-                bank_shape)
-            grad_layout = (*self.grad_bank_stride, 0, 0)
+            channels, taps = 1, 1
+            self.grad_bank_stride = contiguous_strides(bank_shape)
         else:
-            rows, channels, kernel_h, kernel_w = bank_shape
-            taps = kernel_h * kernel_w
-            features = rows // (num_groups * num_cardinals) * channels * taps
-            layout = weight_bank_strides(bank_shape, bank_stride, num_groups, num_cardinals)
-            if layout is None:
-                raise ValueError(f"a weight of strides {bank_stride} cannot be read as its "
-                                 "bank in place: pass its (k, d, F) reshape")
-            self.grad_bank_shape, self.grad_bank_stride = bank_shape, bank_stride
-            grad_layout = layout
+            channels, taps = bank_shape[1], bank_shape[2] * bank_shape[3]
+            self.grad_bank_stride = bank_stride
+        self.grad_bank_shape = bank_shape
+        (_, _, features), layout = bank_layout(bank_shape, bank_stride, num_groups,
+                                               num_cardinals, channels, taps)
+        _, grad_layout = bank_layout(bank_shape, self.grad_bank_stride, num_groups,
+                                     num_cardinals, channels, taps)
         parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
         self.parts_shape = (parts, batch, num_groups, num_cardinals)
         self.args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
