@@ -96,6 +96,50 @@ def launch_arguments(counters, step) -> list:
     return out
 
 
+def misaligned_weight(counters) -> dict:
+    """A weight 4 bytes off 16-byte alignment, after the aligned weight's calls are known:
+    the launches that read it take the JIT once (Triton specialises on alignment), then are
+    known, and so is the aligned weight again; a new temperature (a float argument, which
+    Triton does not specialise on) takes no JIT."""
+    from triton_nsr import nsr_conv2d
+
+    layer = NSRConv2d(32, 128, 3, 4, 16, padding=1, backend="triton")
+    x = torch.randn(2, 32, 9, 8, requires_grad=True)
+    storage = torch.empty(layer.weight.numel() + 1)
+    shifted = storage[1:].view(layer.weight.shape)
+    shifted.copy_(layer.weight.detach())
+    shifted.requires_grad_()
+    temperature = {"value": 1.0}
+
+    def step(weight):
+        y = nsr_conv2d(x, weight, layer.bias, layer.mlp[0].weight, layer.mlp[0].bias, 4, 16,
+                       padding=1, temperature=temperature["value"], backend="triton")
+        return torch.autograd.grad(y, [x, weight], torch.ones_like(y))
+
+    def aligned():
+        return step(layer.weight)
+
+    def misaligned():
+        return step(shifted)
+
+    steady_state(counters, aligned)
+    calls = {}
+    for name, call in (("first", misaligned), ("second", misaligned),
+                       ("aligned again", aligned)):
+        before = counters.snapshot()
+        call()
+        calls[name] = per_call(counters.snapshot(), before, 1)
+    temperature["value"] = 0.5
+    before = counters.snapshot()
+    aligned()
+    calls["new temperature"] = per_call(counters.snapshot(), before, 1)
+    known = launch_arguments(counters, misaligned)
+    with tuned_configs.known_launches_suspended():
+        jit = launch_arguments(counters, misaligned)
+    return {"calls": calls, "arguments": {"known": known, "jit": jit},
+            "address": shifted.data_ptr() % 16}
+
+
 def main(out: str) -> None:
     results = {"cases": {}}
     with host_only() as counters:
@@ -132,6 +176,7 @@ def main(out: str) -> None:
         with tuned_configs.known_launches_suspended():
             jit = launch_arguments(counters, forward_backward)
         results["arguments"] = {"known": known, "jit": jit}
+        results["misaligned"] = misaligned_weight(counters)
     with open(out, "w") as file:
         json.dump(results, file, indent=1, default=str)
 

@@ -339,7 +339,7 @@ def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
         return output * (1 + conv_error)
 
     def layer_stand_in(input, padded, weight, bias, mlp_weight, mlp_bias, geometry,
-                       temperature, pad, allow_tf32):
+                       temperature, pad, allow_tf32, plan=None):
         routing = reference.routing_weights(input, mlp_weight, mlp_bias,
                                             geometry.num_sparsity_groups,
                                             geometry.num_sparsity_cardinals, temperature)
@@ -351,6 +351,7 @@ def test_kernel_check_catches_a_wrong_kernel(monkeypatch, conv_error, expected):
     fake = types.ModuleType("triton_nsr.ops")
     fake.mix_kernels, fake.per_sample_conv2d = reference.mix_kernels, conv_stand_in
     fake.nsr_layer = layer_stand_in
+    fake.layer_plan_for = lambda *args: None  # nsr_layer then finds no plan given: none needed
     monkeypatch.setitem(sys.modules, "triton_nsr.ops", fake)
     monkeypatch.setattr(triton_nsr, "ops", fake, raising=False)
     outcome = checks.check_kernels("cpu")

@@ -185,6 +185,30 @@ def test_training_step_is_capturable_no_sync_no_data_dependent_allocation():
 # ----------------------------------------------------------------------------- host side
 
 
+def test_a_known_call_skips_the_checks_until_the_plans_are_forgotten(monkeypatch):
+    from triton_nsr import functional
+    from triton_nsr.kernels.autotune import clear_launch_plans
+
+    checks = []
+    check = functional.check_nsr_conv2d
+    monkeypatch.setattr(functional, "check_nsr_conv2d",
+                        lambda *args: checks.append(args) or check(*args))
+    layer, x = _layer(), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    clear_launch_plans()
+    expected = layer(x)
+    assert len(checks) == 1 and len(functional._KNOWN_CALLS) == 1
+    assert_close(layer(torch.randn_like(x).copy_(x)), expected, "known call")
+    assert len(checks) == 1
+    # Anything the checks or the plan read makes a new call: strides, grad wanted, TF32.
+    layer(x.to(memory_format=torch.channels_last))
+    layer(x.requires_grad_())
+    assert len(checks) == 3
+    clear_launch_plans()
+    assert not functional._KNOWN_CALLS
+    layer(x)
+    assert len(checks) == 4
+
+
 def test_launch_decisions_are_made_once_per_call_signature():
     from triton_nsr import layer as layer_module
     from triton_nsr.kernels import conv, conv_bwd_input, conv_bwd_weight

@@ -226,7 +226,13 @@ def _checked_key(*args) -> tuple | None:
             key.append((arg.shape, arg.dtype, arg.device))
         else:
             return None
-    for arg in args[_DATA_ARGUMENTS:]:
+    return _hashable(key, args[_DATA_ARGUMENTS:])
+
+
+def _hashable(key: list, numbers) -> tuple | None:
+    """``key`` with the plain ``numbers`` appended, as a hashable tuple, or None (see
+    :func:`_checked_key`)."""
+    for arg in numbers:
         kind = type(arg)
         if kind in _PLAIN:
             key.append(arg)
@@ -239,6 +245,27 @@ def _checked_key(*args) -> tuple | None:
     except TypeError:  # a symbolic size
         return None
     return key
+
+
+def call_key(input, weight, bias, mlp_weight, mlp_bias, numbers: tuple,
+             flags: tuple) -> tuple | None:
+    """One key for everything a layer call's checks and plan read, or None (as
+    :func:`_checked_key`): what the checks key on, and every tensor's strides and the input's
+    16-byte alignment (the Triton layer's plan reads them), then ``flags`` as they are.
+    ``numbers``: check_nsr_conv2d's arguments after the tensors. Not for use while compiling.
+    """
+    if type(input) is not torch.Tensor and type(input) is not torch.nn.Parameter:
+        return None
+    key = [input.shape, input.stride(), input.dtype, input.device, input.data_ptr() % 16 == 0,
+           *flags]
+    for arg in (weight, bias, mlp_weight, mlp_bias):
+        if arg is None:
+            key.append(None)
+        elif type(arg) is torch.nn.Parameter or type(arg) is torch.Tensor:
+            key.append((arg.shape, arg.stride(), arg.dtype, arg.device))
+        else:
+            return None
+    return _hashable(key, numbers)
 
 
 @_reuse_checked

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from triton_nsr import grouped_conv, mixing, router
 from triton_nsr.arguments import (
     ConvGeometry,
+    call_key,
     check_backend,
     check_nsr_conv2d,
     check_padding_mode,
@@ -155,22 +156,56 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
     input is; the kernels read the parameters in their own dtype (float32 weights mix straight
     into bfloat16 kernels), so no cast kernel runs per call. Forward-mode AD, double backward
     and torch.func are refused by the layer's Function (ops.nsr_layer) at the first call.
+
+    A zero-padded call seen before (:func:`triton_nsr.arguments.call_key`: shapes, strides,
+    dtypes, devices, the input's alignment, the numbers, autocast, TF32 and whether the input's
+    gradient is wanted) takes its checked geometry and its layer plan from one lookup.
     """
     ops = _ops()
+    # Read per call, as nn.Conv2d follows the setting at call time.
+    allow_tf32 = conv_allows_tf32()
+    numbers = (num_sparsity_groups, num_sparsity_cardinals, stride, padding, dilation, groups)
+    key = None
+    # Not while compiling (the op is traced) or under a torch.func transform (its wrapped
+    # tensors have no address; ops.nsr_layer refuses the call).
+    if (padding_mode == "zeros" and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()):
+        input_grad = input.requires_grad and torch.is_grad_enabled()
+        key = call_key(input, weight, bias, mlp_weight, mlp_bias, numbers,
+                       (autocasting, allow_tf32, input_grad))
+        known = _KNOWN_CALLS.get(key) if key is not None else None
+        if known is not None:
+            geometry, plan = known
+            return ops.nsr_layer(input, None, weight, bias, mlp_weight, mlp_bias, geometry,
+                                 temperature, geometry.pad, allow_tf32, plan=plan)
     checked = _autocast_stand_in(input, weight) if autocasting else input
-    geometry = check_nsr_conv2d(
-        checked, weight, bias, mlp_weight, mlp_bias, num_sparsity_groups,
-        num_sparsity_cardinals, stride, padding, dilation, groups,
-    )
+    geometry = check_nsr_conv2d(checked, weight, bias, mlp_weight, mlp_bias, *numbers)
     if autocasting and padding_mode != "zeros":
         # CPU autocast runs the pads in float32; the convolution reads the autocast dtype.
         with torch.autocast(input.device.type, enabled=False):
             padded, pad = pad_input(input, geometry, padding_mode)
     else:
         padded, pad = pad_input(input, geometry, padding_mode)
-    # Read per call, as nn.Conv2d follows the setting at call time.
-    return ops.nsr_layer(input, None if padded is input else padded, weight, bias,
-                         mlp_weight, mlp_bias, geometry, temperature, pad, conv_allows_tf32())
+    output = ops.nsr_layer(input, None if padded is input else padded, weight, bias,
+                           mlp_weight, mlp_bias, geometry, temperature, pad, allow_tf32)
+    if key is not None:
+        if len(_KNOWN_CALLS) >= _KNOWN_CALLS_MAX:
+            _KNOWN_CALLS.clear()
+        _KNOWN_CALLS[key] = (geometry, ops.layer_plan_for(
+            input, weight, bias, mlp_weight, mlp_bias, geometry, allow_tf32, input_grad))
+    return output
+
+
+# Known zero-padded calls of the Triton layer: (geometry, LayerPlan) by call_key. Forgotten with
+# the launch plans (triton_nsr.ops registers the clearing), so a tool's forced kernel choice
+# or cleared plans reach every later call.
+_KNOWN_CALLS: dict = {}
+_KNOWN_CALLS_MAX = 256
+
+
+def forget_known_calls() -> None:
+    """Forget every known call (their plans with them)."""
+    _KNOWN_CALLS.clear()
 
 
 def nsr_conv2d(

@@ -237,23 +237,19 @@ class BackwardPlan:
                                                     memory_format=torch.channels_last)
             # The kernel gradient as S pixel-split partial sums (S = 1 but for few large
             # images); the mixing backward adds them as it reads them.
-            weights_grad = torch.empty((batch, *layer.kernel_shape), dtype=weights.dtype,
-                                       device=weights.device)
-            biases_grad = (None if bias is None else
-                           torch.empty((batch, layer.out_channels), dtype=weights.dtype,
-                                       device=weights.device))
             if self.weight_grad is None:
                 self.weight_grad = conv_weight_gradient_for(
                     grad_output, conv_input, layer.kernel_shape[2:], layer.stride, layer.pad,
-                    layer.dilation, layer.groups, layer.allow_tf32, weights_grad, biases_grad,
-                    grad_output_copy)
-            weight_parts, bias_parts = self.weight_grad(
-                grad_output, conv_input, weights_grad, biases_grad, grad_output_copy,
-                sum_splits=False)
+                    layer.dilation, layer.groups, layer.allow_tf32,
+                    *self._weight_grad_outputs(layer, weights, bias, None), grad_output_copy)
+            weight_parts, bias_parts = self._weight_grad_outputs(layer, weights, bias,
+                                                                 self.weight_grad)
+            self.weight_grad.launch_parts(grad_output, conv_input, weight_parts, bias_parts,
+                                          grad_output_copy)
             bank, second = layer._banks(weight, bias)
             if self.mix is None:
                 k, d = layer.num_groups, layer.num_cardinals
-                splits = weight_parts.shape[0]
+                splits = self.weight_grad.num_splits
                 self.mix = mix_backward_for(
                     weight_parts.view(splits, batch, d, -1),
                     None if bias is None else bias_parts.view(splits, batch, d, -1),
@@ -300,6 +296,21 @@ class BackwardPlan:
             grad_conv_input = self.input_grad(source, operand, grad_input, mean)
         return (grad_conv_input, mean_grad, grad_weight, grad_bias, grad_mlp_weight,
                 grad_mlp_bias)
+
+    @staticmethod
+    def _weight_grad_outputs(layer: LayerPlan, weights, bias, plan):
+        """Where the kernel gradient writes: per sample (B, out, Cg, kh, kw) and (B, out) in
+        the kernels' dtype, or, where ``plan`` splits the pixel sum, (S, B, ...) partial sums
+        in its ``partial`` dtype. The bias's is None without a bias."""
+        batch = weights.shape[0]
+        if plan is None or plan.partial is None:
+            leading, dtype = (), weights.dtype
+        else:
+            leading, dtype = (plan.num_splits,), plan.partial
+        weight_parts = weights.new_empty((*leading, batch, *layer.kernel_shape), dtype=dtype)
+        bias_parts = (None if bias is None else
+                      weights.new_empty((*leading, batch, layer.out_channels), dtype=dtype))
+        return weight_parts, bias_parts
 
     @staticmethod
     def _input_grad_operand(layer: LayerPlan, weights, weights_input_grad):

@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from triton_nsr.arguments import ConvGeometry, conv_output_size
-from triton_nsr.kernels.autotune import dot_precision
+from triton_nsr.functional import forget_known_calls
+from triton_nsr.kernels.autotune import dot_precision, on_clear_launch_plans
 from triton_nsr.kernels.conv import conv_fwd, empty_like_layout
 from triton_nsr.kernels.conv_bwd_input import conv_bwd_input
 from triton_nsr.kernels.conv_bwd_weight import conv_bwd_weight
@@ -40,7 +41,7 @@ from triton_nsr.kernels.operands import (
     empty_packed_storage,
 )
 from triton_nsr.kernels.router import routing_dtype
-from triton_nsr.layer import layer_plan, weight_read_in_place
+from triton_nsr.layer import LayerPlan, layer_plan, weight_read_in_place
 
 # ----------------------------------------------------------------------------- mixing
 
@@ -243,6 +244,9 @@ per_sample_conv2d.register_autograd(_conv_grad, setup_context=_conv_setup)
 
 # ----------------------------------------------------------------------------- the layer
 
+# nsr_conv2d keeps each known call's LayerPlan: forgotten when the plans are.
+on_clear_launch_plans(forget_known_calls)
+
 def _input_gradients(ctx, input, grad_conv_input, mean_grad):
     """(grad of input, grad of padded) from the convolution's input gradient and mean_grad."""
     if not ctx.has_padded:
@@ -345,7 +349,8 @@ def _gradient_present(ctx) -> list[bool]:
 
 def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
               mlp_weight: Tensor, mlp_bias: Tensor | None, geometry: ConvGeometry,
-              temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool) -> Tensor:
+              temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool,
+              plan: LayerPlan | None = None) -> Tensor:
     """The NSR layer on the Triton kernels, differentiable once (reverse mode).
 
     Args:
@@ -358,6 +363,8 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
         geometry: the checked geometry (triton_nsr.arguments.check_nsr_conv2d).
         pad: the zero padding (top, bottom, left, right) the convolution applies.
         allow_tf32: let float32 products use TF32 (functional.conv_allows_tf32()).
+        plan: this call's LayerPlan when the caller knows it (:func:`layer_plan_for`, for a
+            zero-padded call outside torch.compile), else looked up here.
 
     Returns:
         (B, out, Ho, Wo) in input's dtype, channels_last when the convolution's input is.
@@ -370,17 +377,29 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
     if torch._C._are_functorch_transforms_active():
         refuse("torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)")
     grad = torch.is_grad_enabled()
-    input_grad = grad and (input.requires_grad or (padded is not None
-                                                    and padded.requires_grad))
-    plan = layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias,
-                      geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
-                      geometry.stride, pad, geometry.dilation, geometry.groups, allow_tf32,
-                      input_grad)
+    if plan is None:
+        input_grad = grad and (input.requires_grad or (padded is not None
+                                                        and padded.requires_grad))
+        plan = layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias,
+                          geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
+                          geometry.stride, pad, geometry.dilation, geometry.groups, allow_tf32,
+                          input_grad)
     if grad or forward_ad._current_level >= 0:
         return NSRLayerFunction.apply(input, padded, weight, bias, mlp_weight, mlp_bias, plan,
                                       temperature)
     # Inference (no_grad, inference_mode): nothing to save, so no Function around the launches.
     return plan.forward(input, padded, weight, bias, mlp_weight, mlp_bias, temperature)[0]
+
+
+def layer_plan_for(input: Tensor, weight: Tensor, bias: Tensor | None, mlp_weight: Tensor,
+                   mlp_bias: Tensor | None, geometry: ConvGeometry, allow_tf32: bool,
+                   input_grad: bool) -> LayerPlan:
+    """The LayerPlan of a zero-padded call (the convolution pads by masking), as
+    :func:`nsr_layer` finds it."""
+    return layer_plan(input, None, weight, bias, mlp_weight, mlp_bias,
+                      geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
+                      geometry.stride, geometry.pad, geometry.dilation, geometry.groups,
+                      allow_tf32, input_grad)
 
 
 def _plan_of(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,

@@ -46,13 +46,15 @@ from bench.timing import Timer, summarize
 from bench.workloads import W4_256, Workload, main_workloads
 
 RESULT_FILE = "probe.json"
-# Every launch a layer call makes, by the launch plan class that makes it (triton_nsr.layer
-# calls them in this order) and the name the probe gives it.
-LAUNCHERS = (("router", "RouterPool", "router_pool"), ("mix", "MixForward", "route_and_mix"),
-             ("conv", "ConvForward", "conv_fwd"),
-             ("conv_bwd_weight", "ConvWeightGradient", "conv_bwd_weight"),
-             ("mix", "MixBackward", "mix_bwd"), ("router", "RouterBackward", "router_bwd"),
-             ("conv_bwd_input", "ConvInputGradient", "conv_bwd_input"))
+# Every launch a layer call makes, by the launch plan class and method that make it
+# (triton_nsr.layer calls them in this order) and the name the probe gives it.
+LAUNCHERS = (("router", "RouterPool", "__call__", "router_pool"),
+             ("mix", "MixForward", "__call__", "route_and_mix"),
+             ("conv", "ConvForward", "__call__", "conv_fwd"),
+             ("conv_bwd_weight", "ConvWeightGradient", "launch_parts", "conv_bwd_weight"),
+             ("mix", "MixBackward", "__call__", "mix_bwd"),
+             ("router", "RouterBackward", "__call__", "router_bwd"),
+             ("conv_bwd_input", "ConvInputGradient", "__call__", "conv_bwd_input"))
 # (workload, precision, layout): the smoke cases that differed run to run on the H200 first.
 REPEAT_CASES = (("W2", "tf32", "nchw"), ("W2", "tf32", "channels_last"),
                 ("W4-256", "tf32", "channels_last"), ("W2", "bf16", "channels_last"))
@@ -96,8 +98,8 @@ def recorded_launchers(calls: list[dict]):
     before and after, returned tensors (copies, after a synchronisation)."""
     import importlib
 
-    classes = [(getattr(importlib.import_module(f"triton_nsr.kernels.{module}"), cls), name)
-               for module, cls, name in LAUNCHERS]
+    methods = [(getattr(importlib.import_module(f"triton_nsr.kernels.{module}"), cls), method,
+                name) for module, cls, method, name in LAUNCHERS]
 
     def wrap(name, launch):
         def recorded(self, *args, **kwargs):
@@ -111,14 +113,14 @@ def recorded_launchers(calls: list[dict]):
             return result
         return recorded
 
-    saved = [(cls, cls.__call__) for cls, _ in classes]
-    for cls, name in classes:
-        cls.__call__ = wrap(name, cls.__call__)
+    saved = [(cls, method, getattr(cls, method)) for cls, method, _ in methods]
+    for cls, method, name in methods:
+        setattr(cls, method, wrap(name, getattr(cls, method)))
     try:
         yield
     finally:
-        for cls, launch in saved:
-            cls.__call__ = launch
+        for cls, method, launch in saved:
+            setattr(cls, method, launch)
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:

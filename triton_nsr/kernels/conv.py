@@ -26,6 +26,7 @@ from triton_nsr.kernels.autotune import (
     size_class,
     tuned,
 )
+from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import (
     TMA_ALIGN_BYTES,
     pack_forward_weight,
@@ -221,7 +222,7 @@ class ConvForward:
     memory_format: of the output; None: the input's.
     """
 
-    __slots__ = ("output_shape", "memory_format", "grid", "args", "constexprs")
+    __slots__ = ("output_shape", "memory_format", "grid", "args", "constexprs", "launch")
 
     def __init__(self, input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
                  weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
@@ -256,6 +257,7 @@ class ConvForward:
                                         (kernel_h, kernel_w), route, tile_w)}
         self.output_shape, self.memory_format = output_shape, memory_format
         self.grid, self.args, self.constexprs = grid, args, constexprs
+        self.launch = LaunchSite(conv_fwd_kernel, grid, constexprs)
 
     def __call__(self, input: torch.Tensor, packed_weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
@@ -265,9 +267,8 @@ class ConvForward:
             return output
         if self.constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(input)
-        conv_fwd_kernel[self.grid](input, packed_weight,
-                                   bias if bias is not None else packed_weight, output,
-                                   *self.args, **self.constexprs)
+        self.launch((input, packed_weight, bias if bias is not None else packed_weight, output),
+                    self.args)
         return output
 
 

@@ -25,6 +25,7 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv import CONV_CONFIGS, gemm_constexprs
+from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import (
     TMA_ALIGN_BYTES,
     input_grad_weight_strides,
@@ -170,7 +171,7 @@ class ConvInputGradient:
     gradient to write and mean_grad (or None). mean_grad_stride is None without a mean
     gradient."""
 
-    __slots__ = ("grid", "args", "constexprs")
+    __slots__ = ("grid", "args", "constexprs", "launch")
 
     def __init__(self, grad_output_shape, grad_output_stride, aligned, weight_shape,
                  weight_strides, weight_bounds, grad_input_shape, grad_input_stride, dtype,
@@ -199,13 +200,13 @@ class ConvInputGradient:
                       **gemm_constexprs(dtype, allow_tf32, layouts, pad, dilation,
                                         (kernel_h, kernel_w), route, tile_w)}
         self.grid, self.args, self.constexprs = grid, args, constexprs
+        self.launch = LaunchSite(conv_bwd_input_kernel, grid, constexprs)
 
     def __call__(self, grad_output, packed_weight, grad_input, mean_grad=None):
         if self.constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(grad_output)
-        conv_bwd_input_kernel[self.grid](
-            grad_output, packed_weight, grad_input,
-            mean_grad if mean_grad is not None else grad_input, *self.args, **self.constexprs)
+        self.launch((grad_output, packed_weight, grad_input,
+                     mean_grad if mean_grad is not None else grad_input), self.args)
         return grad_input
 
 

@@ -33,6 +33,7 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv_bwd_weight_3x3 import conv_bwd_weight_3x3_kernel
+from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import TMA_ALIGN_BYTES, route_of, set_descriptor_allocator
 from triton_nsr.kernels.tiling import (
     cdiv,
@@ -361,7 +362,8 @@ class ConvWeightGradient:
     grad_bias (one split).
     """
 
-    __slots__ = ("partial", "num_splits", "all_taps", "grid", "args", "constexprs")
+    __slots__ = ("partial", "num_splits", "all_taps", "grid", "args", "constexprs",
+                 "launch")
 
     def __init__(self, grad_output_shape, grad_output_stride, input_shape, input_stride, dtype,
                  aligned, grad_output_aligned, kernel_size, stride, pad, dilation, groups,
@@ -453,6 +455,8 @@ class ConvWeightGradient:
         constexprs["WRITE_COPY"] = copy_stride is not None
         self.partial, self.num_splits, self.all_taps = partial, num_splits, all_taps
         self.grid, self.args, self.constexprs = grid, args, constexprs
+        self.launch = LaunchSite(conv_bwd_weight_3x3_kernel if all_taps
+                                 else conv_bwd_weight_kernel, grid, constexprs)
 
     def __call__(self, grad_output, input, grad_weight, grad_bias, grad_output_copy=None,
                  sum_splits: bool = True):
@@ -467,23 +471,29 @@ class ConvWeightGradient:
             bias_parts = (grad_bias.new_empty((self.num_splits, *grad_bias.shape),
                                               dtype=self.partial)
                           if grad_bias is not None else None)
-        tensors = (grad_output, input, weight_parts,
-                   bias_parts if bias_parts is not None else weight_parts,
-                   grad_output_copy if grad_output_copy is not None else grad_output)
-        constexprs = self.constexprs
-        if self.all_taps:
-            if constexprs["INPUT_ROUTE"] != "gather":
-                set_descriptor_allocator(input)
-            if constexprs["TRANSPOSED"]:
-                tensors = (input, grad_output, *tensors[2:])
-            conv_bwd_weight_3x3_kernel[self.grid](*tensors, *self.args, **constexprs)
-        else:
-            conv_bwd_weight_kernel[self.grid](*tensors, *self.args, **constexprs)
+        self.launch_parts(grad_output, input, weight_parts, bias_parts, grad_output_copy)
         if self.partial is not None and sum_splits:
             grad_weight.copy_(weight_parts.sum(dim=0))
             if grad_bias is not None:
                 grad_bias.copy_(bias_parts.sum(dim=0))
         return weight_parts, bias_parts
+
+
+    def launch_parts(self, grad_output, input, weight_parts, bias_parts,
+                     grad_output_copy=None) -> None:
+        """Launch into outputs the caller made: with splits (``partial``), weight_parts
+        (S, B, out, Cg, kh, kw) and bias_parts (S, B, out) contiguous in ``partial``'s dtype;
+        without, grad_weight and grad_bias themselves, in the strides the plan was made for
+        (the layer allocates them so, with no view per call)."""
+        tensors = (grad_output, input, weight_parts,
+                   bias_parts if bias_parts is not None else weight_parts,
+                   grad_output_copy if grad_output_copy is not None else grad_output)
+        if self.all_taps:
+            if self.constexprs["INPUT_ROUTE"] != "gather":
+                set_descriptor_allocator(input)
+            if self.constexprs["TRANSPOSED"]:
+                tensors = (input, grad_output, *tensors[2:])
+        self.launch(tensors, self.args)
 
 
 @launch_plan

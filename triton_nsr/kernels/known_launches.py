@@ -11,6 +11,11 @@ each tensor's dtype and 16-byte alignment, the integer arguments and constexprs 
 objects when they come from the same plan), the current device. Then it reads the current
 stream (CUDA graph capture and user streams depend on it) and calls the launcher.
 
+A launch plan goes one step further with a :class:`LaunchSite`: its grid and constexprs are
+bound once and the known launch it took last is kept, so a repeated call compares its other
+arguments with one tuple comparison and checks its tensors' dtypes and alignment, with no
+lookup, keyword comparison or closure per launch.
+
 Launch metadata is built only when a launch hook is set (a profiler's), as Triton builds it.
 The interpreter, and the tuned-config policies other than the default (recording, a fixed
 config, a capped autotune), never use known launches (``tuned_configs``), and forgetting the
@@ -18,6 +23,9 @@ launch plans forgets them too.
 """
 
 from __future__ import annotations
+
+import operator
+from functools import reduce
 
 import torch
 from triton import knobs
@@ -28,6 +36,10 @@ from triton.runtime import driver
 MAX_KNOWN = 1024
 MAX_PER_PLAN = 8
 TMA_ALIGN_MASK = 15
+_DTYPE = operator.attrgetter("dtype")
+_ADDRESS = torch.Tensor.data_ptr
+# Bumped whenever any kernel forgets its known launches: a site's kept launch is then stale.
+_generation = 0
 
 
 def _hooked() -> bool:
@@ -46,7 +58,8 @@ class KnownLaunch:
     (floats may differ: Triton does not specialise on them) and the constexprs."""
 
     __slots__ = ("grid_source", "constants", "floats", "kwargs", "count", "signature",
-                 "device", "grid", "kernel", "run", "function", "metadata", "tail")
+                 "dtypes", "all_aligned", "device", "grid", "kernel", "run", "function",
+                 "metadata", "tail")
 
     def __init__(self, grid_source, args: tuple, kwargs: dict, count: int, device: int,
                  grid: tuple, kernel, tail: tuple) -> None:
@@ -58,6 +71,8 @@ class KnownLaunch:
         self.kwargs = dict(kwargs)
         self.count = count
         self.signature = _signature(args, count)
+        self.dtypes = tuple(dtype for dtype, _ in self.signature)
+        self.all_aligned = all(aligned for _, aligned in self.signature)
         self.device = device
         self.grid = grid
         self.kernel = kernel
@@ -72,9 +87,18 @@ class KnownLaunch:
             return False
         if args[count:] != self.constants and not self._only_floats_differ(args[count:]):
             return False
+        return self.tensors_match(args[:count])
+
+    def tensors_match(self, tensors: tuple) -> bool:
+        """Whether ``tensors`` (the ``count`` leading arguments) have this launch's dtypes and
+        16-byte alignments. Mostly all aligned: one OR over the addresses tells."""
         try:
-            return _signature(args, count) == self.signature
-        except AttributeError:  # not a tensor where this launch had one
+            if tuple(map(_DTYPE, tensors)) != self.dtypes:
+                return False
+            if self.all_aligned:
+                return reduce(operator.or_, map(_ADDRESS, tensors)) & TMA_ALIGN_MASK == 0
+            return _signature(tensors, len(tensors)) == self.signature
+        except (AttributeError, TypeError):  # not a tensor where this launch had one
             return False
 
     def _only_floats_differ(self, constants: tuple) -> bool:
@@ -150,5 +174,78 @@ class KnownLaunches:
         entries.insert(0, entry)
         del entries[MAX_PER_PLAN:]
 
+    def find(self, grid, args: tuple, kwargs: dict) -> KnownLaunch | None:
+        """The known launch that ``args`` and ``kwargs`` would take on the current device."""
+        entries = self._by_grid.get(grid)
+        if not entries:  # nothing learned (a stood-in launch): no driver asked
+            return None
+        device = driver.active.get_current_device()
+        for entry in entries:
+            if entry.device == device and entry.matches(args, kwargs):
+                return entry
+        return None
+
     def clear(self) -> None:
+        global _generation
+        _generation += 1
         self._by_grid.clear()
+
+
+class LaunchSite:
+    """One launch plan's launch of one tuned kernel: ``site(tensors, scalars)`` is
+    ``kernel[grid](*tensors, *scalars, **constexprs)``.
+
+    The grid and the constexprs are bound when the plan is made; after a launch the site keeps
+    the known launch it took. A later call takes it when known launches are on (the tuned
+    kernel's policy), nothing was forgotten since, the device is the same, ``scalars`` equal
+    its arguments (floats aside) and the tensors have its dtypes and alignments; anything else
+    goes through the tuned kernel as a first launch does. Any other kernel object (a recorder,
+    a test's spy) is launched by indexing it, every time.
+    """
+
+    __slots__ = ("kernel", "grid", "constexprs", "entry", "generation", "scalars", "suffix")
+
+    def __init__(self, kernel, grid, constexprs: dict) -> None:
+        self.kernel, self.grid, self.constexprs = kernel, grid, constexprs
+        self.entry, self.generation, self.scalars, self.suffix = None, -1, None, ()
+
+    def __call__(self, tensors: tuple, scalars: tuple):
+        entry = self.entry
+        if (entry is not None and self.generation == _generation
+                and self.kernel.known_launches_on()):
+            active = driver.active
+            # tensors_match also compares the tensors' count (their dtypes' tuple).
+            if (entry.device == active.get_current_device() and entry.tensors_match(tensors)
+                    and (scalars is self.scalars or self._takes(scalars, entry))):
+                if _hooked():
+                    return entry.launch((*tensors, *scalars), active)
+                x, y, z = entry.grid
+                entry.run(x, y, z, active.get_current_stream(entry.device), entry.function,
+                          entry.metadata, None, None, None, *tensors, *self.suffix)
+                return entry.kernel
+        return self._first(tensors, scalars)
+
+    def _takes(self, scalars: tuple, entry: KnownLaunch) -> bool:
+        """Whether the kept launch takes these scalars (equal, floats aside); if so they are
+        kept, with the launch's constexprs after them, for the next call."""
+        if scalars != entry.constants and not entry._only_floats_differ(scalars):
+            return False
+        self.scalars, self.suffix = scalars, (*scalars, *entry.tail)
+        return True
+
+    def _first(self, tensors: tuple, scalars: tuple):
+        """Launch through the tuned kernel (table, autotuner, JIT) and keep the known launch
+        it took."""
+        args = (*tensors, *scalars)
+        kernel = self.kernel
+        if not hasattr(kernel, "known_launches_on"):
+            return kernel[self.grid](*args, **self.constexprs)
+        compiled = kernel._launch(self.grid, args, self.constexprs)
+        self.entry, self.scalars = None, None
+        if kernel.known_launches_on():
+            self.generation = _generation
+            entry = kernel.known.find(self.grid, args, self.constexprs)
+            # A launch whose tensors do not all lead its arguments is matched in full each time.
+            if entry is not None and entry.count == len(tensors):
+                self.entry = entry
+        return compiled

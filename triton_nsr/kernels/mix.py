@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
+from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import (
     empty_packed_input_grad_weight,
     empty_packed_storage,
@@ -418,7 +419,7 @@ class MixForward:
     """
 
     __slots__ = ("output_shape", "second_output_shape", "dtype", "packed", "copy_groups",
-                 "has_second", "grid", "args", "constexprs")
+                 "has_second", "grid", "args", "constexprs", "launch")
 
     def __init__(self, routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route) -> None:
@@ -473,6 +474,7 @@ class MixForward:
         self.dtype, self.packed, self.copy_groups = dtype, kernel_shape is not None, copy_groups
         self.has_second = second_shape is not None
         self.grid, self.args, self.constexprs = grid, args, constexprs
+        self.launch = LaunchSite(mix_fwd_kernel, grid, constexprs)
 
     def __call__(self, routing, bank, second_bank=None, route_tensors=None,
                  temperature=(1.0, 0.0), storage: bool = False):
@@ -506,11 +508,10 @@ class MixForward:
             partials, mlp_weight, mlp_bias, pooled = route_tensors
             route_tensors = (partials, mlp_weight,
                              mlp_bias if mlp_bias is not None else mlp_weight, pooled)
-        mix_fwd_kernel[self.grid](
-            routing, bank, second_bank if self.has_second else bank,
-            output, second_output if self.has_second else output,
-            copy if copy is not None else output,
-            *route_tensors, *self.args, *temperature, **self.constexprs)
+        self.launch((routing, bank, second_bank if self.has_second else bank,
+                     output, second_output if self.has_second else output,
+                     copy if copy is not None else output, *route_tensors),
+                    (*self.args, *temperature))
         return output, second_output, copy
 
 
@@ -626,7 +627,8 @@ class MixBackward:
     """mix_bwd_kernel's launch for one shape class, decided once: call it with the tensors."""
 
     __slots__ = ("parts_shape", "grad_bank_shape", "grad_bank_stride", "grid", "args",
-                 "constexprs", "has_second", "need_banks", "need_routing")
+                 "constexprs", "has_second", "need_banks", "need_routing",
+                 "launch")
 
     def __init__(self, grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
@@ -664,6 +666,7 @@ class MixBackward:
         self.grid = (parts * num_cardinals,)
         self.has_second = second_shape is not None
         self.need_banks, self.need_routing = need_banks, need_routing
+        self.launch = LaunchSite(mix_bwd_kernel, self.grid, self.constexprs)
 
     def __call__(self, grad, second_grad, routing, bank, second_bank=None):
         """(routing_parts or None, grad_bank or None, grad_second_bank or None); see
@@ -686,13 +689,11 @@ class MixBackward:
                     tensor.zero_()
             return routing_parts, grad_bank, grad_second_bank
         if need_banks or need_routing:
-            mix_bwd_kernel[self.grid](
-                routing, grad, second_grad if has_second else grad,
-                bank, second_bank if has_second else bank,
-                grad_bank if need_banks else bank,
-                grad_second_bank if need_banks and has_second else bank,
-                routing_parts if need_routing else routing,
-                *self.args, **self.constexprs)
+            self.launch((routing, grad, second_grad if has_second else grad,
+                         bank, second_bank if has_second else bank,
+                         grad_bank if need_banks else bank,
+                         grad_second_bank if need_banks and has_second else bank,
+                         routing_parts if need_routing else routing), self.args)
         return routing_parts, grad_bank, grad_second_bank
 
 

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
+from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.tiling import (
     cdiv,
     contiguous_strides,
@@ -294,7 +295,7 @@ class RouterPool:
     input or None.
     """
 
-    __slots__ = ("dtype", "partials_shape", "write_copy", "grid", "args", "constexprs")
+    __slots__ = ("dtype", "partials_shape", "write_copy", "grid", "args", "constexprs", "launch")
 
     def __init__(self, input_shape, input_stride, input_dtype, write_copy: bool) -> None:
         batch, channels, height, width = input_shape
@@ -310,6 +311,7 @@ class RouterPool:
                      *contiguous_strides(self.partials_shape), *copy_stride)
         self.constexprs = {"WRITE_COPY": write_copy,
                            "ACC_DTYPE": accumulator_dtype(self.dtype)}
+        self.launch = LaunchSite(router_pool_kernel, self.grid, self.constexprs)
 
     def __call__(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         partials = torch.empty(self.partials_shape, dtype=self.dtype, device=input.device)
@@ -317,8 +319,7 @@ class RouterPool:
                             memory_format=torch.channels_last) if self.write_copy else None)
         if self.grid[0] == 0:
             return partials, copy
-        router_pool_kernel[self.grid](input, partials, copy if copy is not None else partials,
-                                      *self.args, **self.constexprs)
+        self.launch((input, partials, copy if copy is not None else partials), self.args)
         return partials, copy
 
 
@@ -352,7 +353,7 @@ class RouterBackward:
     (an annealed temperature changes every step, and Triton does not specialise on floats).
     """
 
-    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias")
+    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias", "launch")
 
     def __init__(self, grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
                  routing_dtype, pooled_shape, pooled_stride, mlp_weight_shape,
@@ -376,6 +377,7 @@ class RouterBackward:
             return (cdiv(channels, meta["BLOCK_C"]),)
 
         self.grid = grid
+        self.launch = LaunchSite(router_bwd_kernel, grid, self.constexprs)
 
     def __call__(self, grad_routing, routing, pooled, mlp_weight, temperature: float):
         mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
@@ -387,11 +389,9 @@ class RouterBackward:
             grad_mlp_weight.zero_()
             return (mean_grad, grad_mlp_weight,
                     grad_mlp_bias.zero_() if grad_mlp_bias is not None else None)
-        router_bwd_kernel[self.grid](
-            grad_routing, routing, pooled, mlp_weight,
-            mean_grad, grad_mlp_weight,
-            grad_mlp_bias if grad_mlp_bias is not None else grad_mlp_weight,
-            *self.head, *temperature_pair(temperature), *self.tail, **self.constexprs)
+        self.launch((grad_routing, routing, pooled, mlp_weight, mean_grad, grad_mlp_weight,
+                     grad_mlp_bias if grad_mlp_bias is not None else grad_mlp_weight),
+                    (*self.head, *temperature_pair(temperature), *self.tail))
         return mean_grad, grad_mlp_weight, grad_mlp_bias
 
 

@@ -323,6 +323,14 @@ class TunedKernel:
 
         return launch
 
+    def known_launches_on(self) -> bool:
+        """Whether a known launch may be taken: under the autotuning policies only (a
+        recording or a fixed config is a tool's mode, in which every launch takes the JIT),
+        never under the interpreter or while a tool forces a kernel choice."""
+        policy = _policy
+        return (policy.autotune and policy.record is None and self.known is not None
+                and not _known_launches_suspended)
+
     @functools.cached_property
     def source_hash(self) -> str:
         return source_hash(self.fn)
@@ -355,10 +363,7 @@ class TunedKernel:
 
     def _launch(self, grid, args: tuple, kwargs: dict):
         policy = _policy
-        # Known launches serve the autotuning policies only: a recording or a fixed config is a
-        # tool's mode, in which every launch takes the path below.
-        known = (policy.autotune and policy.record is None and self.known is not None
-                 and not _known_launches_suspended)
+        known = self.known_launches_on()
         if known:
             kernel = self.known.launch(grid, args, kwargs)
             if kernel is not None:
