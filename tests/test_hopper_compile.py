@@ -281,11 +281,12 @@ def test_capture_records_forward_and_backward_launches():
 
 def test_report_shapes_are_the_benchmark_workloads():
     from bench.workloads import main_workloads
+    from triton_nsr.kernels.inspection.capture import W2
     from triton_nsr.kernels.inspection.report import SHAPES
 
     bench = {w.name: (w.batch, w.in_channels, w.out_channels, w.height, w.width, w.k, w.d)
              for w in main_workloads()}
-    for shape in SHAPES:
+    for shape in [*SHAPES, W2]:
         if shape.name != "odd":
             assert bench[shape.name] == (shape.batch, shape.in_channels, shape.out_channels,
                                          shape.height, shape.width, shape.k, shape.d)

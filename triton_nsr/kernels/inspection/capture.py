@@ -42,10 +42,12 @@ class LayerShape:
     d: int = 16
 
 
-# W1's two layers (bench/workloads.py; tests check they agree): the report's shapes and the
-# grid-fill table's.
+# The training shapes as bench/workloads.py defines them (tests check they agree): W1's two
+# layers, W2 and W4, for the report, the grid-fill table and the kernel-gradient candidates.
 W1_EXPAND = LayerShape("W1-expand", 16, 32, 128, 48, 48)
 W1_REDUCE = LayerShape("W1-reduce", 16, 128, 32, 48, 48)
+W2 = LayerShape("W2", 16, 64, 64, 48, 48)
+W4 = LayerShape("W4", 1, 64, 64, 512, 512)
 
 
 @dataclass(frozen=True)

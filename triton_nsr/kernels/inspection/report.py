@@ -25,6 +25,7 @@ from pathlib import Path
 from triton_nsr.kernels.inspection.capture import (
     W1_EXPAND,
     W1_REDUCE,
+    W4,
     LayerShape,
     alternative_launches,
     capture,
@@ -44,7 +45,7 @@ from triton_nsr.kernels.inspection.traffic import l2_to_sm_bytes, weight_layout_
 SHAPES = [
     W1_EXPAND,
     W1_REDUCE,
-    LayerShape("W4", 1, 64, 64, 512, 512),
+    W4,
     LayerShape("odd", 3, 24, 48, 37, 29),
 ]
 PRECISION_NAMES = ("bf16", "tf32", "fp32")
