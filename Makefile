@@ -42,27 +42,29 @@ report: setup
 
 # A short GPU lease (bench/gpu/lease.py): the priority-ordered steps within BUDGET seconds, every
 # measurement stored in OUT as it happens, then the kernel-by-kernel diagnosis
-# (bench/gpu/diagnose.py) within DIAGNOSE_BUDGET seconds, the kernel gradient's split counts
-# timed (bench/gpu/splits.py) within SPLITS_BUDGET and the layer probed launcher by launcher
-# (bench/gpu/layer_probe.py) within PROBE_BUDGET: 525 s in all, in a 600 s command. The kernels Triton's JIT compiled meanwhile are
+# (bench/gpu/diagnose.py) within DIAGNOSE_BUDGET seconds, the kernel gradient's ranked
+# candidates timed against today's launch (bench/gpu/candidates.py) within CANDIDATES_BUDGET and
+# the layer probed launcher by launcher (bench/gpu/layer_probe.py) within PROBE_BUDGET: 525 s in
+# all, in a 600 s command. The kernels Triton's JIT compiled meanwhile are
 # kept in OUT/jit_kernels.tar.xz (bench/gpu/jit_log.py; read it back with python -m
 # bench.gpu.jit_compare). Runs with the machine's own python3 (torch, triton), no venv, no network:
 # `make gpu OUT=$OUT`, or without make (BENCH_JIT_LOG=DIR to keep the compiles):
 #   PYTHONPATH=. python3 -m bench lease --budget-s 360 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.diagnose --budget-s 60 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.splits --budget-s 30 --output-dir "$OUT"
-#   PYTHONPATH=. python3 -m bench.gpu.layer_probe --budget-s 75 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.diagnose --budget-s 40 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.candidates --budget-s 60 --output-dir "$OUT"
+#   PYTHONPATH=. python3 -m bench.gpu.layer_probe --budget-s 65 --output-dir "$OUT"
+# (bench/gpu/splits.py, the split sweep the candidates' model is fitted to, runs by hand.)
 OUT ?= bench/results/lease
 BUDGET ?= 360
-DIAGNOSE_BUDGET ?= 60
-SPLITS_BUDGET ?= 30
-PROBE_BUDGET ?= 75
+DIAGNOSE_BUDGET ?= 40
+CANDIDATES_BUDGET ?= 60
+PROBE_BUDGET ?= 65
 gpu:
 	export BENCH_JIT_LOG=$(abspath $(OUT))/jit; rm -rf $(OUT)/jit; \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench lease --budget-s $(BUDGET) --output-dir $(OUT); \
 	status=$$?; \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.diagnose --budget-s $(DIAGNOSE_BUDGET) --output-dir $(OUT); \
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.splits --budget-s $(SPLITS_BUDGET) --output-dir $(OUT); \
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.candidates --budget-s $(CANDIDATES_BUDGET) --output-dir $(OUT); \
 	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} python3 -m bench.gpu.layer_probe --budget-s $(PROBE_BUDGET) --output-dir $(OUT); \
 	if [ -d $(OUT)/jit ]; then \
 		if command -v xz >/dev/null; then XZ_OPT=-T0 tar -cJf $(OUT)/jit_kernels.tar.xz -C $(OUT) jit; \

@@ -205,10 +205,12 @@ def weight_grad_configs(variant: str, precision: str) -> list:
 
 
 def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config,
-                        device: str, timer: Timer | None = None) -> dict:
+                        device: str, timer: Timer | None = None,
+                        splits: int | None = None) -> dict:
     """Launch the kernel gradient REPEAT_LAUNCHES times with one config on the same inputs;
     whether every launch wrote the same bits (partial sums and bias, not added), and the
-    median time of a launch (``ms``, by ``timer``: L2 flushed before each)."""
+    median time of a launch (``ms``, by ``timer``: L2 flushed before each). ``splits``: the
+    pixel splits to force (None: the layer's rule)."""
     from bench.gpu.diagnose import fixed_config
     from bench.gpu.splits import kernel_gradient_inputs, reference
     from triton_nsr.kernels import autotune, conv_bwd_weight
@@ -225,6 +227,9 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     # TF32_LOOP_STAGES = 1): whether the pipelined loop now repeats is what these launches ask.
     layer_stages = conv_bwd_weight.TF32_LOOP_STAGES
     conv_bwd_weight.TF32_LOOP_STAGES = None
+    layer_splits = conv_bwd_weight.weight_grad_splits
+    if splits is not None:
+        conv_bwd_weight.weight_grad_splits = lambda *args: splits
     autotune.clear_launch_plans()
     row = {"shape": list(shape), "precision": precision, "layout": layout, "variant": variant,
            "config": config_label(config)}
@@ -258,6 +263,7 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     finally:
         setattr(conv_bwd_weight, name, tuner)
         conv_bwd_weight.TF32_LOOP_STAGES = layer_stages
+        conv_bwd_weight.weight_grad_splits = layer_splits
         autotune.clear_launch_plans()
     return row
 

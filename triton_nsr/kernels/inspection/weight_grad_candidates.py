@@ -417,6 +417,15 @@ def load_stored(directory: Path = STORE) -> dict[str, dict]:
             for p in sorted(directory.glob("weight-grad-candidates-triton-*.json"))}
 
 
+def _versions(stored: dict[str, dict]) -> list[str]:
+    return sorted(stored, key=lambda v: tuple(int(p) for p in v.split(".")[:3]))
+
+
+def newest_compiles(stored: dict[str, dict]) -> dict:
+    """The stored compiles of the newest Triton version (what the tables rank)."""
+    return stored[_versions(stored)[-1]]
+
+
 # --- ranking ------------------------------------------------------------------------------------
 
 @dataclass
@@ -588,6 +597,48 @@ def best_designs(ranked: list[Ranked], shape: str, layout: str, count: int = 3,
     return chosen
 
 
+# What the next GPU run times (bench/gpu/candidates.py): written beside the stored compiles.
+LEASE_FILE = STORE / "weight-grad-lease.json"
+LEASE_LAYOUT = "channels_last"
+
+
+def lease_candidates(ranked: list[Ranked], layout: str = LEASE_LAYOUT,
+                     count: int = 3) -> list[dict]:
+    """Per training shape (dy in ``layout``, bf16: the default training path), today's launch
+    (the H200 table's tile at the layer's split count) and the ``count`` fastest compiled
+    schedules of distinct families that a launch can force: a config of the kernel's tuner or
+    a longer-step tile, any split count. The transposed per-tap kernel ("x rows") is left out:
+    the layer runs it for TF32 only, so no launch can force it in bf16."""
+    out = []
+    for shape in training_shapes():
+        rows = [r for r in ranked if (r.shape, r.layout) == (shape.name, layout)]
+        chosen, families = [], set()
+        for row in rows:
+            if (row.rejected or row.today or not row.source.startswith("compiled")
+                    or row.schedule.kernel == "x_rows" or row.family in families):
+                continue
+            families.add(row.family)
+            chosen.append(("candidate", row))
+            if len(chosen) == count:
+                break
+        today = [("today", row) for row in rows if row.today][:1]
+        for role, row in today + chosen:
+            s = row.schedule
+            out.append({"shape": shape.name, "role": role, "family": row.family,
+                        "variant": "all_taps" if s.kernel == "all_taps" else "per_tap",
+                        "tile": {"BLOCK_M": s.block_m, "BLOCK_N": s.block_n,
+                                 "BLOCK_K": s.block_k},
+                        "num_warps": s.warps, "num_stages": s.stages, "splits": s.splits,
+                        "modelled_us": round(row.time_us, 1)})
+    return out
+
+
+def store_lease(entries: list[dict], path: Path = LEASE_FILE) -> Path:
+    path.write_text(json.dumps({"layout": LEASE_LAYOUT, "precision": "bf16",
+                                "entries": entries}, indent=1) + "\n")
+    return path
+
+
 # --- rendering ----------------------------------------------------------------------------------
 
 def fit_rows(model: Model, points: list[tuple[Measurement, Schedule]]) -> list[str]:
@@ -647,7 +698,7 @@ def _as_compiled(findings: dict):
 def render(model: Model, sensitivity: Model, stored: dict[str, dict], top: int = 5) -> list[str]:
     """The ranking tables (markdown) of every shape and layout, from the stored compiles of the
     newest Triton; the other versions' register counts beside them."""
-    versions = sorted(stored, key=lambda v: tuple(int(p) for p in v.split(".")[:3]))
+    versions = _versions(stored)
     newest = stored[versions[-1]]
     ranked = rank(model, newest)
     other = {r.label + r.layout + r.shape: r for r in rank(sensitivity, newest)}
@@ -736,7 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(fit_rows(fitted, points)))
         print()
     print()
-    print("\n".join(render(model, probe_only, load_stored())))
+    stored = load_stored()
+    print("\n".join(render(model, probe_only, stored)))
+    # Ranked as the tables are, on the newest Triton's compiles.
+    print(f"\nthe next GPU run's candidates: "
+          f"{store_lease(lease_candidates(rank(model, newest_compiles(stored))))}")
     return 0
 
 
