@@ -162,7 +162,7 @@ SOURCE_HASHES = {
     "conv_fwd_kernel":
         "9b31d7c77ae8706952c7652072f00b5a4215d6325f0f6892d6460b9d095543a7",
     "conv_bwd_weight_3x3_kernel":
-        "b18c769f7a020ac89a0eb9b6b7e629750eb939aab58bdc7704b5a35f2950eefe",
+        "f0c0cee2994968d851f8db2ecf6522d1c1a9e54073d074e2ac1a50198eb32eae",
     "conv_bwd_weight_kernel":
         "ea7199436befd114b6baa68716141575d002fea1dfa6aecdcec26caa30f5320e",
     "conv_bwd_input_kernel":

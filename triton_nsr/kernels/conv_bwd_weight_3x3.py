@@ -214,9 +214,19 @@ def conv_bwd_weight_3x3_kernel(
             if HAS_BIAS:
                 if TRANSPOSED:
                     # The centre tap (pad 1) is dy's row in_row unshifted; each dy row is summed
-                    # by the split whose rows hold it.
-                    own = ((row - pad_h >= first_row) & (row - pad_h < last_row))[:, None]
-                    bias_acc += tl.sum(tl.where(own, shifted1.to(ACC_DTYPE), 0.0), axis=0)
+                    # by the split whose rows hold it, in the programs that store the bias
+                    # (the others load nothing). Loaded again, not summed from shifted1: a
+                    # second use would cost the MMAs' ring of shifted tiles a buffer while they
+                    # run (docs/design.md, "A race in the pipelined kernel gradient").
+                    own = ((row - pad_h >= first_row) & (row - pad_h < last_row)
+                           & (row - pad_h < in_h) & (row * 0 + m_block == 0))
+                    centre = tl.load(shifted_sample + in_row * input_h_stride
+                                     + (offs_n * input_channel_stride)[None, :]
+                                     + ((cols - pad_w + 1) * input_w_stride)[:, None],
+                                     mask=(own & (cols - pad_w + 1 >= 0)
+                                           & (cols - pad_w + 1 < in_w))[:, None]
+                                     & mask_n[None, :], other=0.0)
+                    bias_acc += tl.sum(centre.to(ACC_DTYPE), axis=0)
                 else:
                     bias_acc += tl.sum(rows_new.to(ACC_DTYPE), axis=1)
             if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one

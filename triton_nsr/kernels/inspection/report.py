@@ -279,11 +279,10 @@ MISS_CAUSES[("conv_bwd_weight_3x3_kernel", "bf16", "nchw")] = (
     "of shared buffers, which the carry, bias sum and copy also read, races no running MMA; "
     "the registers that takes spill one or two of W4's three kept tiles.")
 MISS_CAUSES[("conv_bwd_weight_3x3_kernel", "bf16", "channels_last")] = (
-    "Alternative only: the layer takes the per-tap kernel for a channels_last dy. On W1-reduce "
-    "(more input than output channels) the all-taps kernel runs TRANSPOSED, shifting dy, and "
-    "sums the centre tap's shifted tile for the bias: that tile's ring is a buffer short under "
-    "a running MMA (docs/design.md, \"A race in the pipelined kernel gradient\"); left, as the "
-    "layer never runs it. On W4 the new row's registers spill one or two tiles, as in NCHW.")
+    "Alternative only: the layer takes the per-tap kernel for a channels_last dy. On W4 the "
+    "new row's registers spill one or two tiles, as in NCHW. (On W1-reduce, TRANSPOSED, it "
+    "summed the centre tap's shifted dy tile for the bias, which cost that tile's ring a buffer "
+    "under a running MMA; it now loads that tile again for the sum.)")
 MISS_CAUSES[("conv_bwd_input_kernel", "bf16", "nchw")] = MISS_CAUSES[
     ("conv_fwd_kernel", "bf16", "nchw")]
 MISS_CAUSES[("conv_bwd_input_kernel", "tf32", "nchw")] = MISS_CAUSES[
