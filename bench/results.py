@@ -69,14 +69,40 @@ def git_commit() -> tuple[str, bool]:
 def step_parser(doc: str, budget_s: float, output_required: bool = True
                 ) -> argparse.ArgumentParser:
     """The command line the make gpu steps after the lease share (bench.gpu.diagnose,
-    bench.gpu.splits, bench.gpu.layer_probe): --output-dir, --budget-s (default ``budget_s``)
-    and --device (cuda where there is one)."""
+    bench.gpu.candidates, bench.gpu.splits, bench.gpu.layer_probe): --output-dir, --budget-s
+    (default ``budget_s``) and --device (cuda where there is one)."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, required=output_required)
     parser.add_argument("--budget-s", type=float, default=budget_s)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
+
+
+def row_lines(rows: list[dict], head, measured) -> str:
+    """A step's summary: per row ``head(row)``, then ``measured(row)`` for a measured row, else
+    its status and reason (its message or error)."""
+    lines = []
+    for row in rows:
+        if row["status"] == "measured":
+            lines.append(f"{head(row)} {measured(row)}")
+        else:
+            reason = row.get("message") or row.get("error") or ""
+            lines.append(f"{head(row)} {row['status']} {reason}".rstrip())
+    return "\n".join(lines)
+
+
+def run_step(argv, doc: str, budget_s: float, name: str, measure, summary) -> int:
+    """main() of a make gpu step that measures rows (bench.gpu.splits, bench.gpu.candidates):
+    parse the step's command line, log the JIT's compiles under ``name``, run
+    ``measure(output_dir, budget_s, device)``, print ``summary(record)``; 1 when a row failed."""
+    from bench.gpu import jit_log
+
+    args = step_parser(doc, budget_s).parse_args(argv)
+    jit_log.install(name)
+    record = measure(args.output_dir, args.budget_s, args.device)
+    print(summary(record))
+    return int(any(row["status"] == "error" for row in record["rows"]))
 
 
 def environment(device: str) -> dict:

@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.gpu import jit_log
-from bench.results import environment, step_parser
+from bench.results import environment, row_lines, run_step
 from bench.timing import Timer
 
 RESULT_FILE = "candidates.json"
@@ -92,24 +91,16 @@ def measure(output_dir: Path, budget_s: float, device: str, entries=None, shapes
 def summary(record: dict) -> str:
     """One line per row: shape, role, kernel, tile, splits, measured and modelled time, the
     repeat check and the error."""
-    lines = []
-    for row in record["rows"]:
-        head = (f"{row['workload']:>10} {row['role']:>9} {row['variant']:>8} "
-                f"{row.get('config', ''):<38} S={row['asked_splits']:<4}")
-        if row["status"] != "measured":
-            lines.append(f"{head} {row['status']} {row.get('error', '')}")
-            continue
-        lines.append(f"{head} {row['ms'] * 1e3:8.1f} us (model {row['modelled_us']:.1f})  "
-                     f"{row['differing_launches']} repeats differ  error {row['error']:.1e}")
-    return "\n".join(lines)
+    return row_lines(
+        record["rows"],
+        lambda row: (f"{row['workload']:>10} {row['role']:>9} {row['variant']:>8} "
+                     f"{row.get('config', ''):<38} S={row['asked_splits']:<4}"),
+        lambda row: (f"{row['ms'] * 1e3:8.1f} us (model {row['modelled_us']:.1f})  "
+                     f"{row['differing_launches']} repeats differ  error {row['error']:.1e}"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = step_parser(__doc__, 45.0).parse_args(argv)
-    jit_log.install("candidates")
-    record = measure(args.output_dir, args.budget_s, args.device)
-    print(summary(record))
-    return int(any(row["status"] == "error" for row in record["rows"]))
+    return run_step(argv, __doc__, 45.0, "candidates", measure, summary)
 
 
 if __name__ == "__main__":

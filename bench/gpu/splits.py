@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu import jit_log
-from bench.results import environment, step_parser
+from bench.results import environment, row_lines, run_step
 from bench.timing import Timer, summarize
 from bench.workloads import main_workloads
 
@@ -136,23 +135,15 @@ def measure(output_dir: Path, budget_s: float, device: str, shapes=None,
 
 def summary(record: dict) -> str:
     """One line per row: workload, kernel, splits, median time, partial-sum MB, error."""
-    lines = []
-    for row in record["rows"]:
-        head = f"{row['workload']:>10} {row['variant']:>8} S={row['asked_splits']:<4}"
-        if row["status"] != "measured":
-            lines.append(f"{head} {row['status']} {row.get('message', '')}")
-            continue
-        lines.append(f"{head} ran {row['splits']:>3} pieces  {row['time_ms']['median']:.4f} ms"
-                     f"  +{row['partial_mb']:.1f} MB  error {row['error']:.1e}")
-    return "\n".join(lines)
+    return row_lines(
+        record["rows"],
+        lambda row: f"{row['workload']:>10} {row['variant']:>8} S={row['asked_splits']:<4}",
+        lambda row: (f"ran {row['splits']:>3} pieces  {row['time_ms']['median']:.4f} ms"
+                     f"  +{row['partial_mb']:.1f} MB  error {row['error']:.1e}"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = step_parser(__doc__, 45.0).parse_args(argv)
-    jit_log.install("splits")
-    record = measure(args.output_dir, args.budget_s, args.device)
-    print(summary(record))
-    return int(any(row["status"] == "error" for row in record["rows"]))
+    return run_step(argv, __doc__, 45.0, "splits", measure, summary)
 
 
 if __name__ == "__main__":
