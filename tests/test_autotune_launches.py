@@ -165,6 +165,8 @@ SOURCE_HASHES = {
         "f0c0cee2994968d851f8db2ecf6522d1c1a9e54073d074e2ac1a50198eb32eae",
     "conv_bwd_weight_kernel":
         "ea7199436befd114b6baa68716141575d002fea1dfa6aecdcec26caa30f5320e",
+    "conv_bwd_weight_row_kernel":
+        "778bc46b92fd69f61d8f5e5ed0a50c34ebf4921669d6343521ba81ea28fd99ca",
     "conv_bwd_input_kernel":
         "56fd76fd26deee6c33ce3a2650fbf94920e02dc2dd275072e11660141c5fc5aa",
 }

@@ -26,16 +26,18 @@ def test_every_candidate_is_forced_repeated_checked_and_timed(tmp_path):
     rule = conv_bwd_weight.weight_grad_splits
     entries = [_entry("today", "per_tap", (64, 32, 64), 4, 3, 1),
                _entry("candidate", "per_tap", (64, 32, 128), 4, 3, 2),
-               _entry("candidate", "all_taps", (64, 32, 32), 8, 4, 3)]
+               _entry("candidate", "all_taps", (64, 32, 32), 8, 4, 3),
+               _entry("candidate", "row_of_3", (64, 32, 64), 4, 3, 2)]
     record = candidates.measure(tmp_path, 600, "cpu", entries, TINY, precision="tf32",
                                 timer=Timer("cpu", 0, 1))
     rows = record["rows"]
-    assert [r["status"] for r in rows] == ["measured"] * 3, rows
+    assert [r["status"] for r in rows] == ["measured"] * 4, rows
     # The forced tile and split count are the ones launched: S pieces of partial sums.
     assert [r["config"] for r in rows] == ["BLOCK_M=64 BLOCK_N=32 BLOCK_K=64 w4 s3",
                                            "BLOCK_M=64 BLOCK_N=32 BLOCK_K=128 w4 s3",
-                                           "BLOCK_M=64 BLOCK_N=32 BLOCK_K=32 w8 s4"]
-    assert [r["splits"] for r in rows] == [1, 2, 3]
+                                           "BLOCK_M=64 BLOCK_N=32 BLOCK_K=32 w8 s4",
+                                           "BLOCK_M=64 BLOCK_N=32 BLOCK_K=64 w4 s3"]
+    assert [r["splits"] for r in rows] == [1, 2, 3, 2]
     assert all(r["differing_launches"] == 0 and r["error"] < 1e-5 for r in rows), rows
     assert json.loads((tmp_path / candidates.RESULT_FILE).read_text())["rows"] == rows
     assert "model 1.0" in candidates.summary(record)
@@ -60,7 +62,7 @@ def test_the_stored_candidates_are_what_the_ranking_names():
     # Today's launch and three candidates for every training shape, W1-expand first.
     assert [e["shape"] for e in entries] == [name for name in shapes for _ in range(4)]
     assert [e["role"] for e in entries[:4]] == ["today", "candidate", "candidate", "candidate"]
-    assert all(e["variant"] in ("per_tap", "all_taps") for e in entries)
+    assert all(e["variant"] in ("per_tap", "all_taps", "row_of_3") for e in entries)
 
 
 def test_every_shapes_today_and_best_come_before_the_rest():

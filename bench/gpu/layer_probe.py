@@ -220,7 +220,8 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     dtype, tf32 = smoke.PRECISIONS[precision]
     batch, cin, cout = shape[:3]
     x, dy = kernel_gradient_inputs(shape, device, dtype, layout)
-    name = "conv_bwd_weight_3x3_kernel" if variant == "all_taps" else "conv_bwd_weight_kernel"
+    name = {"all_taps": "conv_bwd_weight_3x3_kernel",
+            "row_of_3": "conv_bwd_weight_row_kernel"}.get(variant, "conv_bwd_weight_kernel")
     tuner = getattr(conv_bwd_weight, name)
     setattr(conv_bwd_weight, name, fixed_config(tuner, config))
     # The TF32 per-tap loop runs at the config's depth here (the layer's is

@@ -33,6 +33,7 @@ from triton_nsr.kernels.autotune import (
     tuned,
 )
 from triton_nsr.kernels.conv_bwd_weight_3x3 import conv_bwd_weight_3x3_kernel
+from triton_nsr.kernels.conv_bwd_weight_row import conv_bwd_weight_row_kernel
 from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import TMA_ALIGN_BYTES, route_of, set_descriptor_allocator
 from triton_nsr.kernels.tiling import (
@@ -124,6 +125,12 @@ TF32_LOOP_STAGES = 1
 # untransposed pipelined loop did not: bench.gpu.layer_probe repeats and times it right after its
 # layer repeats (capture.kernel_gradient_variant("per_tap_x_in_registers")).
 TF32_X_IN_REGISTERS = False
+# The dy layouts for which a kernel three taps wide runs one program per kernel row
+# (kernels/conv_bwd_weight_row.py: the row's taps share each dy tile) instead of one per tap.
+# None yet: the candidate ranking models it fastest for a channels_last dy (docs/design.md,
+# "Kernel-gradient candidates"); bench.gpu.candidates times it against the per-tap kernel, and
+# a GPU run's result decides (capture.kernel_gradient_variant("row_of_3") forces it).
+ROW_LAYOUTS: tuple[str, ...] = ()
 # A split of the kernel gradient's pixel sum gets at least this many pixels.
 MIN_PIXELS_PER_SPLIT = 4096
 
@@ -362,13 +369,13 @@ class ConvWeightGradient:
     grad_bias (one split).
     """
 
-    __slots__ = ("partial", "num_splits", "all_taps", "grid", "args", "constexprs",
+    __slots__ = ("partial", "num_splits", "all_taps", "rows", "grid", "args", "constexprs",
                  "launch")
 
     def __init__(self, grad_output_shape, grad_output_stride, input_shape, input_stride, dtype,
                  aligned, grad_output_aligned, kernel_size, stride, pad, dilation, groups,
                  allow_tf32, grad_weight_stride, grad_bias_stride, num_splits, all_taps,
-                 copy_stride, tf32_x_in_registers) -> None:
+                 copy_stride, tf32_x_in_registers, rows: bool = False) -> None:
         batch, channels, in_h, in_w = input_shape
         out_channels, out_h, out_w = grad_output_shape[1:]
         kernel_h, kernel_w = kernel_size
@@ -437,8 +444,11 @@ class ConvWeightGradient:
                     num_splits, *weight_parts_stride, *bias_parts_stride,
                     *(copy_stride or (0, 0, 0, 0)))
         else:
+            # One program per tap, or with ``rows`` per kernel row (its three taps).
+            taps = kernel_h if rows else kernel_h * kernel_w
+
             def grid(meta):
-                return (batch * groups * kernel_h * kernel_w * num_splits
+                return (batch * groups * taps * num_splits
                         * cdiv(out_group_channels, meta["BLOCK_M"])
                         * cdiv(in_group_channels, meta["BLOCK_N"]),)
 
@@ -448,15 +458,18 @@ class ConvWeightGradient:
                     *grad_output_stride, *input_stride,
                     num_splits, *weight_parts_stride, *bias_parts_stride,
                     *(copy_stride or (0, 0, 0, 0)))
-            x_in_registers = precision == "tf32" and tf32_x_in_registers
-            constexprs["X_IN_REGISTERS"] = x_in_registers
+            x_in_registers = precision == "tf32" and tf32_x_in_registers and not rows
+            if not rows:
+                constexprs["X_IN_REGISTERS"] = x_in_registers
             constexprs["LOOP_STAGES"] = (TF32_LOOP_STAGES if precision == "tf32"
                                          and not x_in_registers else None)
         constexprs["WRITE_COPY"] = copy_stride is not None
         self.partial, self.num_splits, self.all_taps = partial, num_splits, all_taps
+        self.rows = rows
         self.grid, self.args, self.constexprs = grid, args, constexprs
-        self.launch = LaunchSite(conv_bwd_weight_3x3_kernel if all_taps
-                                 else conv_bwd_weight_kernel, grid, constexprs)
+        kernel = (conv_bwd_weight_3x3_kernel if all_taps
+                  else conv_bwd_weight_row_kernel if rows else conv_bwd_weight_kernel)
+        self.launch = LaunchSite(kernel, grid, constexprs)
 
     def __call__(self, grad_output, input, grad_weight, grad_bias, grad_output_copy=None,
                  sum_splits: bool = True):
@@ -501,20 +514,21 @@ def conv_weight_gradient_plan(grad_output_shape, grad_output_stride, input_shape
                               dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
                               dilation, groups, allow_tf32, grad_weight_stride,
                               grad_bias_stride, num_splits, all_taps, copy_stride,
-                              tf32_x_in_registers) -> ConvWeightGradient:
+                              tf32_x_in_registers, rows: bool = False) -> ConvWeightGradient:
     """The :class:`ConvWeightGradient` of a shape class, made once."""
     return ConvWeightGradient(grad_output_shape, grad_output_stride, input_shape, input_stride,
                               dtype, aligned, grad_output_aligned, kernel_size, stride, pad,
                               dilation, groups, allow_tf32, grad_weight_stride,
                               grad_bias_stride, num_splits, all_taps, copy_stride,
-                              tf32_x_in_registers)
+                              tf32_x_in_registers, rows)
 
 
 def conv_weight_gradient_for(grad_output, input, kernel_size, stride, pad, dilation, groups,
                              allow_tf32, grad_weight, grad_bias,
                              grad_output_copy=None) -> ConvWeightGradient:
     """The :class:`ConvWeightGradient` of these tensors: the kernel (all taps for a 16-bit
-    3x3 layer with an NCHW dy, else per tap), the pixel splits for this device."""
+    3x3 layer with an NCHW dy; per kernel row for a kernel three taps wide and a dy layout in
+    ROW_LAYOUTS; else per tap), the pixel splits for this device."""
     batch, channels = input.shape[:2]
     out_channels, out_h, out_w = grad_output.shape[1:]
     kernel_size, stride, pad, dilation = (tuple(kernel_size), tuple(stride), tuple(pad),
@@ -524,8 +538,10 @@ def conv_weight_gradient_for(grad_output, input, kernel_size, stride, pad, dilat
     # times, or x twice and dy three times: _transposes).
     all_taps = (kernel_size == (3, 3) and stride == (1, 1) and dilation == (1, 1)
                 and input.dtype in ALL_TAPS_DTYPES and grad_output_layout in ALL_TAPS_LAYOUTS)
+    rows = (not all_taps and kernel_size[1] == 3 and grad_output_layout in ROW_LAYOUTS)
     # Estimated with 64x64 tiles; the autotuned tile changes it by a small factor at most.
-    programs = (batch * groups * (1 if all_taps else kernel_size[0] * kernel_size[1])
+    taps = 1 if all_taps else kernel_size[0] if rows else kernel_size[0] * kernel_size[1]
+    programs = (batch * groups * taps
                 * cdiv(out_channels // groups, 64) * cdiv(channels // groups, 64))
     num_splits = weight_grad_splits(grad_output.device, programs, out_h * out_w)
     if all_taps:
@@ -539,7 +555,7 @@ def conv_weight_gradient_for(grad_output, input, kernel_size, stride, pad, dilat
         None if grad_bias is None else grad_bias.stride(), num_splits, all_taps,
         None if grad_output_copy is None else grad_output_copy.stride(),
         # Only an NCHW dy is K-major for wgmma's B (TF32_X_IN_REGISTERS).
-        TF32_X_IN_REGISTERS and grad_output_layout == "nchw")
+        TF32_X_IN_REGISTERS and grad_output_layout == "nchw", rows)
 
 
 def conv_bwd_weight(

@@ -84,11 +84,13 @@ def _kernel_modules():
         conv_bwd_input,
         conv_bwd_weight,
         conv_bwd_weight_3x3,
+        conv_bwd_weight_row,
         mix,
         router,
     )
 
-    return (router, mix, conv, conv_bwd_weight, conv_bwd_weight_3x3, conv_bwd_input)
+    return (router, mix, conv, conv_bwd_weight, conv_bwd_weight_3x3, conv_bwd_weight_row,
+            conv_bwd_input)
 
 
 def kernels() -> dict:
@@ -190,7 +192,7 @@ def recording(batch: int):
             setattr(module, name, value)
 
 
-KERNEL_GRADIENT_VARIANTS = ("all_taps", "per_tap", "per_tap_x_in_registers")
+KERNEL_GRADIENT_VARIANTS = ("all_taps", "per_tap", "per_tap_x_in_registers", "row_of_3")
 
 
 @contextlib.contextmanager
@@ -198,9 +200,10 @@ def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
     """Force the kernel gradient's kernel inside the block, for a dy of either layout:
     "all_taps" (for ``dtype`` too, when given; the layer takes it for 16-bit NCHW dy only:
     conv_bwd_weight.ALL_TAPS_DTYPES, ALL_TAPS_LAYOUTS), "per_tap" (every dtype; TF32
-    untransposed and unpipelined) or "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy
-    transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS). Launch plans are keyed on
-    the choice, so none need clearing."""
+    untransposed and unpipelined), "per_tap_x_in_registers" (per-tap, a TF32 NCHW dy
+    transposed and pipelined: conv_bwd_weight.TF32_X_IN_REGISTERS) or "row_of_3" (a program
+    per kernel row of a kernel three taps wide: conv_bwd_weight.ROW_LAYOUTS). The launch plans
+    are forgotten before and after."""
     from triton_nsr.kernels import conv_bwd_weight, tuned_configs
     from triton_nsr.kernels.autotune import clear_launch_plans
 
@@ -208,14 +211,16 @@ def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
         raise ValueError(f"kernel gradient variant is one of {KERNEL_GRADIENT_VARIANTS}, not "
                          f"{variant!r}")
     saved = (conv_bwd_weight.ALL_TAPS_DTYPES, conv_bwd_weight.ALL_TAPS_LAYOUTS,
-             conv_bwd_weight.TF32_X_IN_REGISTERS)
+             conv_bwd_weight.TF32_X_IN_REGISTERS, conv_bwd_weight.ROW_LAYOUTS)
+    both = ("nchw", "channels_last")
     if variant == "all_taps":
         if dtype is not None:
             conv_bwd_weight.ALL_TAPS_DTYPES = (dtype,)
     else:
         conv_bwd_weight.ALL_TAPS_DTYPES = ()
         conv_bwd_weight.TF32_X_IN_REGISTERS = variant == "per_tap_x_in_registers"
-    conv_bwd_weight.ALL_TAPS_LAYOUTS = ("nchw", "channels_last")
+    conv_bwd_weight.ALL_TAPS_LAYOUTS = both
+    conv_bwd_weight.ROW_LAYOUTS = both if variant == "row_of_3" else ()
     # The layers' cached decisions are the layer's own choice of kernel: forget them, here and
     # after.
     clear_launch_plans()
@@ -225,7 +230,7 @@ def kernel_gradient_variant(variant: str, dtype: torch.dtype | None = None):
     finally:
         clear_launch_plans()
         (conv_bwd_weight.ALL_TAPS_DTYPES, conv_bwd_weight.ALL_TAPS_LAYOUTS,
-         conv_bwd_weight.TF32_X_IN_REGISTERS) = saved
+         conv_bwd_weight.TF32_X_IN_REGISTERS, conv_bwd_weight.ROW_LAYOUTS) = saved
 
 
 def alternative_launches(shape: LayerShape, precision: str, layout: str) -> list[Launch]:

@@ -19,12 +19,13 @@ a, P and F to every per-tap timing and b to the all-taps ones, and the probe-onl
 are shown beside it. The rates are the same lease's measured bf16 matmul and device copy (the
 copy rate stands in for L2, unmeasured).
 
-Candidates that exist as code (the per-tap kernel, with x in registers too, and the all-taps
-kernel, over the configs their autotuners keep, at several pixel splits, with longer pixel steps
-and the whole input-channel extent as N) are compiled for sm_90 with the arguments of a real
-launch (capture.py, compiled.py). Two need new kernel code and are modelled from their nearest
-compiled relative: three taps of a kernel row sharing one dy tile, and a persistent (stream-K)
-schedule of the per-tap items. Everything is deterministic and atomic-free: each output element
+Candidates that exist as code (the per-tap kernel, with x in registers too, the all-taps
+kernel and the row kernel, three taps of a kernel row sharing one dy tile, over the configs
+their autotuners keep, at several pixel splits, with longer pixel steps and the whole
+input-channel extent as N) are compiled for sm_90 with the arguments of a real launch
+(capture.py, compiled.py). Row tiles outside the row kernel's configs, and a persistent
+(stream-K) schedule of the per-tap items, which needs new kernel code, are modelled from their
+nearest compiled relative. Everything is deterministic and atomic-free: each output element
 has one writer, or its partial sums are added in a fixed order.
 
     python -m triton_nsr.kernels.inspection.weight_grad_candidates --compile  # store compiles
@@ -79,6 +80,9 @@ PEAKS = RESULTS / "20261130T211648_cuda_865104e.json"
 SPLITS = RESULTS / "20261130T205744_splits_b49e5e9.json"
 
 PER_TAP, ALL_TAPS = "conv_bwd_weight_kernel", "conv_bwd_weight_3x3_kernel"
+ROWS = "conv_bwd_weight_row_kernel"
+# The kernel each schedule kind launches (x rows: the per-tap kernel, transposed).
+KERNEL_OF = {"per_tap": PER_TAP, "x_rows": PER_TAP, "all_taps": ALL_TAPS, "row_of_3": ROWS}
 LAYOUTS = ("channels_last", "nchw")
 MAX_REGISTERS = 255
 ELEMENT_BYTES = 2  # bf16
@@ -102,7 +106,8 @@ class Schedule:
     """One way to run the kernel gradient of one layer: what the time model needs.
 
     ``kernel``: "per_tap", "x_rows" (per tap, x^T dy^T with x's tile as the MMA's A from
-    registers), "all_taps", "row_of_3" (modelled) or "persistent" (modelled). ``mma``: the
+    registers), "all_taps", "row_of_3" (the row kernel, or modelled for other tiles) or
+    "persistent" (modelled). ``mma``: the
     (M, N, K) of one MMA; ``dots``: MMAs per step. ``operand_bytes``: what a step loads of the
     unshifted operand (dy, or x for a TRANSPOSED all-taps launch) and of the shifted one.
     ``total_steps``: steps summed over programs (what a persistent schedule spreads evenly).
@@ -310,13 +315,12 @@ def _splits_forced(splits: int | None):
 def kernel_gradient_launch(shape: LayerShape, layout: str, variant: str,
                            splits: int | None = None):
     """The recorded kernel gradient launch of a bf16 layer pass with the kernel ``variant``
-    ("per_tap" or "all_taps") forced, at ``splits`` pieces (None: the layer's rule)."""
+    ("per_tap", "all_taps" or "row_of_3") forced, at ``splits`` pieces (None: the layer's rule)."""
     import torch
 
     with _splits_forced(splits), kernel_gradient_variant(variant, torch.bfloat16):
         launches = capture(shape, "bf16", layout)
-    name = PER_TAP if variant == "per_tap" else ALL_TAPS
-    return next(launch for launch in launches if launch.kernel == name)
+    return next(launch for launch in launches if launch.kernel == KERNEL_OF[variant])
 
 
 def _layer_splits(shape: LayerShape, variant: str) -> int:
@@ -355,7 +359,7 @@ def compiled_candidates(shape: LayerShape, layout: str) -> list[CompiledCandidat
     all_taps = kernel_gradient_launch(shape, layout, "all_taps")
     x_rows = _x_rows(per_tap)
     found: list[CompiledCandidate] = []
-    tiles: dict[str, set] = {"per_tap": set(), "x_rows": set()}
+    tiles: dict[str, set] = {"per_tap": set(), "x_rows": set(), "row_of_3": set()}
 
     def add(kernel, config, launch, family):
         tile = tuple(config.kwargs.values())
@@ -381,6 +385,10 @@ def compiled_candidates(shape: LayerShape, layout: str) -> list[CompiledCandidat
     tuner = tuners[ALL_TAPS]
     for index in kept_configs(tuner, all_taps):
         add("all_taps", tuner.configs[index], all_taps, "all taps (9 share a dy row)")
+    rows = kernel_gradient_launch(shape, layout, "row_of_3")
+    tuner = tuners[ROWS]
+    for index in kept_configs(tuner, rows):
+        add("row_of_3", tuner.configs[index], rows, "row of 3 taps, kept config")
     return found
 
 
@@ -397,8 +405,8 @@ def collect(shapes=None, layouts=LAYOUTS, workers: int = 2) -> dict:
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to read")
     candidates = [c for shape in (shapes or training_shapes()) for layout in layouts
                   for c in compiled_candidates(shape, layout)]
-    jobs = [(PER_TAP if c.kernel != "all_taps" else ALL_TAPS, c.launch, c.config.kwargs,
-             c.config.num_warps, c.config.num_stages) for c in candidates]
+    jobs = [(KERNEL_OF[c.kernel], c.launch, c.config.kwargs, c.config.num_warps,
+             c.config.num_stages) for c in candidates]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         found = list(pool.map(_compile_job, jobs))
     return {"triton": triton.__version__, "target": "sm_90",
@@ -506,19 +514,22 @@ def split_counts(shape: LayerShape, layer_splits: int) -> list[int]:
 
 def schedules_of(shape: LayerShape, candidate: CompiledCandidate, findings: dict,
                  layer_splits: dict[str, int], today_index: dict) -> list[Ranked]:
-    """The compiled candidate at every split count, and on channels_last its modelled relatives
-    (a row of 3 taps, persistent)."""
+    """The compiled candidate at every split count, and for a per-tap tile its modelled
+    relatives (persistent; on channels_last a row of 3 taps, where the row kernel's own
+    configs do not compile that tile)."""
     config, kernel = candidate.config, candidate.kernel
     out = []
-    variant = "all_taps" if kernel == "all_taps" else "per_tap"
+    variant = kernel if kernel in ("all_taps", "row_of_3") else "per_tap"
     transposed = bool(candidate.launch.named.get("TRANSPOSED"))
-    tuner = kernels()[ALL_TAPS if kernel == "all_taps" else PER_TAP]
-    is_today_tile = (kernel != "x_rows" and today_index.get(kernel) is not None
+    tuner = kernels()[KERNEL_OF[kernel]]
+    is_today_tile = (kernel in ("per_tap", "all_taps") and today_index.get(kernel) is not None
                      and tuner.configs[today_index[kernel]] is config)
     source = f"compiled (Triton {triton.__version__})"
     for splits in split_counts(shape, layer_splits[variant]):
         if kernel == "all_taps":
             schedule = all_taps_schedule(shape, config, splits, transposed)
+        elif kernel == "row_of_3":
+            schedule = per_tap_schedule(shape, config, splits, "row_of_3", 3)
         else:
             schedule = per_tap_schedule(shape, config, splits, kernel)
         out.append(Ranked(shape.name, candidate.layout, candidate.family, schedule, source,
@@ -529,7 +540,8 @@ def schedules_of(shape: LayerShape, candidate: CompiledCandidate, findings: dict
         out.append(Ranked(shape.name, candidate.layout, "persistent stream-K (modelled)",
                           persistent_schedule(base), "modelled from " + config_label(config),
                           findings))
-        if candidate.layout == "channels_last":
+        compiled_rows = {config_label(c) for c in kernels()[ROWS].configs}
+        if candidate.layout == "channels_last" and config_label(config) not in compiled_rows:
             bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
             # The ring holds one dy and three x tiles a stage; two more accumulators.
             estimate = {**findings,
@@ -537,7 +549,8 @@ def schedules_of(shape: LayerShape, candidate: CompiledCandidate, findings: dict
                         // (bm + bn),
                         "registers": findings.get("registers", 0)
                         + 2 * bm * bn // (32 * config.num_warps)}
-            for splits in split_counts(shape, layer_splits["per_tap"]):
+            for splits in split_counts(shape, layer_splits.get("row_of_3",
+                                                              layer_splits["per_tap"])):
                 out.append(Ranked(shape.name, candidate.layout, "row of 3 taps (modelled)",
                                   per_tap_schedule(shape, config, splits, "row_of_3", 3),
                                   "modelled from " + config_label(config), estimate))
@@ -550,7 +563,7 @@ def rank(model: Model, compiles: dict[str, dict], shapes=None,
     layout) by time, then programs, then label: a fixed order for equal times."""
     ranked = []
     for shape in shapes or training_shapes():
-        layer_splits = {v: _layer_splits(shape, v) for v in ("per_tap", "all_taps")}
+        layer_splits = {v: _layer_splits(shape, v) for v in ("per_tap", "all_taps", "row_of_3")}
         for layout in layouts:
             candidates = compiled_candidates(shape, layout)
             layer = kernel_gradient_launch(shape, layout, _layer_variant(layout))
@@ -625,7 +638,8 @@ def lease_candidates(ranked: list[Ranked], layout: str = LEASE_LAYOUT,
         for role, row in today + chosen:
             s = row.schedule
             out.append({"shape": shape.name, "role": role, "family": row.family,
-                        "variant": "all_taps" if s.kernel == "all_taps" else "per_tap",
+                        "variant": (s.kernel if s.kernel in ("all_taps", "row_of_3")
+                                    else "per_tap"),
                         "tile": {"BLOCK_M": s.block_m, "BLOCK_N": s.block_n,
                                  "BLOCK_K": s.block_k},
                         "num_warps": s.warps, "num_stages": s.stages, "splits": s.splits,
