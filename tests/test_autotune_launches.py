@@ -164,9 +164,9 @@ SOURCE_HASHES = {
     "conv_bwd_weight_3x3_kernel":
         "f0c0cee2994968d851f8db2ecf6522d1c1a9e54073d074e2ac1a50198eb32eae",
     "conv_bwd_weight_kernel":
-        "ea7199436befd114b6baa68716141575d002fea1dfa6aecdcec26caa30f5320e",
+        "9aff3e185fb65f88c82a212dc1ef5411378120144f31c07f8212b5f18b438278",
     "conv_bwd_weight_row_kernel":
-        "778bc46b92fd69f61d8f5e5ed0a50c34ebf4921669d6343521ba81ea28fd99ca",
+        "8ec97c4c00299a0e6992cecbc5361e1c80b6de2cba36c8a306f00b4176f5a8ea",
     "conv_bwd_input_kernel":
         "56fd76fd26deee6c33ce3a2650fbf94920e02dc2dd275072e11660141c5fc5aa",
 }

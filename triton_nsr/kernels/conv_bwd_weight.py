@@ -42,6 +42,7 @@ from triton_nsr.kernels.tiling import (
     program_tile,
     sample_and_group,
 )
+from triton_nsr.kernels.weight_grad_dy import store_bias_grad, sum_and_copy_dy
 
 WEIGHT_GRAD_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
@@ -256,26 +257,14 @@ def conv_bwd_weight_kernel(
                         other=0.0)
             acc = tl.dot(dy, x, acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
         if HAS_BIAS or WRITE_COPY:
-            if ASYNC_RING:
-                # dy once more, for the programs that sum or copy it (the others load nothing):
-                # the dot's own load must feed nothing but the dot. With a second use, Triton
-                # (3.6, 3.9) pipelines it through one shared-memory buffer fewer than the
-                # loop's stages while the MMA stays in flight, so the copy of the tile two
-                # steps ahead lands in the buffer that MMA still reads (docs/design.md, "A race
-                # in the pipelined kernel gradient").
-                copier_k = mask_k & (offs_k * 0 + tap + n_block == 0)
-                dy_once = tl.load(grad_output_rows + (out_row * grad_output_h_stride
-                                                      + out_col * grad_output_w_stride)[None, :],
-                                  mask=mask_m[:, None] & copier_k[None, :], other=0.0)
-            else:
-                dy_once = dy
-            if HAS_BIAS:
-                bias_acc += tl.sum(dy_once.to(ACC_DTYPE), axis=1)
-            if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
-                if copier:
-                    tl.store(copy_rows
-                             + (out_row * copy_h_stride + out_col * copy_w_stride)[None, :],
-                             dy_once, mask=mask_m[:, None] & mask_k[None, :])
+            # The sum and the copy of dy (kernels/weight_grad_dy.py: loaded once more where
+            # the loop is pipelined).
+            bias_acc = sum_and_copy_dy(
+                bias_acc, dy, grad_output_rows,
+                out_row * grad_output_h_stride + out_col * grad_output_w_stride, copy_rows,
+                out_row * copy_h_stride + out_col * copy_w_stride, mask_m, mask_k,
+                offs_k * 0 + tap + n_block == 0, copier, HAS_BIAS, WRITE_COPY, ASYNC_RING,
+                ACC_DTYPE)
 
     # One pointer expression per orientation, each summed in this order: summed from a shared
     # base instead, the untransposed store took more registers (Triton 3.6: 168 -> 227 in bf16
@@ -297,11 +286,10 @@ def conv_bwd_weight_kernel(
         tl.store(grad_weight, acc.to(grad_weight_pointer.dtype.element_ty),
                  mask=mask_m[:, None] & mask_n[None, :])
     # Every (tap, input-channel tile) program summed the same dy rows; one of them writes.
-    if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
-        if tap + n_block == 0:
-            tl.store(grad_bias_pointer + split.to(tl.int64) * grad_bias_split_stride
-                     + sample * grad_bias_batch_stride + out_channel * grad_bias_channel_stride,
-                     bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
+    if HAS_BIAS:
+        store_bias_grad(grad_bias_pointer, split, grad_bias_split_stride, sample,
+                        grad_bias_batch_stride, out_channel, grad_bias_channel_stride, bias_acc,
+                        mask_m, copier)
 
 
 def multiprocessor_count(device: torch.device) -> int:

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from triton_nsr.kernels.autotune import fits_shape, tuned
 from triton_nsr.kernels.tiling import program_tile, sample_and_group
+from triton_nsr.kernels.weight_grad_dy import store_bias_grad, sum_and_copy_dy
 
 # Tiles of the ranking's row-of-3 candidates (W1, W2, W4): three float32 accumulators a program.
 ROW_WEIGHT_GRAD_CONFIGS = [
@@ -110,9 +111,9 @@ def conv_bwd_weight_row_kernel(
         out_col = offs_k % out_w
         in_row = out_row * stride_h - pad_h + r * dilation_h
         row_ok = mask_k & (in_row >= 0) & (in_row < in_h)
-        dy_pixel = (out_row * grad_output_h_stride + out_col * grad_output_w_stride)[None, :]
-        dy = tl.load(grad_output_rows + dy_pixel, mask=mask_m[:, None] & mask_k[None, :],
-                     other=0.0)
+        dy_pixel = out_row * grad_output_h_stride + out_col * grad_output_w_stride
+        dy = tl.load(grad_output_rows + dy_pixel[None, :],
+                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         in_pixel_row = in_row * input_h_stride
         acc0 = _row_tap(acc0, dy, x_cols, in_pixel_row, out_col, stride_w, pad_w, 0,
                         dilation_w, in_w, input_w_stride, row_ok, mask_n, PRECISION, ACC_DTYPE)
@@ -121,22 +122,11 @@ def conv_bwd_weight_row_kernel(
         acc2 = _row_tap(acc2, dy, x_cols, in_pixel_row, out_col, stride_w, pad_w, 2,
                         dilation_w, in_w, input_w_stride, row_ok, mask_n, PRECISION, ACC_DTYPE)
         if HAS_BIAS or WRITE_COPY:
-            if ASYNC_RING:
-                # dy once more for the sum and the copy, in the programs that make them: a use
-                # of the MMAs' own tile besides the MMAs would cost its ring a buffer while they
-                # run (docs/design.md, "A race in the pipelined kernel gradient").
-                copier_k = mask_k & (offs_k * 0 + r + n_block == 0)
-                dy_once = tl.load(grad_output_rows + dy_pixel,
-                                  mask=mask_m[:, None] & copier_k[None, :], other=0.0)
-            else:
-                dy_once = dy
-            if HAS_BIAS:
-                bias_acc += tl.sum(dy_once.to(ACC_DTYPE), axis=1)
-            if WRITE_COPY:  # noqa: SIM102 - a constexpr test, then a runtime one
-                if copier:
-                    tl.store(copy_rows
-                             + (out_row * copy_h_stride + out_col * copy_w_stride)[None, :],
-                             dy_once, mask=mask_m[:, None] & mask_k[None, :])
+            bias_acc = sum_and_copy_dy(
+                bias_acc, dy, grad_output_rows, dy_pixel, copy_rows,
+                out_row * copy_h_stride + out_col * copy_w_stride, mask_m, mask_k,
+                offs_k * 0 + r + n_block == 0, copier, HAS_BIAS, WRITE_COPY, ASYNC_RING,
+                ACC_DTYPE)
 
     grad_weight = (grad_weight_pointer + split.to(tl.int64) * grad_weight_split_stride
                    + sample * grad_weight_batch_stride
@@ -147,8 +137,7 @@ def conv_bwd_weight_row_kernel(
     tl.store(grad_weight, acc0.to(element), mask=mask)
     tl.store(grad_weight + grad_weight_w_stride, acc1.to(element), mask=mask)
     tl.store(grad_weight + 2 * grad_weight_w_stride, acc2.to(element), mask=mask)
-    if HAS_BIAS:  # noqa: SIM102 - a constexpr test, then a runtime one: Triton needs them apart
-        if r + n_block == 0:
-            tl.store(grad_bias_pointer + split.to(tl.int64) * grad_bias_split_stride
-                     + sample * grad_bias_batch_stride + out_channel * grad_bias_channel_stride,
-                     bias_acc.to(grad_bias_pointer.dtype.element_ty), mask=mask_m)
+    if HAS_BIAS:
+        store_bias_grad(grad_bias_pointer, split, grad_bias_split_stride, sample,
+                        grad_bias_batch_stride, out_channel, grad_bias_channel_stride, bias_acc,
+                        mask_m, copier)
