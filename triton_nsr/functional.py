@@ -192,7 +192,8 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
         if len(_KNOWN_CALLS) >= _KNOWN_CALLS_MAX:
             _KNOWN_CALLS.clear()
         _KNOWN_CALLS[key] = (geometry, ops.layer_plan_for(
-            input, weight, bias, mlp_weight, mlp_bias, geometry, allow_tf32, input_grad))
+            input, None, weight, bias, mlp_weight, mlp_bias, geometry, pad, allow_tf32,
+            input_grad))
     return output
 
 

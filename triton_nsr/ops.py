@@ -380,10 +380,8 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
     if plan is None:
         input_grad = grad and (input.requires_grad or (padded is not None
                                                         and padded.requires_grad))
-        plan = layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias,
-                          geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
-                          geometry.stride, pad, geometry.dilation, geometry.groups, allow_tf32,
-                          input_grad)
+        plan = layer_plan_for(input, padded, weight, bias, mlp_weight, mlp_bias, geometry, pad,
+                              allow_tf32, input_grad)
     if grad or forward_ad._current_level >= 0:
         return NSRLayerFunction.apply(input, padded, weight, bias, mlp_weight, mlp_bias, plan,
                                       temperature)
@@ -391,15 +389,16 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
     return plan.forward(input, padded, weight, bias, mlp_weight, mlp_bias, temperature)[0]
 
 
-def layer_plan_for(input: Tensor, weight: Tensor, bias: Tensor | None, mlp_weight: Tensor,
-                   mlp_bias: Tensor | None, geometry: ConvGeometry, allow_tf32: bool,
+def layer_plan_for(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
+                   mlp_weight: Tensor, mlp_bias: Tensor | None, geometry: ConvGeometry,
+                   pad: tuple[int, int, int, int], allow_tf32: bool,
                    input_grad: bool) -> LayerPlan:
-    """The LayerPlan of a zero-padded call (the convolution pads by masking), as
-    :func:`nsr_layer` finds it."""
-    return layer_plan(input, None, weight, bias, mlp_weight, mlp_bias,
+    """The LayerPlan of a call of :func:`nsr_layer` (its arguments, and whether the
+    convolution's input gradient is wanted)."""
+    return layer_plan(input, padded, weight, bias, mlp_weight, mlp_bias,
                       geometry.num_sparsity_groups, geometry.num_sparsity_cardinals,
-                      geometry.stride, geometry.pad, geometry.dilation, geometry.groups,
-                      allow_tf32, input_grad)
+                      geometry.stride, pad, geometry.dilation, geometry.groups, allow_tf32,
+                      input_grad)
 
 
 def _plan_of(input, padded, weight, bias, mlp_weight, mlp_bias, num_groups, num_cardinals,

@@ -30,11 +30,11 @@ WARMUP, REPEATS = 1, 10
 
 def lease_entries(path: Path | None = None) -> tuple[list[dict], dict]:
     """(the stored candidates, {shape name: (batch, in, out, height, width)})."""
-    from triton_nsr.kernels.inspection import capture, weight_grad_candidates
+    from triton_nsr.kernels.inspection import weight_grad_candidates
 
     stored = json.loads((path or weight_grad_candidates.LEASE_FILE).read_text())
     shapes = {s.name: (s.batch, s.in_channels, s.out_channels, s.height, s.width)
-              for s in (capture.W1_EXPAND, capture.W1_REDUCE, capture.W2, capture.W4)}
+              for s in weight_grad_candidates.training_shapes()}
     return stored["entries"], shapes
 
 

@@ -214,14 +214,13 @@ def weight_grad_repeats(shape, precision: str, layout: str, variant: str, config
     from bench.gpu.diagnose import fixed_config
     from bench.gpu.splits import kernel_gradient_inputs, reference
     from triton_nsr.kernels import autotune, conv_bwd_weight
-    from triton_nsr.kernels.inspection.capture import kernel_gradient_variant
+    from triton_nsr.kernels.inspection.capture import VARIANT_KERNELS, kernel_gradient_variant
     from triton_nsr.kernels.inspection.compiled import config_label
 
     dtype, tf32 = smoke.PRECISIONS[precision]
     batch, cin, cout = shape[:3]
     x, dy = kernel_gradient_inputs(shape, device, dtype, layout)
-    name = {"all_taps": "conv_bwd_weight_3x3_kernel",
-            "row_of_3": "conv_bwd_weight_row_kernel"}.get(variant, "conv_bwd_weight_kernel")
+    name = VARIANT_KERNELS[variant]
     tuner = getattr(conv_bwd_weight, name)
     setattr(conv_bwd_weight, name, fixed_config(tuner, config))
     # The TF32 per-tap loop runs at the config's depth here (the layer's is

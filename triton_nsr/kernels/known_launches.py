@@ -85,9 +85,7 @@ class KnownLaunch:
         count = self.count
         if kwargs != self.kwargs:
             return False
-        if args[count:] != self.constants and not self._only_floats_differ(args[count:]):
-            return False
-        return self.tensors_match(args[:count])
+        return self.scalars_match(args[count:]) and self.tensors_match(args[:count])
 
     def tensors_match(self, tensors: tuple) -> bool:
         """Whether ``tensors`` (the ``count`` leading arguments) have this launch's dtypes and
@@ -101,7 +99,10 @@ class KnownLaunch:
         except (AttributeError, TypeError):  # not a tensor where this launch had one
             return False
 
-    def _only_floats_differ(self, constants: tuple) -> bool:
+    def scalars_match(self, constants: tuple) -> bool:
+        """Whether the arguments after the tensors are this launch's (floats may differ)."""
+        if constants == self.constants:
+            return True
         if len(constants) != len(self.constants):
             return False
         floats = self.floats
@@ -137,15 +138,8 @@ class KnownLaunches:
 
     def launch(self, grid, args: tuple, kwargs: dict):
         """Launch as a known launch and return the compiled kernel, or None: not known."""
-        entries = self._by_grid.get(grid)
-        if entries is None:
-            return None
-        active = driver.active
-        device = active.get_current_device()
-        for entry in entries:
-            if entry.device == device and entry.matches(args, kwargs):
-                return entry.launch(args, active)
-        return None
+        entry = self.find(grid, args, kwargs)
+        return None if entry is None else entry.launch(args, driver.active)
 
     def learn(self, grid, args: tuple, kwargs: dict, launched: dict, kernel) -> None:
         """Remember a launch the JIT just made: ``args`` and ``kwargs`` as the launcher passed
@@ -228,7 +222,7 @@ class LaunchSite:
     def _takes(self, scalars: tuple, entry: KnownLaunch) -> bool:
         """Whether the kept launch takes these scalars (equal, floats aside); if so they are
         kept, with the launch's constexprs after them, for the next call."""
-        if scalars != entry.constants and not entry._only_floats_differ(scalars):
+        if not entry.scalars_match(scalars):
             return False
         self.scalars, self.suffix = scalars, (*scalars, *entry.tail)
         return True
@@ -240,12 +234,19 @@ class LaunchSite:
         kernel = self.kernel
         if not hasattr(kernel, "known_launches_on"):
             return kernel[self.grid](*args, **self.constexprs)
-        compiled = kernel._launch(self.grid, args, self.constexprs)
         self.entry, self.scalars = None, None
-        if kernel.known_launches_on():
-            self.generation = _generation
+        if not kernel.known_launches_on():
+            return kernel._launch(self.grid, args, self.constexprs)
+        # A launch known to the kernel (another plan's, or one this site left) is launched and
+        # kept; a new one takes the tuned kernel's whole path, which learns it.
+        entry = kernel.known.find(self.grid, args, self.constexprs)
+        if entry is None:
+            compiled = kernel._launch(self.grid, args, self.constexprs)
             entry = kernel.known.find(self.grid, args, self.constexprs)
-            # A launch whose tensors do not all lead its arguments is matched in full each time.
-            if entry is not None and entry.count == len(tensors):
-                self.entry = entry
+        else:
+            compiled = entry.launch(args, driver.active)
+        self.generation = _generation
+        # A launch whose tensors do not all lead its arguments is matched in full each time.
+        if entry is not None and entry.count == len(tensors):
+            self.entry = entry
         return compiled

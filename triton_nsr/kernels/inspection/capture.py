@@ -192,7 +192,11 @@ def recording(batch: int):
             setattr(module, name, value)
 
 
-KERNEL_GRADIENT_VARIANTS = ("all_taps", "per_tap", "per_tap_x_in_registers", "row_of_3")
+# The kernel each forced kernel-gradient variant launches.
+VARIANT_KERNELS = {"all_taps": "conv_bwd_weight_3x3_kernel", "per_tap": "conv_bwd_weight_kernel",
+                   "per_tap_x_in_registers": "conv_bwd_weight_kernel",
+                   "row_of_3": "conv_bwd_weight_row_kernel"}
+KERNEL_GRADIENT_VARIANTS = tuple(VARIANT_KERNELS)
 
 
 @contextlib.contextmanager

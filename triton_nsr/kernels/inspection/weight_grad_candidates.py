@@ -52,6 +52,7 @@ import triton
 
 from triton_nsr.kernels.inspection.capture import (
     H200_MULTIPROCESSORS,
+    VARIANT_KERNELS,
     W1_EXPAND,
     W1_REDUCE,
     W2,
@@ -79,10 +80,9 @@ PROBE = RESULTS / "20261130T211500_probe_865104e.json"
 PEAKS = RESULTS / "20261130T211648_cuda_865104e.json"
 SPLITS = RESULTS / "20261130T205744_splits_b49e5e9.json"
 
-PER_TAP, ALL_TAPS = "conv_bwd_weight_kernel", "conv_bwd_weight_3x3_kernel"
-ROWS = "conv_bwd_weight_row_kernel"
+PER_TAP, ALL_TAPS, ROWS = (VARIANT_KERNELS[v] for v in ("per_tap", "all_taps", "row_of_3"))
 # The kernel each schedule kind launches (x rows: the per-tap kernel, transposed).
-KERNEL_OF = {"per_tap": PER_TAP, "x_rows": PER_TAP, "all_taps": ALL_TAPS, "row_of_3": ROWS}
+KERNEL_OF = {**VARIANT_KERNELS, "x_rows": PER_TAP}
 LAYOUTS = ("channels_last", "nchw")
 MAX_REGISTERS = 255
 ELEMENT_BYTES = 2  # bf16
@@ -594,14 +594,16 @@ def _layer_variant(layout: str) -> str:
 
 
 def best_designs(ranked: list[Ranked], shape: str, layout: str, count: int = 3,
-                 compiled: bool = True) -> list[Ranked]:
+                 compiled: bool = True, leave_out: tuple[str, ...] = ()) -> list[Ranked]:
     """The ``count`` fastest schedules of distinct families (one tile and split each), not
-    rejected, not today's; ``compiled``: only those existing kernels run (a lease can time them
-    now), else only the modelled ones (new kernel code)."""
+    rejected, not today's, of no schedule kind in ``leave_out``; ``compiled``: only those
+    existing kernels run (a lease can time them now), else only the modelled ones (new kernel
+    code)."""
     chosen, families = [], set()
     for row in ranked:
         if ((row.shape, row.layout) != (shape, layout) or row.rejected or row.today
-                or row.family in families or row.source.startswith("modelled") == compiled):
+                or row.family in families or row.source.startswith("modelled") == compiled
+                or row.schedule.kernel in leave_out):
             continue
         families.add(row.family)
         chosen.append(row)
@@ -624,17 +626,10 @@ def lease_candidates(ranked: list[Ranked], layout: str = LEASE_LAYOUT,
     the layer runs it for TF32 only, so no launch can force it in bf16."""
     out = []
     for shape in training_shapes():
-        rows = [r for r in ranked if (r.shape, r.layout) == (shape.name, layout)]
-        chosen, families = [], set()
-        for row in rows:
-            if (row.rejected or row.today or not row.source.startswith("compiled")
-                    or row.schedule.kernel == "x_rows" or row.family in families):
-                continue
-            families.add(row.family)
-            chosen.append(("candidate", row))
-            if len(chosen) == count:
-                break
-        today = [("today", row) for row in rows if row.today][:1]
+        today = [("today", row) for row in ranked
+                 if (row.shape, row.layout) == (shape.name, layout) and row.today][:1]
+        chosen = [("candidate", row) for row in best_designs(ranked, shape.name, layout, count,
+                                                             leave_out=("x_rows",))]
         for role, row in today + chosen:
             s = row.schedule
             out.append({"shape": shape.name, "role": role, "family": row.family,
