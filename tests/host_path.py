@@ -6,7 +6,8 @@ tests/test_host_path.py, without TRITON_INTERPRET (Triton compiles for sm_90):
 Each case runs NSRConv2d(backend='triton') on CPU tensors with Triton's real JIT, autotuner
 and our known launches, only the kernel launcher stood in for (kernels/inspection/host_only.py),
 and records per call after warm-up: launches, Triton JIT runs (its binder), compiles,
-autotunes, allocations and every other aten op, host reads of a tensor value; the tools' modes
+autotunes, allocations and every other aten op, host reads of a tensor value, the known
+launches' checks of their tensors (a layer plan's signature skips them); the tools' modes
 (in which every launch takes the JIT); whether a launch hook gets the launch metadata; and the
 arguments each launch handed the launcher, through known launches and through the JIT.
 """
@@ -24,8 +25,23 @@ import torch  # noqa: E402
 from triton import knobs  # noqa: E402
 
 from triton_nsr import NSRConv2d  # noqa: E402
-from triton_nsr.kernels import autotune, tuned_configs  # noqa: E402
+from triton_nsr.kernels import autotune, known_launches, tuned_configs  # noqa: E402
 from triton_nsr.kernels.inspection.host_only import AtenOps, host_only  # noqa: E402
+
+_tensor_checks = [0]
+_tensors_match = known_launches.KnownLaunch.tensors_match
+
+
+def _counted_tensors_match(entry, tensors):
+    _tensor_checks[0] += 1
+    return _tensors_match(entry, tensors)
+
+
+known_launches.KnownLaunch.tensors_match = _counted_tensors_match
+
+
+def snapshot(counters) -> dict:
+    return {**counters.snapshot(), "tensor_checks": _tensor_checks[0]}
 
 
 def per_call(after: dict, before: dict, calls: int) -> dict:
@@ -60,11 +76,11 @@ def steady_state(counters, step, repeats: int = 3, warmup: int = 2) -> dict:
     """What one call of ``step`` costs after ``warmup`` calls, averaged over ``repeats``."""
     for _ in range(warmup):
         step()
-    before = counters.snapshot()
+    before = snapshot(counters)
     with AtenOps() as ops:
         for _ in range(repeats):
             step()
-    counted = per_call(counters.snapshot(), before, repeats)
+    counted = per_call(snapshot(counters), before, repeats)
     counted["allocations"] = ops.allocations / repeats
     counted["host_reads"] = ops.host_reads / repeats
     counted["aten"] = {name: n / repeats for name, n in sorted(ops.names.items())}
@@ -126,13 +142,13 @@ def misaligned_weight(counters) -> dict:
     calls = {}
     for name, call in (("first", misaligned), ("second", misaligned),
                        ("aligned again", aligned)):
-        before = counters.snapshot()
+        before = snapshot(counters)
         call()
-        calls[name] = per_call(counters.snapshot(), before, 1)
+        calls[name] = per_call(snapshot(counters), before, 1)
     temperature["value"] = 0.5
-    before = counters.snapshot()
+    before = snapshot(counters)
     aligned()
-    calls["new temperature"] = per_call(counters.snapshot(), before, 1)
+    calls["new temperature"] = per_call(snapshot(counters), before, 1)
     known = launch_arguments(counters, misaligned)
     with tuned_configs.known_launches_suspended():
         jit = launch_arguments(counters, misaligned)
@@ -159,10 +175,10 @@ def main(out: str) -> None:
                 ("suspended", tuned_configs.known_launches_suspended)):
             with context():
                 modes[mode] = steady_state(counters, forward_backward, repeats=1, warmup=0)
-        before = counters.snapshot()
+        before = snapshot(counters)
         autotune.clear_launch_plans()
         forward_backward()
-        modes["after clear_launch_plans"] = per_call(counters.snapshot(), before, 1)
+        modes["after clear_launch_plans"] = per_call(snapshot(counters), before, 1)
         results["modes"] = modes
         # With a launch hook set, known launches hand it the launch metadata.
         hooked = []

@@ -53,6 +53,8 @@ def test_a_known_call_launches_straight_to_the_compiled_kernels(host_path):
             assert counted["jit_runs"] == 0, (case, name, counted)
             assert counted["compiles"] == 0 and counted["autotunes"] == 0, (case, name)
             assert counted["host_reads"] == 0, (case, name, counted["aten"])
+            # The layer plan's signature stands for every launch's tensors.
+            assert counted["tensor_checks"] == 0, (case, name, counted)
         forward, training = ALLOCATIONS[layout]
         tf32 = "fp32" in case
         assert passes["forward"]["allocations"] == forward, (case, passes["forward"])
@@ -95,6 +97,11 @@ def test_a_misaligned_weight_takes_the_jit_once_then_is_known(host_path):
     for name in ("second", "aligned again", "new temperature"):
         assert calls[name]["jit_runs"] == 0 and calls[name]["launches"] == TRAINING_LAUNCHES, \
             (name, calls)
+    # A misaligned parameter gives no signature: every launch checks its tensors, and so does
+    # the aligned weight's first call after it (its sites last launched without one).
+    assert calls["second"]["tensor_checks"] == TRAINING_LAUNCHES, calls
+    assert calls["aligned again"]["tensor_checks"] >= TRAINING_LAUNCHES, calls
+    assert calls["new temperature"]["tensor_checks"] == 0, calls
     known, jit = case["arguments"]["known"], case["arguments"]["jit"]
     assert len(known) == TRAINING_LAUNCHES
     for (name, ours), (_, triton) in zip(known, jit):

@@ -6,7 +6,10 @@ intermediate tensor's shape) depend only on the call's signature: its tensors' s
 dtypes, device and addresses' 16-byte alignment, and the layer's integer arguments. A
 :class:`LayerPlan` holds them for one signature, the launch plans of its kernels filled in on
 its first forward and first backward, so a known call costs a dict lookup, the allocations and
-the launches:
+the launches. The key fixes every launched tensor's dtype, and its alignment once the call's
+parameters (and in the backward the saved tensors) are 16-byte aligned, which one OR over their
+addresses tells: the plan then passes itself to its launch sites as their signature, and a
+site that launched for it before checks no tensor again (kernels/known_launches.py):
 
     forward:  RouterPool (chunk sums, the channels_last copy) -> MixForward (the router's MLP
               and softmax; weight and bias mixed) -> ConvForward
@@ -58,6 +61,15 @@ on_clear_launch_plans(_PLANS.clear)
 
 def _aligned(tensor: torch.Tensor) -> bool:
     return tensor.data_ptr() % TMA_ALIGN_BYTES == 0
+
+
+def _all_aligned(*tensors) -> bool:
+    """Whether every tensor given (None aside) is 16-byte aligned: one OR over the addresses."""
+    address = 0
+    for tensor in tensors:
+        if tensor is not None:
+            address |= tensor.data_ptr()
+    return address % TMA_ALIGN_BYTES == 0
 
 
 def weight_read_in_place(weight, num_groups: int, num_cardinals: int) -> bool:
@@ -138,10 +150,13 @@ class LayerPlan:
         packed (B, out, kh, kw, Cp) storage, their TF32 input-gradient layout or None, the
         input's channels_last copy or None); all but the output are what the backward reads.
         """
+        # Every other tensor the launches get is the input (its alignment is in the key) or
+        # one this plan allocates.
+        signature = self if _all_aligned(weight, bias, mlp_weight, mlp_bias) else None
         if self.pool is None:
             self.pool = router_pool_plan(tuple(input.shape), input.stride(), input.dtype,
                                          self.copy)
-        partials, input_copy = self.pool(input)
+        partials, input_copy = self.pool(input, signature)
         routing, pooled = empty_routing(partials, self.num_groups, self.num_cardinals)
         bank, second = self._banks(weight, bias)
         if self.mix is None:
@@ -152,11 +167,11 @@ class LayerPlan:
                 mlp_bias)
         weights, biases, weights_input_grad = self.mix(
             routing, bank, second, (partials, mlp_weight, mlp_bias, pooled),
-            temperature_pair(temperature), storage=True)
+            temperature_pair(temperature), storage=True, signature=signature)
         conv_input = input_copy if self.copy else (input if padded is None else padded)
         if self.conv is None:
             self.conv = self._conv_plan(conv_input, weights, biases)
-        output = self.conv(conv_input, weights, biases)
+        output = self.conv(conv_input, weights, biases, signature)
         return output, routing, pooled, weights, weights_input_grad, input_copy
 
     def _conv_plan(self, conv_input, weights, biases):
@@ -229,6 +244,11 @@ class BackwardPlan:
     def __call__(self, layer: LayerPlan, grad_output, conv_input, weight, bias, mlp_weight,
                  routing, pooled, weights, weights_input_grad, temperature, input_is_copy):
         batch = routing.shape[0]
+        # Every tensor handed in, checked once (under torch.compile the saved ones come back
+        # through the graph); the others the launches get are allocated here.
+        signature = (self if _all_aligned(grad_output, conv_input, weight, bias, mlp_weight,
+                                          routing, pooled, weights, weights_input_grad)
+                     else None)
         grad_weight = grad_bias = mean_grad = grad_mlp_weight = grad_mlp_bias = None
         grad_output_copy = None
         if self.need_routing or self.need_banks:
@@ -245,7 +265,7 @@ class BackwardPlan:
             weight_parts, bias_parts = self._weight_grad_outputs(layer, weights, bias,
                                                                  self.weight_grad)
             self.weight_grad.launch_parts(grad_output, conv_input, weight_parts, bias_parts,
-                                          grad_output_copy)
+                                          grad_output_copy, signature)
             bank, second = layer._banks(weight, bias)
             if self.mix is None:
                 k, d = layer.num_groups, layer.num_cardinals
@@ -256,7 +276,7 @@ class BackwardPlan:
                     routing, bank, None if bias is None else bias.reshape(k, d, -1),
                     need_banks=self.need_banks, need_routing=self.need_routing)
             routing_parts, grad_weight, grad_bias = self.mix(weight_parts, bias_parts, routing,
-                                                             bank, second)
+                                                             bank, second, signature)
             # The mixing differentiates both banks in one launch; only the wanted gradients are
             # returned (the compiled path's fake gives the others no elements).
             if not self.need_weight:
@@ -275,7 +295,7 @@ class BackwardPlan:
                         tuple(pooled.shape), pooled.stride(), tuple(mlp_weight.shape),
                         mlp_weight.stride(), self.has_mlp_bias, layer.pixels)
                 mean_grad, grad_mlp_weight, grad_mlp_bias = self.router(
-                    routing_parts, routing, pooled, mlp_weight, temperature)
+                    routing_parts, routing, pooled, mlp_weight, temperature, signature)
                 # As for the banks: the router's backward makes all three in one launch.
                 if not self.need_mlp_weight:
                     grad_mlp_weight = None
@@ -293,7 +313,7 @@ class BackwardPlan:
                     source, forward_weight_view(weights, layer.kernel_shape[1]), layer.stride,
                     layer.pad, layer.dilation, layer.groups, layer.allow_tf32, grad_input,
                     mean, weights_input_grad)
-            grad_conv_input = self.input_grad(source, operand, grad_input, mean)
+            grad_conv_input = self.input_grad(source, operand, grad_input, mean, signature)
         return (grad_conv_input, mean_grad, grad_weight, grad_bias, grad_mlp_weight,
                 grad_mlp_bias)
 

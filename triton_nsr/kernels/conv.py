@@ -260,7 +260,7 @@ class ConvForward:
         self.launch = LaunchSite(conv_fwd_kernel, grid, constexprs)
 
     def __call__(self, input: torch.Tensor, packed_weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, signature=None) -> torch.Tensor:
         output = torch.empty(self.output_shape, dtype=input.dtype, device=input.device,
                              memory_format=self.memory_format)
         if output.numel() == 0:
@@ -268,7 +268,7 @@ class ConvForward:
         if self.constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(input)
         self.launch((input, packed_weight, bias if bias is not None else packed_weight, output),
-                    self.args)
+                    self.args, signature)
         return output
 
 

@@ -202,11 +202,11 @@ class ConvInputGradient:
         self.grid, self.args, self.constexprs = grid, args, constexprs
         self.launch = LaunchSite(conv_bwd_input_kernel, grid, constexprs)
 
-    def __call__(self, grad_output, packed_weight, grad_input, mean_grad=None):
+    def __call__(self, grad_output, packed_weight, grad_input, mean_grad=None, signature=None):
         if self.constexprs["INPUT_ROUTE"] != "gather":
             set_descriptor_allocator(grad_output)
         self.launch((grad_output, packed_weight, grad_input,
-                     mean_grad if mean_grad is not None else grad_input), self.args)
+                     mean_grad if mean_grad is not None else grad_input), self.args, signature)
         return grad_input
 
 

@@ -481,7 +481,7 @@ class ConvWeightGradient:
 
 
     def launch_parts(self, grad_output, input, weight_parts, bias_parts,
-                     grad_output_copy=None) -> None:
+                     grad_output_copy=None, signature=None) -> None:
         """Launch into outputs the caller made: with splits (``partial``), weight_parts
         (S, B, out, Cg, kh, kw) and bias_parts (S, B, out) contiguous in ``partial``'s dtype;
         without, grad_weight and grad_bias themselves, in the strides the plan was made for
@@ -494,7 +494,7 @@ class ConvWeightGradient:
                 set_descriptor_allocator(input)
             if self.constexprs["TRANSPOSED"]:
                 tensors = (input, grad_output, *tensors[2:])
-        self.launch(tensors, self.args)
+        self.launch(tensors, self.args, signature)
 
 
 @launch_plan

@@ -14,7 +14,10 @@ stream (CUDA graph capture and user streams depend on it) and calls the launcher
 A launch plan goes one step further with a :class:`LaunchSite`: its grid and constexprs are
 bound once and the known launch it took last is kept, so a repeated call compares its other
 arguments with one tuple comparison and checks its tensors' dtypes and alignment, with no
-lookup, keyword comparison or closure per launch.
+lookup, keyword comparison or closure per launch. A caller that knows its tensors' dtypes and
+alignments from a key it already checked (a layer plan: its key has the dtypes, and it checks
+the addresses once a call) passes a *signature*, an object that stands for them: a site that
+took its kept launch under the same signature skips the tensors' check.
 
 Launch metadata is built only when a launch hook is set (a profiler's), as Triton builds it.
 The interpreter, and the tuned-config policies other than the default (recording, a fixed
@@ -197,27 +200,34 @@ class LaunchSite:
     a test's spy) is launched by indexing it, every time.
     """
 
-    __slots__ = ("kernel", "grid", "constexprs", "entry", "generation", "scalars", "suffix")
+    __slots__ = ("kernel", "grid", "constexprs", "entry", "generation", "scalars", "suffix",
+                 "signature")
 
     def __init__(self, kernel, grid, constexprs: dict) -> None:
         self.kernel, self.grid, self.constexprs = kernel, grid, constexprs
         self.entry, self.generation, self.scalars, self.suffix = None, -1, None, ()
+        self.signature = None
 
-    def __call__(self, tensors: tuple, scalars: tuple):
+    def __call__(self, tensors: tuple, scalars: tuple, signature=None):
+        """Launch; ``signature``: None, or an object that stands for ``tensors``' dtypes and
+        16-byte alignments (equal for every call that passes it: see the module doc)."""
         entry = self.entry
         if (entry is not None and self.generation == _generation
                 and self.kernel.known_launches_on()):
             active = driver.active
             # tensors_match also compares the tensors' count (their dtypes' tuple).
-            if (entry.device == active.get_current_device() and entry.tensors_match(tensors)
+            if (entry.device == active.get_current_device()
+                    and ((signature is self.signature and signature is not None)
+                         or entry.tensors_match(tensors))
                     and (scalars is self.scalars or self._takes(scalars, entry))):
+                self.signature = signature
                 if _hooked():
                     return entry.launch((*tensors, *scalars), active)
                 x, y, z = entry.grid
                 entry.run(x, y, z, active.get_current_stream(entry.device), entry.function,
                           entry.metadata, None, None, None, *tensors, *self.suffix)
                 return entry.kernel
-        return self._first(tensors, scalars)
+        return self._first(tensors, scalars, signature)
 
     def _takes(self, scalars: tuple, entry: KnownLaunch) -> bool:
         """Whether the kept launch takes these scalars (equal, floats aside); if so they are
@@ -227,14 +237,14 @@ class LaunchSite:
         self.scalars, self.suffix = scalars, (*scalars, *entry.tail)
         return True
 
-    def _first(self, tensors: tuple, scalars: tuple):
+    def _first(self, tensors: tuple, scalars: tuple, signature=None):
         """Launch through the tuned kernel (table, autotuner, JIT) and keep the known launch
-        it took."""
+        it took, and the signature it took it under."""
         args = (*tensors, *scalars)
         kernel = self.kernel
         if not hasattr(kernel, "known_launches_on"):
             return kernel[self.grid](*args, **self.constexprs)
-        self.entry, self.scalars = None, None
+        self.entry, self.scalars, self.signature = None, None, None
         if not kernel.known_launches_on():
             return kernel._launch(self.grid, args, self.constexprs)
         # A launch known to the kernel (another plan's, or one this site left) is launched and
@@ -248,5 +258,5 @@ class LaunchSite:
         self.generation = _generation
         # A launch whose tensors do not all lead its arguments is matched in full each time.
         if entry is not None and entry.count == len(tensors):
-            self.entry = entry
+            self.entry, self.signature = entry, signature
         return compiled

@@ -477,7 +477,7 @@ class MixForward:
         self.launch = LaunchSite(mix_fwd_kernel, grid, constexprs)
 
     def __call__(self, routing, bank, second_bank=None, route_tensors=None,
-                 temperature=(1.0, 0.0), storage: bool = False):
+                 temperature=(1.0, 0.0), storage: bool = False, signature=None):
         """Allocate the outputs and launch. ``route_tensors``: (partials, mlp_weight, mlp_bias
         or None, pooled) when the kernel computes the routing into ``routing``; temperature:
         the (hi, lo) pair (router.temperature_pair). Returns (mixed, second mixed or None,
@@ -485,7 +485,8 @@ class MixForward:
         view, or with ``storage`` as the (B, out, kh, kw, Cp) storage itself.
 
         Only the addresses of bank and second_bank are read (their strides are this plan's):
-        a (k*out, Cg, kh, kw) weight is read in place (:func:`bank_layout`).
+        a (k*out, Cg, kh, kw) weight is read in place (:func:`bank_layout`). ``signature``: as
+        known_launches.LaunchSite takes it.
         """
         device = bank.device
         if self.packed:
@@ -511,7 +512,7 @@ class MixForward:
         self.launch((routing, bank, second_bank if self.has_second else bank,
                      output, second_output if self.has_second else output,
                      copy if copy is not None else output, *route_tensors),
-                    (*self.args, *temperature))
+                    (*self.args, *temperature), signature)
         return output, second_output, copy
 
 
@@ -668,7 +669,7 @@ class MixBackward:
         self.need_banks, self.need_routing = need_banks, need_routing
         self.launch = LaunchSite(mix_bwd_kernel, self.grid, self.constexprs)
 
-    def __call__(self, grad, second_grad, routing, bank, second_bank=None):
+    def __call__(self, grad, second_grad, routing, bank, second_bank=None, signature=None):
         """(routing_parts or None, grad_bank or None, grad_second_bank or None); see
         :func:`mix_bwd`."""
         has_second, need_banks, need_routing = self.has_second, self.need_banks, \
@@ -693,7 +694,7 @@ class MixBackward:
                          bank, second_bank if has_second else bank,
                          grad_bank if need_banks else bank,
                          grad_second_bank if need_banks and has_second else bank,
-                         routing_parts if need_routing else routing), self.args)
+                         routing_parts if need_routing else routing), self.args, signature)
         return routing_parts, grad_bank, grad_second_bank
 
 

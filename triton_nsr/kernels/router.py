@@ -313,13 +313,15 @@ class RouterPool:
                            "ACC_DTYPE": accumulator_dtype(self.dtype)}
         self.launch = LaunchSite(router_pool_kernel, self.grid, self.constexprs)
 
-    def __call__(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, input: torch.Tensor,
+                 signature=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         partials = torch.empty(self.partials_shape, dtype=self.dtype, device=input.device)
         copy = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
                             memory_format=torch.channels_last) if self.write_copy else None)
         if self.grid[0] == 0:
             return partials, copy
-        self.launch((input, partials, copy if copy is not None else partials), self.args)
+        self.launch((input, partials, copy if copy is not None else partials), self.args,
+                    signature)
         return partials, copy
 
 
@@ -379,7 +381,8 @@ class RouterBackward:
         self.grid = grid
         self.launch = LaunchSite(router_bwd_kernel, grid, self.constexprs)
 
-    def __call__(self, grad_routing, routing, pooled, mlp_weight, temperature: float):
+    def __call__(self, grad_routing, routing, pooled, mlp_weight, temperature: float,
+                 signature=None):
         mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
         grad_mlp_weight = torch.empty(mlp_weight.shape, dtype=mlp_weight.dtype,
                                       device=mlp_weight.device)
@@ -391,7 +394,7 @@ class RouterBackward:
                     grad_mlp_bias.zero_() if grad_mlp_bias is not None else None)
         self.launch((grad_routing, routing, pooled, mlp_weight, mean_grad, grad_mlp_weight,
                      grad_mlp_bias if grad_mlp_bias is not None else grad_mlp_weight),
-                    (*self.head, *temperature_pair(temperature), *self.tail))
+                    (*self.head, *temperature_pair(temperature), *self.tail), signature)
         return mean_grad, grad_mlp_weight, grad_mlp_bias
 
 
