@@ -188,8 +188,7 @@ def _reuse_checked(check):
 
     @functools.wraps(check)
     def checked(*args, **kwargs):
-        key = None if kwargs else _checked_key(*args)
-        geometry = _CHECKED.get(key) if key is not None else None
+        geometry, key = lookup(_CHECKED, None if kwargs else _checked_key(*args))
         if geometry is None:
             geometry = check(*args, **kwargs)
             if key is not None:
@@ -230,21 +229,32 @@ def _checked_key(*args) -> tuple | None:
 
 
 def _hashable(key: list, numbers) -> tuple | None:
-    """``key`` with the plain ``numbers`` appended, as a hashable tuple, or None (see
-    :func:`_checked_key`)."""
+    """``key`` with the plain ``numbers`` appended, as a tuple, or None (see
+    :func:`_checked_key`). A tuple of ints stands for itself, a list of ints is marked as one
+    (bools and numpy ints are refused: they would equal ints). Not hashed here: a symbolic size
+    makes it unhashable, which :func:`lookup` tells (hashing it twice costs microseconds)."""
     for arg in numbers:
         kind = type(arg)
         if kind in _PLAIN:
             key.append(arg)
-        elif (kind is tuple or kind is list) and all(type(item) is int for item in arg):
-            key.append((kind, tuple(arg)))
+        elif kind is tuple or kind is list:
+            for item in arg:
+                if type(item) is not int:
+                    return None
+            key.append(arg if kind is tuple else (list, tuple(arg)))
         else:
             return None
+    return tuple(key)
+
+
+def lookup(table: dict, key: tuple | None) -> tuple:
+    """(``table[key]`` or None, ``key``, or None where it does not hash: a symbolic size)."""
+    if key is None:
+        return None, None
     try:
-        hash(key := tuple(key))
-    except TypeError:  # a symbolic size
-        return None
-    return key
+        return table.get(key), key
+    except TypeError:
+        return None, None
 
 
 def call_key(input, weight, bias, mlp_weight, mlp_bias, numbers: tuple,

@@ -27,6 +27,7 @@ from triton_nsr.arguments import (
     check_padding_mode,
     check_temperature,
     differentiable_temperature,
+    lookup,
 )
 from triton_nsr.router import autocast_enabled
 
@@ -171,9 +172,9 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
     if (padding_mode == "zeros" and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active()):
         input_grad = input.requires_grad and torch.is_grad_enabled()
-        key = call_key(input, weight, bias, mlp_weight, mlp_bias, numbers,
-                       (autocasting, allow_tf32, input_grad))
-        known = _KNOWN_CALLS.get(key) if key is not None else None
+        known, key = lookup(_KNOWN_CALLS, call_key(input, weight, bias, mlp_weight, mlp_bias,
+                                                   numbers, (autocasting, allow_tf32,
+                                                             input_grad)))
         if known is not None:
             geometry, plan = known
             return ops.nsr_layer(input, None, weight, bias, mlp_weight, mlp_bias, geometry,

@@ -75,15 +75,16 @@ class NSRConv2dBase(nn.Conv2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """input (B, C, H, W) or (C, H, W) -> (B, out, Ho, Wo) or (out, Ho, Wo)."""
-        # self.weight is read here, at call time, so weight-norm hooks and parametrizations apply.
-        # The router's Linear by its key in the Sequential (indexing one costs microseconds).
-        router = self.mlp._modules["0"]
+        # The parameters are read here, at call time, so weight-norm hooks and parametrizations
+        # apply; the router's Linear by its key in the Sequential (indexing one costs
+        # microseconds).
+        router = self._modules["mlp"]._modules["0"]
         return self._functional(
             input,
-            self.weight,
-            self.bias,
-            router.weight,
-            router.bias,
+            _parameter(self, "weight"),
+            _parameter(self, "bias"),
+            _parameter(router, "weight"),
+            _parameter(router, "bias"),
             self.num_sparsity_groups,
             self.num_sparsity_cardinals,
             self.stride,
@@ -94,6 +95,14 @@ class NSRConv2dBase(nn.Conv2d):
             padding_mode=self.padding_mode,
             backend=self.backend,
         )
+
+
+def _parameter(module: nn.Module, name: str):
+    """``module.<name>``: from its parameters when registered there (a plain attribute read of
+    a parameter first misses the instance and raises inside nn.Module, a microsecond each),
+    else as attribute (a weight-norm hook's tensor, a parametrization's property)."""
+    parameters = module._parameters
+    return parameters[name] if name in parameters else getattr(module, name)
 
 
 class NSRConv2d(NSRConv2dBase):
