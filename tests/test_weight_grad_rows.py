@@ -29,9 +29,9 @@ def _launched_kernels(monkeypatch):
     launched = []
     site_call = module.LaunchSite.__call__
 
-    def spy(site, tensors, scalars):
+    def spy(site, tensors, scalars, signature=None):
         launched.append(getattr(site.kernel, "name", None))
-        return site_call(site, tensors, scalars)
+        return site_call(site, tensors, scalars, signature)
 
     monkeypatch.setattr(module.LaunchSite, "__call__", spy)
     return launched
