@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import torch
 
+from triton_nsr.kernels.allocation import Empty
 from triton_nsr.kernels.autotune import dot_precision, on_clear_launch_plans
 from triton_nsr.kernels.conv import conv_forward_plan
 from triton_nsr.kernels.conv_bwd_input import conv_input_gradient_for
 from triton_nsr.kernels.conv_bwd_weight import conv_weight_gradient_for
 from triton_nsr.kernels.mix import (
-    empty_routing,
     mix_backward_for,
     mix_forward_for,
     weight_bank_strides,
@@ -134,6 +134,9 @@ class LayerPlan:
         # A contiguous bias is its own (k, d, F) bank: the kernels read its address.
         self.bias_is_bank = bias is None or bias.is_contiguous()
         self.pool = self.mix = self.conv = None
+        # What the mixing writes and the backward reads, in the routing dtype.
+        self.new_routing = Empty((input.shape[0], num_groups, num_cardinals))
+        self.new_pooled = Empty(input.shape[:2])
         self._backward: dict[tuple, BackwardPlan] = {}
 
     def _banks(self, weight, bias):
@@ -157,7 +160,8 @@ class LayerPlan:
             self.pool = router_pool_plan(tuple(input.shape), input.stride(), input.dtype,
                                          self.copy)
         partials, input_copy = self.pool(input, signature)
-        routing, pooled = empty_routing(partials, self.num_groups, self.num_cardinals)
+        routing = self.new_routing(partials.device, partials.dtype)
+        pooled = self.new_pooled(partials.device, partials.dtype)
         bank, second = self._banks(weight, bias)
         if self.mix is None:
             k, d = self.num_groups, self.num_cardinals
@@ -240,6 +244,7 @@ class BackwardPlan:
                             grad_output, layer.out_channels // layer.groups, layer.stride,
                             layer.pad, layer.dilation, layer.kernel_shape[2:], aligned=True))
         self.weight_grad = self.mix = self.router = self.input_grad = None
+        self.new_weight_parts = self.new_bias_parts = self.parts_dtype = None
 
     def __call__(self, layer: LayerPlan, grad_output, conv_input, weight, bias, mlp_weight,
                  routing, pooled, weights, weights_input_grad, temperature, input_is_copy):
@@ -258,12 +263,16 @@ class BackwardPlan:
             # The kernel gradient as S pixel-split partial sums (S = 1 but for few large
             # images); the mixing backward adds them as it reads them.
             if self.weight_grad is None:
+                # Planned on per-sample outputs (the plan then says whether it splits).
+                weight_shape, bias_shape, dtype = self._weight_grad_outputs(layer, weights,
+                                                                            bias, None)
                 self.weight_grad = conv_weight_gradient_for(
                     grad_output, conv_input, layer.kernel_shape[2:], layer.stride, layer.pad,
                     layer.dilation, layer.groups, layer.allow_tf32,
-                    *self._weight_grad_outputs(layer, weights, bias, None), grad_output_copy)
-            weight_parts, bias_parts = self._weight_grad_outputs(layer, weights, bias,
-                                                                 self.weight_grad)
+                    weights.new_empty(weight_shape, dtype=dtype),
+                    None if bias is None else weights.new_empty(bias_shape, dtype=dtype),
+                    grad_output_copy)
+            weight_parts, bias_parts = self._weight_grad_parts(layer, weights, bias)
             self.weight_grad.launch_parts(grad_output, conv_input, weight_parts, bias_parts,
                                           grad_output_copy, signature)
             bank, second = layer._banks(weight, bias)
@@ -321,16 +330,26 @@ class BackwardPlan:
     def _weight_grad_outputs(layer: LayerPlan, weights, bias, plan):
         """Where the kernel gradient writes: per sample (B, out, Cg, kh, kw) and (B, out) in
         the kernels' dtype, or, where ``plan`` splits the pixel sum, (S, B, ...) partial sums
-        in its ``partial`` dtype. The bias's is None without a bias."""
+        in its ``partial`` dtype. The bias's is None without a bias. Returns the shapes and
+        dtype; :meth:`_weight_grad_parts` allocates them."""
         batch = weights.shape[0]
         if plan is None or plan.partial is None:
             leading, dtype = (), weights.dtype
         else:
             leading, dtype = (plan.num_splits,), plan.partial
-        weight_parts = weights.new_empty((*leading, batch, *layer.kernel_shape), dtype=dtype)
-        bias_parts = (None if bias is None else
-                      weights.new_empty((*leading, batch, layer.out_channels), dtype=dtype))
-        return weight_parts, bias_parts
+        return ((*leading, batch, *layer.kernel_shape), (*leading, batch, layer.out_channels),
+                dtype)
+
+    def _weight_grad_parts(self, layer: LayerPlan, weights, bias):
+        """(weight_parts, bias_parts or None), new, as :meth:`_weight_grad_outputs` says
+        for the kernel gradient's plan."""
+        if self.new_weight_parts is None:
+            weight_shape, bias_shape, self.parts_dtype = self._weight_grad_outputs(
+                layer, weights, bias, self.weight_grad)
+            self.new_weight_parts, self.new_bias_parts = Empty(weight_shape), Empty(bias_shape)
+        device, dtype = weights.device, self.parts_dtype
+        return (self.new_weight_parts(device, dtype),
+                None if bias is None else self.new_bias_parts(device, dtype))
 
     @staticmethod
     def _input_grad_operand(layer: LayerPlan, weights, weights_input_grad):

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from triton_nsr.arguments import conv_output_size
+from triton_nsr.kernels.allocation import Empty
 from triton_nsr.kernels.autotune import (
     accumulator_dtype,
     check_launchable,
@@ -222,7 +223,8 @@ class ConvForward:
     memory_format: of the output; None: the input's.
     """
 
-    __slots__ = ("output_shape", "memory_format", "grid", "args", "constexprs", "launch")
+    __slots__ = ("output_shape", "memory_format", "grid", "args", "constexprs", "launch",
+                 "new_output")
 
     def __init__(self, input_shape, input_stride, dtype, aligned, weight_shape, weight_strides,
                  weight_channels, bias_stride, stride, pad, dilation, groups, allow_tf32,
@@ -258,11 +260,11 @@ class ConvForward:
         self.output_shape, self.memory_format = output_shape, memory_format
         self.grid, self.args, self.constexprs = grid, args, constexprs
         self.launch = LaunchSite(conv_fwd_kernel, grid, constexprs)
+        self.new_output = Empty(output_shape, memory_format)
 
     def __call__(self, input: torch.Tensor, packed_weight: torch.Tensor,
                  bias: torch.Tensor | None, signature=None) -> torch.Tensor:
-        output = torch.empty(self.output_shape, dtype=input.dtype, device=input.device,
-                             memory_format=self.memory_format)
+        output = self.new_output(input.device, input.dtype)
         if output.numel() == 0:
             return output
         if self.constexprs["INPUT_ROUTE"] != "gather":

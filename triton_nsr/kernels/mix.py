@@ -30,11 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_nsr.kernels.allocation import Empty
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
 from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.operands import (
-    empty_packed_input_grad_weight,
-    empty_packed_storage,
     forward_weight_view,
     input_grad_weight_shape,
     packed_channels,
@@ -419,7 +418,8 @@ class MixForward:
     """
 
     __slots__ = ("output_shape", "second_output_shape", "dtype", "packed", "copy_groups",
-                 "has_second", "grid", "args", "constexprs", "launch")
+                 "has_second", "grid", "args", "constexprs", "launch", "new_output",
+                 "new_second", "new_copy")
 
     def __init__(self, routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route) -> None:
@@ -475,6 +475,17 @@ class MixForward:
         self.has_second = second_shape is not None
         self.grid, self.args, self.constexprs = grid, args, constexprs
         self.launch = LaunchSite(mix_fwd_kernel, grid, constexprs)
+        # The outputs' allocations; packed layouts' padding channels zeroed (operands).
+        if kernel_shape is None:
+            self.new_output = Empty(output_shape)
+        else:
+            out, in_channels, kernel_h, kernel_w = kernel_shape
+            self.new_output = Empty((batch, out, kernel_h, kernel_w,
+                                     packed_channels(in_channels)), zero_from=in_channels)
+        self.new_second = Empty(second_output_shape) if self.has_second else None
+        self.new_copy = (None if copy_groups is None else
+                         Empty(input_grad_weight_shape(output_shape, copy_groups),
+                               zero_from=output_shape[1] // copy_groups))
 
     def __call__(self, routing, bank, second_bank=None, route_tensors=None,
                  temperature=(1.0, 0.0), storage: bool = False, signature=None):
@@ -488,19 +499,12 @@ class MixForward:
         a (k*out, Cg, kh, kw) weight is read in place (:func:`bank_layout`). ``signature``: as
         known_launches.LaunchSite takes it.
         """
-        device = bank.device
-        if self.packed:
-            output = empty_packed_storage(self.output_shape, self.dtype, device)
-            if not storage:
-                output = forward_weight_view(output, self.output_shape[2])
-        else:
-            output = torch.empty(self.output_shape, dtype=self.dtype, device=device)
-        second_output = (torch.empty(self.second_output_shape, dtype=self.dtype,
-                                     device=device) if self.has_second else None)
-        copy = None
-        if self.copy_groups is not None:
-            copy = empty_packed_input_grad_weight(self.output_shape, self.copy_groups,
-                                                  self.dtype, device)
+        device, dtype = bank.device, self.dtype
+        output = self.new_output(device, dtype)
+        if self.packed and not storage:
+            output = forward_weight_view(output, self.output_shape[2])
+        second_output = self.new_second(device, dtype) if self.has_second else None
+        copy = self.new_copy(device, dtype) if self.copy_groups is not None else None
         if self.output_shape[0] == 0:
             return output, second_output, copy
         if route_tensors is None:
@@ -629,7 +633,7 @@ class MixBackward:
 
     __slots__ = ("parts_shape", "grad_bank_shape", "grad_bank_stride", "grid", "args",
                  "constexprs", "has_second", "need_banks", "need_routing",
-                 "launch")
+                 "launch", "new_parts")
 
     def __init__(self, grad_shape, grad_stride, grad_dtype, second_grad_stride, routing_shape,
                  routing_stride, routing_dtype, bank_shape, bank_stride, bank_dtype,
@@ -653,6 +657,7 @@ class MixBackward:
                                      num_cardinals, channels, taps)
         parts = cdiv(features, MIX_BWD_BLOCK_F) + cdiv(second_features, MIX_BWD_BLOCK_F)
         self.parts_shape = (parts, batch, num_groups, num_cardinals)
+        self.new_parts = Empty(self.parts_shape)
         self.args = (batch, num_splits, num_groups, num_cardinals, features, second_features,
                      channels, taps,
                      *routing_stride, *grad_stride, *(second_grad_stride or (0, 0, 0, 0)),
@@ -676,14 +681,13 @@ class MixBackward:
             self.need_routing
         routing_parts = grad_bank = grad_second_bank = None
         if need_routing:
-            routing_parts = torch.empty(self.parts_shape, dtype=routing.dtype,
-                                        device=routing.device)
+            routing_parts = self.new_parts(routing.device, routing.dtype)
         if need_banks:
             grad_bank = torch.empty_strided(self.grad_bank_shape, self.grad_bank_stride,
                                             dtype=bank.dtype, device=bank.device)
             if has_second:
-                grad_second_bank = torch.empty(second_bank.shape, dtype=second_bank.dtype,
-                                               device=second_bank.device)
+                grad_second_bank = torch.empty_like(second_bank,
+                                                    memory_format=torch.contiguous_format)
         if grad.shape[1] == 0:
             for tensor in (routing_parts, grad_bank, grad_second_bank):
                 if tensor is not None:

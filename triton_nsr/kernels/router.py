@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from triton_nsr.kernels.allocation import Empty
 from triton_nsr.kernels.autotune import accumulator_dtype, check_launchable, launch_plan, tuned
 from triton_nsr.kernels.known_launches import LaunchSite
 from triton_nsr.kernels.tiling import (
@@ -295,7 +296,8 @@ class RouterPool:
     input or None.
     """
 
-    __slots__ = ("dtype", "partials_shape", "write_copy", "grid", "args", "constexprs", "launch")
+    __slots__ = ("dtype", "partials_shape", "write_copy", "grid", "args", "constexprs", "launch",
+                 "new_partials")
 
     def __init__(self, input_shape, input_stride, input_dtype, write_copy: bool) -> None:
         batch, channels, height, width = input_shape
@@ -303,6 +305,7 @@ class RouterPool:
         self.dtype = routing_dtype(input_dtype)
         chunks = pool_chunks(batch, pixels)
         self.partials_shape = (batch, chunks, channels)
+        self.new_partials = Empty(self.partials_shape)
         self.write_copy = write_copy
         copy_stride = (format_strides(input_shape, torch.channels_last) if write_copy
                        else (0, 0, 0, 0))
@@ -315,9 +318,9 @@ class RouterPool:
 
     def __call__(self, input: torch.Tensor,
                  signature=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        partials = torch.empty(self.partials_shape, dtype=self.dtype, device=input.device)
-        copy = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                            memory_format=torch.channels_last) if self.write_copy else None)
+        partials = self.new_partials(input.device, self.dtype)
+        copy = (torch.empty_like(input, memory_format=torch.channels_last) if self.write_copy
+                else None)
         if self.grid[0] == 0:
             return partials, copy
         self.launch((input, partials, copy if copy is not None else partials), self.args,
@@ -355,7 +358,7 @@ class RouterBackward:
     (an annealed temperature changes every step, and Triton does not specialise on floats).
     """
 
-    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias", "launch")
+    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias", "launch", "new_mlp_bias")
 
     def __init__(self, grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
                  routing_dtype, pooled_shape, pooled_stride, mlp_weight_shape,
@@ -368,6 +371,7 @@ class RouterBackward:
                      *contiguous_strides(pooled_shape), *contiguous_strides(mlp_weight_shape),
                      1 if has_mlp_bias else 0)
         self.has_mlp_bias = has_mlp_bias
+        self.new_mlp_bias = Empty(mlp_weight_shape[:1])
         block_groups = power_of_2_at_least(num_groups)
         block_cardinals = power_of_2_at_least(num_cardinals)
         self.constexprs = {"HAS_BIAS": has_mlp_bias,
@@ -383,11 +387,10 @@ class RouterBackward:
 
     def __call__(self, grad_routing, routing, pooled, mlp_weight, temperature: float,
                  signature=None):
-        mean_grad = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)
-        grad_mlp_weight = torch.empty(mlp_weight.shape, dtype=mlp_weight.dtype,
-                                      device=mlp_weight.device)
-        grad_mlp_bias = (mlp_weight.new_empty(mlp_weight.shape[0]) if self.has_mlp_bias
-                         else None)
+        mean_grad = torch.empty_like(pooled, memory_format=torch.contiguous_format)
+        grad_mlp_weight = torch.empty_like(mlp_weight, memory_format=torch.contiguous_format)
+        grad_mlp_bias = (self.new_mlp_bias(mlp_weight.device, mlp_weight.dtype)
+                         if self.has_mlp_bias else None)
         if routing.shape[0] == 0:
             grad_mlp_weight.zero_()
             return (mean_grad, grad_mlp_weight,
