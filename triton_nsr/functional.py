@@ -160,7 +160,8 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
 
     A zero-padded call seen before (:func:`triton_nsr.arguments.call_key`: shapes, strides,
     dtypes, devices, the input's alignment, the numbers, autocast, TF32 and whether the input's
-    gradient is wanted) takes its checked geometry and its layer plan from one lookup.
+    gradient is wanted) finds its layer plan by one lookup and runs it (ops.run_layer_plan):
+    its key holds everything the checks read, so it passed them.
     """
     ops = _ops()
     # Read per call, as nn.Conv2d follows the setting at call time.
@@ -175,10 +176,9 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
         known, key = lookup(_KNOWN_CALLS, call_key(input, weight, bias, mlp_weight, mlp_bias,
                                                    numbers, (autocasting, allow_tf32,
                                                              input_grad)))
-        if known is not None:
-            geometry, plan = known
-            return ops.nsr_layer(input, None, weight, bias, mlp_weight, mlp_bias, geometry,
-                                 temperature, geometry.pad, allow_tf32, plan=plan)
+        if known is not None:  # the call's LayerPlan
+            return ops.run_layer_plan(known, input, None, weight, bias, mlp_weight, mlp_bias,
+                                      temperature)
     checked = _autocast_stand_in(input, weight) if autocasting else input
     geometry = check_nsr_conv2d(checked, weight, bias, mlp_weight, mlp_bias, *numbers)
     if autocasting and padding_mode != "zeros":
@@ -192,15 +192,16 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
     if key is not None:
         if len(_KNOWN_CALLS) >= _KNOWN_CALLS_MAX:
             _KNOWN_CALLS.clear()
-        _KNOWN_CALLS[key] = (geometry, ops.layer_plan_for(
+        _KNOWN_CALLS[key] = ops.layer_plan_for(
             input, None, weight, bias, mlp_weight, mlp_bias, geometry, pad, allow_tf32,
-            input_grad))
+            input_grad)
     return output
 
 
-# Known zero-padded calls of the Triton layer: (geometry, LayerPlan) by call_key. Forgotten with
-# the launch plans (triton_nsr.ops registers the clearing), so a tool's forced kernel choice
-# or cleared plans reach every later call.
+# Known zero-padded calls of the Triton layer: their LayerPlan by call_key (the key holds all
+# the checks read, so a known call passed them). Forgotten with the launch plans
+# (triton_nsr.ops registers the clearing), so a tool's forced kernel choice or cleared plans
+# reach every later call.
 _KNOWN_CALLS: dict = {}
 _KNOWN_CALLS_MAX = 256
 

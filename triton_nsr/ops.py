@@ -350,7 +350,7 @@ def _gradient_present(ctx) -> list[bool]:
 def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
               mlp_weight: Tensor, mlp_bias: Tensor | None, geometry: ConvGeometry,
               temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool,
-              plan: LayerPlan | None = None) -> Tensor:
+              ) -> Tensor:
     """The NSR layer on the Triton kernels, differentiable once (reverse mode).
 
     Args:
@@ -363,8 +363,6 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
         geometry: the checked geometry (triton_nsr.arguments.check_nsr_conv2d).
         pad: the zero padding (top, bottom, left, right) the convolution applies.
         allow_tf32: let float32 products use TF32 (functional.conv_allows_tf32()).
-        plan: this call's LayerPlan when the caller knows it (:func:`layer_plan_for`, for a
-            zero-padded call outside torch.compile), else looked up here.
 
     Returns:
         (B, out, Ho, Wo) in input's dtype, channels_last when the convolution's input is.
@@ -376,13 +374,19 @@ def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor
             list(geometry.dilation), geometry.groups, allow_tf32)
     if torch._C._are_functorch_transforms_active():
         refuse("torch.func (vmap, grad, jacrev, jvp, functional_call under a transform)")
-    grad = torch.is_grad_enabled()
-    if plan is None:
-        input_grad = grad and (input.requires_grad or (padded is not None
-                                                        and padded.requires_grad))
-        plan = layer_plan_for(input, padded, weight, bias, mlp_weight, mlp_bias, geometry, pad,
-                              allow_tf32, input_grad)
-    if grad or forward_ad._current_level >= 0:
+    input_grad = torch.is_grad_enabled() and (
+        input.requires_grad or (padded is not None and padded.requires_grad))
+    plan = layer_plan_for(input, padded, weight, bias, mlp_weight, mlp_bias, geometry, pad,
+                          allow_tf32, input_grad)
+    return run_layer_plan(plan, input, padded, weight, bias, mlp_weight, mlp_bias, temperature)
+
+
+def run_layer_plan(plan: LayerPlan, input: Tensor, padded: Tensor | None, weight: Tensor,
+                   bias: Tensor | None, mlp_weight: Tensor, mlp_bias: Tensor | None,
+                   temperature: float) -> Tensor:
+    """:func:`nsr_layer` of a call whose plan is known, outside torch.compile and torch.func
+    transforms (the caller checked both): the eager Function, or the bare forward."""
+    if torch.is_grad_enabled() or forward_ad._current_level >= 0:
         return NSRLayerFunction.apply(input, padded, weight, bias, mlp_weight, mlp_bias, plan,
                                       temperature)
     # Inference (no_grad, inference_mode): nothing to save, so no Function around the launches.

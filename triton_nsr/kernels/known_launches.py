@@ -198,44 +198,41 @@ class LaunchSite:
     its arguments (floats aside) and the tensors have its dtypes and alignments; anything else
     goes through the tuned kernel as a first launch does. Any other kernel object (a recorder,
     a test's spy) is launched by indexing it, every time.
+
+    What the site keeps is one tuple, read and replaced whole, so that threads sharing a plan
+    never launch one launch's kernel with another's trailing arguments: (the known launch, the
+    generation it was kept in, the scalars it was last called with, those scalars followed by
+    the launch's constexprs, the signature it was last called with).
     """
 
-    __slots__ = ("kernel", "grid", "constexprs", "entry", "generation", "scalars", "suffix",
-                 "signature")
+    __slots__ = ("kernel", "grid", "constexprs", "kept")
 
     def __init__(self, kernel, grid, constexprs: dict) -> None:
         self.kernel, self.grid, self.constexprs = kernel, grid, constexprs
-        self.entry, self.generation, self.scalars, self.suffix = None, -1, None, ()
-        self.signature = None
+        self.kept = None
 
     def __call__(self, tensors: tuple, scalars: tuple, signature=None):
         """Launch; ``signature``: None, or an object that stands for ``tensors``' dtypes and
         16-byte alignments (equal for every call that passes it: see the module doc)."""
-        entry = self.entry
-        if (entry is not None and self.generation == _generation
-                and self.kernel.known_launches_on()):
+        kept = self.kept
+        if kept is not None and kept[1] == _generation and self.kernel.known_launches_on():
+            entry, _, kept_scalars, suffix, kept_signature = kept
             active = driver.active
-            # tensors_match also compares the tensors' count (their dtypes' tuple).
-            if (entry.device == active.get_current_device()
-                    and ((signature is self.signature and signature is not None)
-                         or entry.tensors_match(tensors))
-                    and (scalars is self.scalars or self._takes(scalars, entry))):
-                self.signature = signature
-                if _hooked():
-                    return entry.launch((*tensors, *scalars), active)
-                x, y, z = entry.grid
-                entry.run(x, y, z, active.get_current_stream(entry.device), entry.function,
-                          entry.metadata, None, None, None, *tensors, *self.suffix)
-                return entry.kernel
+            if entry.device == active.get_current_device():
+                if scalars is not kept_scalars:
+                    suffix = (*scalars, *entry.tail) if entry.scalars_match(scalars) else None
+                # tensors_match also compares the tensors' count (their dtypes' tuple).
+                if suffix is not None and ((signature is kept_signature and signature is not None)
+                                           or entry.tensors_match(tensors)):
+                    if scalars is not kept_scalars or signature is not kept_signature:
+                        self.kept = (entry, kept[1], scalars, suffix, signature)
+                    if _hooked():
+                        return entry.launch((*tensors, *scalars), active)
+                    x, y, z = entry.grid
+                    entry.run(x, y, z, active.get_current_stream(entry.device), entry.function,
+                              entry.metadata, None, None, None, *tensors, *suffix)
+                    return entry.kernel
         return self._first(tensors, scalars, signature)
-
-    def _takes(self, scalars: tuple, entry: KnownLaunch) -> bool:
-        """Whether the kept launch takes these scalars (equal, floats aside); if so they are
-        kept, with the launch's constexprs after them, for the next call."""
-        if not entry.scalars_match(scalars):
-            return False
-        self.scalars, self.suffix = scalars, (*scalars, *entry.tail)
-        return True
 
     def _first(self, tensors: tuple, scalars: tuple, signature=None):
         """Launch through the tuned kernel (table, autotuner, JIT) and keep the known launch
@@ -244,9 +241,10 @@ class LaunchSite:
         kernel = self.kernel
         if not hasattr(kernel, "known_launches_on"):
             return kernel[self.grid](*args, **self.constexprs)
-        self.entry, self.scalars, self.signature = None, None, None
+        self.kept = None
         if not kernel.known_launches_on():
             return kernel._launch(self.grid, args, self.constexprs)
+        generation = _generation
         # A launch known to the kernel (another plan's, or one this site left) is launched and
         # kept; a new one takes the tuned kernel's whole path, which learns it.
         entry = kernel.known.find(self.grid, args, self.constexprs)
@@ -255,8 +253,7 @@ class LaunchSite:
             entry = kernel.known.find(self.grid, args, self.constexprs)
         else:
             compiled = entry.launch(args, driver.active)
-        self.generation = _generation
         # A launch whose tensors do not all lead its arguments is matched in full each time.
         if entry is not None and entry.count == len(tensors):
-            self.entry, self.signature = entry, signature
+            self.kept = (entry, generation, scalars, (*scalars, *entry.tail), signature)
         return compiled

@@ -419,7 +419,7 @@ class MixForward:
 
     __slots__ = ("output_shape", "second_output_shape", "dtype", "packed", "copy_groups",
                  "has_second", "grid", "args", "constexprs", "launch", "new_output",
-                 "new_second", "new_copy")
+                 "new_second", "new_copy", "kept_scalars")
 
     def __init__(self, routing_shape, routing_stride, bank_shape, bank_layout, bank_dtype,
                  second_shape, second_stride, dtype, kernel_shape, copy_groups, route) -> None:
@@ -483,6 +483,7 @@ class MixForward:
             self.new_output = Empty((batch, out, kernel_h, kernel_w,
                                      packed_channels(in_channels)), zero_from=in_channels)
         self.new_second = Empty(second_output_shape) if self.has_second else None
+        self.kept_scalars = (None, None)  # (temperature pair, the launch's scalars)
         self.new_copy = (None if copy_groups is None else
                          Empty(input_grad_weight_shape(output_shape, copy_groups),
                                zero_from=output_shape[1] // copy_groups))
@@ -513,10 +514,13 @@ class MixForward:
             partials, mlp_weight, mlp_bias, pooled = route_tensors
             route_tensors = (partials, mlp_weight,
                              mlp_bias if mlp_bias is not None else mlp_weight, pooled)
+        kept = self.kept_scalars  # one object: threads sharing the plan read a whole pair
+        if kept[0] is not temperature:  # the same scalars object while the temperature stays
+            kept = self.kept_scalars = (temperature, (*self.args, *temperature))
         self.launch((routing, bank, second_bank if self.has_second else bank,
                      output, second_output if self.has_second else output,
                      copy if copy is not None else output, *route_tensors),
-                    (*self.args, *temperature), signature)
+                    kept[1], signature)
         return output, second_output, copy
 
 

@@ -29,6 +29,7 @@ Everything runs in float32 whatever the input dtype (float64 for float64 input),
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import torch
@@ -276,8 +277,10 @@ def routing_dtype(input_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if input_dtype == torch.float64 else torch.float32
 
 
+@functools.lru_cache(maxsize=64)
 def temperature_pair(temperature: float) -> tuple[float, float]:
-    """(hi, lo): float32 values whose float64 sum is ``temperature`` to about 2**-48."""
+    """(hi, lo): float32 values whose float64 sum is ``temperature`` to about 2**-48. The
+    same tuple for the same temperature (launch plans keep their scalars by it)."""
     hi = struct.unpack("f", struct.pack("f", temperature))[0]
     return hi, temperature - hi
 
@@ -358,7 +361,8 @@ class RouterBackward:
     (an annealed temperature changes every step, and Triton does not specialise on floats).
     """
 
-    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias", "launch", "new_mlp_bias")
+    __slots__ = ("grid", "head", "tail", "constexprs", "has_mlp_bias", "launch", "new_mlp_bias",
+                 "kept_scalars")
 
     def __init__(self, grad_routing_shape, grad_routing_stride, routing_shape, routing_stride,
                  routing_dtype, pooled_shape, pooled_stride, mlp_weight_shape,
@@ -372,6 +376,7 @@ class RouterBackward:
                      1 if has_mlp_bias else 0)
         self.has_mlp_bias = has_mlp_bias
         self.new_mlp_bias = Empty(mlp_weight_shape[:1])
+        self.kept_scalars = (None, None)  # (temperature pair, the launch's scalars)
         block_groups = power_of_2_at_least(num_groups)
         block_cardinals = power_of_2_at_least(num_cardinals)
         self.constexprs = {"HAS_BIAS": has_mlp_bias,
@@ -395,9 +400,12 @@ class RouterBackward:
             grad_mlp_weight.zero_()
             return (mean_grad, grad_mlp_weight,
                     grad_mlp_bias.zero_() if grad_mlp_bias is not None else None)
+        pair, kept = temperature_pair(temperature), self.kept_scalars
+        if kept[0] is not pair:  # the same scalars object while the temperature stays
+            kept = self.kept_scalars = (pair, (*self.head, *pair, *self.tail))
         self.launch((grad_routing, routing, pooled, mlp_weight, mean_grad, grad_mlp_weight,
                      grad_mlp_bias if grad_mlp_bias is not None else grad_mlp_weight),
-                    (*self.head, *temperature_pair(temperature), *self.tail), signature)
+                    kept[1], signature)
         return mean_grad, grad_mlp_weight, grad_mlp_bias
 
 
