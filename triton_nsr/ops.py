@@ -275,7 +275,7 @@ def _save(ctx, input, padded, weight, bias, mlp_weight, mlp_bias, saved) -> None
 
 
 def _output_mask(ctx) -> tuple[bool, ...]:
-    return tuple(bool(need) for need in ctx.needs_input_grad[:6])
+    return tuple(map(bool, ctx.needs_input_grad[:6]))
 
 
 class NSRLayerFunction(torch.autograd.Function):
