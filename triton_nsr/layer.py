@@ -264,8 +264,7 @@ class BackwardPlan:
             # images); the mixing backward adds them as it reads them.
             if self.weight_grad is None:
                 # Planned on per-sample outputs (the plan then says whether it splits).
-                weight_shape, bias_shape, dtype = self._weight_grad_outputs(layer, weights,
-                                                                            bias, None)
+                weight_shape, bias_shape, dtype = self._weight_grad_outputs(layer, weights, None)
                 self.weight_grad = conv_weight_gradient_for(
                     grad_output, conv_input, layer.kernel_shape[2:], layer.stride, layer.pad,
                     layer.dilation, layer.groups, layer.allow_tf32,
@@ -327,11 +326,11 @@ class BackwardPlan:
                 grad_mlp_bias)
 
     @staticmethod
-    def _weight_grad_outputs(layer: LayerPlan, weights, bias, plan):
+    def _weight_grad_outputs(layer: LayerPlan, weights, plan):
         """Where the kernel gradient writes: per sample (B, out, Cg, kh, kw) and (B, out) in
         the kernels' dtype, or, where ``plan`` splits the pixel sum, (S, B, ...) partial sums
-        in its ``partial`` dtype. The bias's is None without a bias. Returns the shapes and
-        dtype; :meth:`_weight_grad_parts` allocates them."""
+        in its ``partial`` dtype. Returns (the weight's shape, the bias's shape, the dtype);
+        :meth:`_weight_grad_parts` allocates them."""
         batch = weights.shape[0]
         if plan is None or plan.partial is None:
             leading, dtype = (), weights.dtype
@@ -345,7 +344,7 @@ class BackwardPlan:
         for the kernel gradient's plan."""
         if self.new_weight_parts is None:
             weight_shape, bias_shape, self.parts_dtype = self._weight_grad_outputs(
-                layer, weights, bias, self.weight_grad)
+                layer, weights, self.weight_grad)
             self.new_weight_parts, self.new_bias_parts = Empty(weight_shape), Empty(bias_shape)
         device, dtype = weights.device, self.parts_dtype
         return (self.new_weight_parts(device, dtype),

@@ -349,8 +349,7 @@ def _gradient_present(ctx) -> list[bool]:
 
 def nsr_layer(input: Tensor, padded: Tensor | None, weight: Tensor, bias: Tensor | None,
               mlp_weight: Tensor, mlp_bias: Tensor | None, geometry: ConvGeometry,
-              temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool,
-              ) -> Tensor:
+              temperature: float, pad: tuple[int, int, int, int], allow_tf32: bool) -> Tensor:
     """The NSR layer on the Triton kernels, differentiable once (reverse mode).
 
     Args:

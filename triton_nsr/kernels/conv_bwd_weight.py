@@ -479,7 +479,6 @@ class ConvWeightGradient:
                 grad_bias.copy_(bias_parts.sum(dim=0))
         return weight_parts, bias_parts
 
-
     def launch_parts(self, grad_output, input, weight_parts, bias_parts,
                      grad_output_copy=None, signature=None) -> None:
         """Launch into outputs the caller made: with splits (``partial``), weight_parts

@@ -37,6 +37,8 @@ from triton_nsr.kernels.operands import (
     forward_weight_view,
     input_grad_weight_shape,
     packed_channels,
+    packed_input_grad_weight,
+    packed_storage,
 )
 from triton_nsr.kernels.router import ROUTE_BLOCK_C, route_samples, temperature_pair
 from triton_nsr.kernels.tiling import cdiv, contiguous_strides, power_of_2_at_least
@@ -476,17 +478,12 @@ class MixForward:
         self.grid, self.args, self.constexprs = grid, args, constexprs
         self.launch = LaunchSite(mix_fwd_kernel, grid, constexprs)
         # The outputs' allocations; packed layouts' padding channels zeroed (operands).
-        if kernel_shape is None:
-            self.new_output = Empty(output_shape)
-        else:
-            out, in_channels, kernel_h, kernel_w = kernel_shape
-            self.new_output = Empty((batch, out, kernel_h, kernel_w,
-                                     packed_channels(in_channels)), zero_from=in_channels)
+        self.new_output = (Empty(output_shape) if kernel_shape is None
+                           else packed_storage(output_shape))
         self.new_second = Empty(second_output_shape) if self.has_second else None
+        self.new_copy = (None if copy_groups is None
+                         else packed_input_grad_weight(output_shape, copy_groups))
         self.kept_scalars = (None, None)  # (temperature pair, the launch's scalars)
-        self.new_copy = (None if copy_groups is None else
-                         Empty(input_grad_weight_shape(output_shape, copy_groups),
-                               zero_from=output_shape[1] // copy_groups))
 
     def __call__(self, routing, bank, second_bank=None, route_tensors=None,
                  temperature=(1.0, 0.0), storage: bool = False, signature=None):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from triton_nsr.kernels.allocation import Empty
 from triton_nsr.kernels.autotune import launch_plan
 from triton_nsr.kernels.tiling import format_strides
 
@@ -66,15 +67,18 @@ def pack_forward_weight(weight: torch.Tensor, groups: int):
     return packed, (b, o * (out // groups), o, c, h, w), cp
 
 
-def empty_packed_storage(shape, dtype, device) -> torch.Tensor:
-    """New (B, out, kh, kw, Cp) storage for a (B, out, Cg, kh, kw) weight, channels Cg..Cp-1
-    zeroed (the layer keeps it as the mixed kernels: the kernels read it by its address)."""
+def packed_storage(shape) -> Empty:
+    """The allocation of (B, out, kh, kw, Cp) storage for a (B, out, Cg, kh, kw) weight,
+    channels Cg..Cp-1 zeroed (no fill kernel when Cg is already a multiple of PACK); a plan
+    keeps it and calls it with the device and dtype."""
     batch, out, cg, kh, kw = shape
-    cp = packed_channels(cg)
-    storage = torch.empty((batch, out, kh, kw, cp), dtype=dtype, device=device)
-    if cp > cg:  # no fill kernel when the channels are already a multiple of PACK
-        storage[..., cg:].zero_()
-    return storage
+    return Empty((batch, out, kh, kw, packed_channels(cg)), zero_from=cg)
+
+
+def empty_packed_storage(shape, dtype, device) -> torch.Tensor:
+    """New :func:`packed_storage` (the layer keeps it as the mixed kernels: the kernels read
+    it by its address)."""
+    return packed_storage(shape)(device, dtype)
 
 
 def empty_packed_forward_weight(shape, dtype, device) -> torch.Tensor:
@@ -108,14 +112,16 @@ def pack_input_grad_weight(weight: torch.Tensor, groups: int):
     return packed, input_grad_weight_strides(packed), packed.shape[-1]
 
 
+def packed_input_grad_weight(shape, groups: int) -> Empty:
+    """The allocation of (B, groups, kh, kw, Cg, Op) storage for a (B, out, Cg, kh, kw)
+    weight, output channels OG..Op-1 zeroed (no fill kernel when OG is already a multiple of
+    PACK): what the layer's mixing writes for a TF32 input gradient."""
+    return Empty(input_grad_weight_shape(shape, groups), zero_from=shape[1] // groups)
+
+
 def empty_packed_input_grad_weight(shape, groups: int, dtype, device) -> torch.Tensor:
-    """New (B, groups, kh, kw, Cg, Op) storage for a (B, out, Cg, kh, kw) weight, output
-    channels OG..Op-1 zeroed: what the layer's mixing writes for a TF32 input gradient."""
-    packed = torch.empty(input_grad_weight_shape(shape, groups), dtype=dtype, device=device)
-    og = shape[1] // groups
-    if packed.shape[-1] > og:  # no fill kernel when the channels are already a multiple of PACK
-        packed[..., og:].zero_()
-    return packed
+    """New :func:`packed_input_grad_weight` storage."""
+    return packed_input_grad_weight(shape, groups)(device, dtype)
 
 
 def input_grad_weight_shape(shape, groups: int) -> tuple[int, ...]:
