@@ -187,17 +187,16 @@ def _triton_backend(input, weight, bias, mlp_weight, mlp_bias, num_sparsity_grou
             padded, pad = pad_input(input, geometry, padding_mode)
     else:
         padded, pad = pad_input(input, geometry, padding_mode)
-    if key is None:
-        return ops.nsr_layer(input, None if padded is input else padded, weight, bias,
-                             mlp_weight, mlp_bias, geometry, temperature, pad, allow_tf32)
-    # A keyed call is zero-padded, outside torch.compile and transforms: its plan is made once,
-    # remembered and run.
-    plan = ops.layer_plan_for(input, None, weight, bias, mlp_weight, mlp_bias, geometry, pad,
-                              allow_tf32, input_grad)
-    if len(_KNOWN_CALLS) >= _KNOWN_CALLS_MAX:
-        _KNOWN_CALLS.clear()
-    _KNOWN_CALLS[key] = plan
-    return ops.run_layer_plan(plan, input, None, weight, bias, mlp_weight, mlp_bias, temperature)
+    output = ops.nsr_layer(input, None if padded is input else padded, weight, bias,
+                           mlp_weight, mlp_bias, geometry, temperature, pad, allow_tf32)
+    if key is not None:
+        # Remembered after the first call (whose plan nsr_layer made: this finds it).
+        if len(_KNOWN_CALLS) >= _KNOWN_CALLS_MAX:
+            _KNOWN_CALLS.clear()
+        _KNOWN_CALLS[key] = ops.layer_plan_for(
+            input, None, weight, bias, mlp_weight, mlp_bias, geometry, pad, allow_tf32,
+            input_grad)
+    return output
 
 
 # Known zero-padded calls of the Triton layer: their LayerPlan by call_key (the key holds all
